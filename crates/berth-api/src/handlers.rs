@@ -1,0 +1,611 @@
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::HeaderValue;
+use axum::http::Method;
+use axum::http::StatusCode;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use berth_oci::Digest;
+use berth_oci::ErrorCode;
+use berth_oci::Reference;
+use berth_oci::RepoName;
+use berth_oci::media_types;
+use berth_registry::ByteRange;
+use berth_registry::MountResult;
+use berth_registry::UploadStatus;
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::body;
+use crate::endpoint;
+use crate::endpoint::Endpoint;
+use crate::endpoint::ParseError;
+use crate::error::ApiError;
+use crate::error::ApiResult;
+
+/// Listings without `n` are capped at this many entries per page.
+const DEFAULT_PAGE: usize = 10_000;
+
+type Query = HashMap<String, String>;
+
+fn query(req: &Request) -> Query {
+    req.uri()
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Parse the path, then run the endpoint's handler inside a span named after it.
+pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    let endpoint = match endpoint::parse(req.uri().path()) {
+        Ok(e) => e,
+        Err(ParseError::NotFound) => {
+            return ApiError::new(ErrorCode::NameUnknown, "no such endpoint")
+                .with_status(StatusCode::NOT_FOUND)
+                .into_response();
+        }
+        Err(ParseError::Invalid(e)) => return ApiError::from(e).into_response(),
+    };
+    let head = req.method() == Method::HEAD;
+    let span = tracing::info_span!(
+        "endpoint",
+        name = endpoint.name(),
+        repo = endpoint.repo().map(|r| r.as_str()).unwrap_or("")
+    );
+    let resp = route(state, endpoint, req).instrument(span).await;
+    match resp {
+        Ok(r) => r,
+        Err(e) if head => {
+            // A HEAD response carries no body, only the status and headers.
+            let mut r = e.status.into_response();
+            r.headers_mut().extend(e.headers);
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unsupported,
+        "method not allowed on this endpoint",
+    )
+    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+async fn route(state: AppState, endpoint: Endpoint, req: Request) -> ApiResult {
+    let m = req.method().clone();
+    match (endpoint, m) {
+        (Endpoint::Base, Method::GET | Method::HEAD) => {
+            Ok((StatusCode::OK, axum::Json(json!({}))).into_response())
+        }
+        (Endpoint::Catalog, Method::GET) => catalog(state, req).await,
+        (Endpoint::Tags { repo }, Method::GET) => tags(state, repo, req).await,
+        (Endpoint::Manifest { repo, reference }, Method::GET) => {
+            get_manifest(state, repo, reference, false).await
+        }
+        (Endpoint::Manifest { repo, reference }, Method::HEAD) => {
+            get_manifest(state, repo, reference, true).await
+        }
+        (Endpoint::Manifest { repo, reference }, Method::PUT) => {
+            put_manifest(state, repo, reference, req).await
+        }
+        (Endpoint::Manifest { repo, reference }, Method::DELETE) => {
+            state.registry.delete_manifest(&repo, &reference).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        (Endpoint::Blob { repo, digest }, Method::GET) => {
+            get_blob(state, repo, digest, req, false).await
+        }
+        (Endpoint::Blob { repo, digest }, Method::HEAD) => {
+            get_blob(state, repo, digest, req, true).await
+        }
+        (Endpoint::Blob { repo, digest }, Method::DELETE) => {
+            state.registry.delete_blob(&repo, &digest).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        (Endpoint::UploadStart { repo }, Method::POST) => start_upload(state, repo, req).await,
+        (Endpoint::Upload { repo, id }, Method::PATCH) => patch_upload(state, repo, id, req).await,
+        (Endpoint::Upload { repo, id }, Method::PUT) => finish_upload(state, repo, id, req).await,
+        (Endpoint::Upload { repo, id }, Method::GET) => {
+            let status = state.registry.upload_status(&repo, &id).await?;
+            Ok(upload_response(StatusCode::NO_CONTENT, &repo, &status))
+        }
+        (Endpoint::Upload { repo, id }, Method::DELETE) => {
+            state.registry.cancel_upload(&repo, &id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Endpoint::Referrers { repo, digest }, Method::GET) => {
+            referrers(state, repo, digest, req).await
+        }
+        _ => Err(method_not_allowed()),
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn with_headers(status: StatusCode, headers: &[(header::HeaderName, String)]) -> Response {
+    let mut resp = status.into_response();
+    for (k, v) in headers {
+        resp.headers_mut().insert(k.clone(), header_value(v));
+    }
+    resp
+}
+
+fn docker_content_digest() -> header::HeaderName {
+    header::HeaderName::from_static("docker-content-digest")
+}
+
+// ---- listings -----------------------------------------------------------------------
+
+/// `n` and `last` of a paginated listing.
+fn page_params(q: &Query) -> ApiResult<(usize, Option<String>)> {
+    let n = match q.get("n") {
+        Some(n) => n.parse::<usize>().map_err(|_| {
+            ApiError::new(ErrorCode::SizeInvalid, "n must be a non-negative integer")
+        })?,
+        None => DEFAULT_PAGE,
+    };
+    Ok((n, q.get("last").cloned()))
+}
+
+fn paginated(
+    path: &str,
+    key: &str,
+    name: Option<&RepoName>,
+    page: berth_meta::Page,
+    n: usize,
+) -> Response {
+    let mut body = serde_json::Map::new();
+    if let Some(name) = name {
+        body.insert("name".into(), json!(name.as_str()));
+    }
+    let next = page.items.last().cloned();
+    body.insert(key.into(), json!(page.items));
+    let mut resp = (StatusCode::OK, axum::Json(serde_json::Value::Object(body))).into_response();
+    if page.more
+        && let Some(last) = next
+    {
+        let last: String = form_urlencoded::byte_serialize(last.as_bytes()).collect();
+        let link = format!("<{path}?last={last}&n={n}>; rel=\"next\"");
+        resp.headers_mut().insert(header::LINK, header_value(&link));
+    }
+    resp
+}
+
+async fn catalog(state: AppState, req: Request) -> ApiResult {
+    let (n, last) = page_params(&query(&req))?;
+    let page = state.registry.catalog(last.as_deref(), n).await?;
+    Ok(paginated("/v2/_catalog", "repositories", None, page, n))
+}
+
+async fn tags(state: AppState, repo: RepoName, req: Request) -> ApiResult {
+    let (n, last) = page_params(&query(&req))?;
+    let page = state.registry.list_tags(&repo, last.as_deref(), n).await?;
+    Ok(paginated(
+        &format!("/v2/{repo}/tags/list"),
+        "tags",
+        Some(&repo),
+        page,
+        n,
+    ))
+}
+
+// ---- manifests ----------------------------------------------------------------------
+
+async fn get_manifest(
+    state: AppState,
+    repo: RepoName,
+    reference: Reference,
+    head: bool,
+) -> ApiResult {
+    let m = state.registry.get_manifest(&repo, &reference).await?;
+    let mut resp = if head {
+        let mut r = StatusCode::OK.into_response();
+        r.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(m.bytes.len() as u64),
+        );
+        r
+    } else {
+        (StatusCode::OK, m.bytes).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, header_value(&m.media_type));
+    h.insert(docker_content_digest(), header_value(&m.digest.to_string()));
+    h.insert(header::ETAG, header_value(&format!("\"{}\"", m.digest)));
+    Ok(resp)
+}
+
+async fn put_manifest(
+    state: AppState,
+    repo: RepoName,
+    reference: Reference,
+    req: Request,
+) -> ApiResult {
+    let limit = berth_oci::MAX_MANIFEST_SIZE;
+    let too_large = |size: String| {
+        ApiError::new(
+            ErrorCode::ManifestTooLarge,
+            format!("manifest of {size} bytes exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(n) = body::content_length(req.headers())
+        && n > limit as u64
+    {
+        return Err(too_large(n.to_string()));
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| too_large(format!("more than {limit}")))?;
+    let res = state
+        .registry
+        .put_manifest(&repo, &reference, content_type.as_deref(), bytes.to_vec())
+        .await?;
+    let mut headers = vec![
+        (
+            header::LOCATION,
+            format!("/v2/{repo}/manifests/{}", res.digest),
+        ),
+        (docker_content_digest(), res.digest.to_string()),
+    ];
+    if let Some(subject) = res.subject {
+        headers.push((
+            header::HeaderName::from_static("oci-subject"),
+            subject.to_string(),
+        ));
+    }
+    Ok(with_headers(StatusCode::CREATED, &headers))
+}
+
+async fn referrers(state: AppState, repo: RepoName, digest: Digest, req: Request) -> ApiResult {
+    let q = query(&req);
+    let filter = q.get("artifactType").filter(|s| !s.is_empty());
+    let manifests = state
+        .registry
+        .referrers(&repo, &digest, filter.map(|s| s.as_str()))
+        .await?;
+    let body = json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media_types::OCI_INDEX),
+    );
+    if filter.is_some() {
+        resp.headers_mut().insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(resp)
+}
+
+// ---- blobs --------------------------------------------------------------------------
+
+/// Parse a `Range: bytes=…` header against a blob of `size` bytes. Only one range is
+/// served; `None` means "the whole blob".
+fn parse_range(h: &HeaderValue, size: u64) -> Result<Option<ByteRange>, ApiError> {
+    let unsatisfiable = || {
+        ApiError::new(ErrorCode::RangeInvalid, "requested range not satisfiable")
+            .with_header(header::CONTENT_RANGE, &format!("bytes */{size}"))
+    };
+    let s = h.to_str().map_err(|_| unsatisfiable())?.trim();
+    let spec = s.strip_prefix("bytes=").ok_or_else(unsatisfiable)?;
+    if spec.contains(',') {
+        // Multipart range responses are not supported: serve the whole blob.
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
+        if n == 0 || size == 0 {
+            return Err(unsatisfiable());
+        }
+        ByteRange::new(size.saturating_sub(n), size)
+    } else {
+        let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
+        let end = if b.is_empty() {
+            size
+        } else {
+            let last: u64 = b.parse().map_err(|_| unsatisfiable())?;
+            if last < start {
+                return Err(unsatisfiable());
+            }
+            last.saturating_add(1).min(size)
+        };
+        if start >= size {
+            return Err(unsatisfiable());
+        }
+        ByteRange::new(start, end)
+    };
+    Ok(Some(range))
+}
+
+async fn get_blob(
+    state: AppState,
+    repo: RepoName,
+    digest: Digest,
+    req: Request,
+    head: bool,
+) -> ApiResult {
+    let size = state.registry.stat_blob(&repo, &digest).await?;
+    let range = match req.headers().get(header::RANGE) {
+        Some(h) => parse_range(h, size)?,
+        None => None,
+    };
+    let digest_s = digest.to_string();
+    let mut headers = vec![
+        (docker_content_digest(), digest_s.clone()),
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::ACCEPT_RANGES, "bytes".to_string()),
+        (header::ETAG, format!("\"{digest_s}\"")),
+        (header::CACHE_CONTROL, "max-age=31536000".to_string()),
+    ];
+    let status = match range {
+        Some(r) => {
+            headers.push((
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", r.start, r.end - 1),
+            ));
+            headers.push((header::CONTENT_LENGTH, r.len().to_string()));
+            StatusCode::PARTIAL_CONTENT
+        }
+        None => {
+            headers.push((header::CONTENT_LENGTH, size.to_string()));
+            StatusCode::OK
+        }
+    };
+    if head {
+        return Ok(with_headers(status, &headers));
+    }
+    let blob = state.registry.get_blob(&repo, &digest, range).await?;
+    let mut resp = Response::new(Body::from_stream(blob.body));
+    *resp.status_mut() = status;
+    for (k, v) in headers {
+        resp.headers_mut().insert(k, header_value(&v));
+    }
+    Ok(resp)
+}
+
+// ---- uploads ------------------------------------------------------------------------
+
+fn upload_response(status: StatusCode, repo: &RepoName, s: &UploadStatus) -> Response {
+    // `Range` is inclusive; an empty upload is reported as `0-0`, as clients expect.
+    let end = s.offset.saturating_sub(1);
+    with_headers(
+        status,
+        &[
+            (
+                header::LOCATION,
+                format!("/v2/{repo}/blobs/uploads/{}", s.id),
+            ),
+            (header::RANGE, format!("0-{end}")),
+            (
+                header::HeaderName::from_static("docker-upload-uuid"),
+                s.id.clone(),
+            ),
+            (header::CONTENT_LENGTH, "0".to_string()),
+        ],
+    )
+}
+
+fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
+    with_headers(
+        StatusCode::CREATED,
+        &[
+            (header::LOCATION, format!("/v2/{repo}/blobs/{digest}")),
+            (docker_content_digest(), digest.to_string()),
+            (header::CONTENT_LENGTH, "0".to_string()),
+        ],
+    )
+}
+
+fn digest_param(q: &Query, name: &str) -> ApiResult<Option<Digest>> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(d) => Digest::parse(d).map(Some).map_err(|e| {
+            // An unsupported algorithm in a request is still an invalid digest for it.
+            ApiError::new(ErrorCode::DigestInvalid, e.to_string())
+        }),
+    }
+}
+
+async fn start_upload(state: AppState, repo: RepoName, req: Request) -> ApiResult {
+    let q = query(&req);
+    if let Some(digest) = digest_param(&q, "mount")? {
+        let from = match q.get("from") {
+            Some(f) => Some(RepoName::parse(f)?),
+            None => None,
+        };
+        return Ok(
+            match state
+                .registry
+                .mount_blob(&repo, &digest, from.as_ref())
+                .await?
+            {
+                MountResult::Mounted(d) => blob_created(&repo, &d),
+                MountResult::Upload(s) => upload_response(StatusCode::ACCEPTED, &repo, &s),
+            },
+        );
+    }
+    if let Some(digest) = digest_param(&q, "digest")? {
+        let length = body::content_length(req.headers());
+        let stream = body::stream(req.into_body());
+        state
+            .registry
+            .put_blob(&repo, &digest, stream, length)
+            .await?;
+        return Ok(blob_created(&repo, &digest));
+    }
+    let status = state.registry.start_upload(&repo).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, &repo, &status))
+}
+
+/// `Content-Range: <start>-<end>` of a chunk (inclusive). The spec's form has no
+/// unit; `bytes ` / `bytes=` prefixes are tolerated.
+fn content_range(headers: &HeaderMap) -> ApiResult<Option<(u64, u64)>> {
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::new(ErrorCode::BlobUploadInvalid, "malformed Content-Range")
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+    };
+    let s = v.to_str().map_err(|_| invalid())?.trim();
+    let s = s
+        .strip_prefix("bytes=")
+        .or_else(|| s.strip_prefix("bytes "))
+        .unwrap_or(s);
+    let s = s.split('/').next().unwrap_or(s);
+    let (a, b) = s.split_once('-').ok_or_else(invalid)?;
+    let a: u64 = a.trim().parse().map_err(|_| invalid())?;
+    let b: u64 = b.trim().parse().map_err(|_| invalid())?;
+    if b < a {
+        return Err(invalid());
+    }
+    Ok(Some((a, b)))
+}
+
+/// Where a chunk starts and how long it is, from `Content-Range` and
+/// `Content-Length`, which must agree.
+fn chunk_bounds(headers: &HeaderMap) -> ApiResult<(Option<u64>, Option<u64>)> {
+    let length = body::content_length(headers);
+    match content_range(headers)? {
+        None => Ok((None, length)),
+        Some((a, b)) => {
+            let n = b - a + 1;
+            if let Some(l) = length
+                && l != n
+            {
+                return Err(ApiError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    format!("Content-Range {a}-{b} announces {n} bytes but Content-Length is {l}"),
+                )
+                .with_status(StatusCode::RANGE_NOT_SATISFIABLE));
+            }
+            Ok((Some(a), Some(n)))
+        }
+    }
+}
+
+async fn out_of_order(state: &AppState, repo: &RepoName, id: &str, err: ApiError) -> ApiError {
+    // Tell the client where the upload really is, so it can resume.
+    match state.registry.upload_status(repo, id).await {
+        Ok(s) => err
+            .with_header(header::RANGE, &format!("0-{}", s.offset.saturating_sub(1)))
+            .with_header(header::LOCATION, &format!("/v2/{repo}/blobs/uploads/{id}")),
+        Err(_) => err,
+    }
+}
+
+async fn patch_upload(state: AppState, repo: RepoName, id: String, req: Request) -> ApiResult {
+    let (start, length) = chunk_bounds(req.headers())?;
+    let stream = body::stream(req.into_body());
+    match state
+        .registry
+        .append_chunk(&repo, &id, start, length, stream)
+        .await
+    {
+        Ok(status) => Ok(upload_response(StatusCode::ACCEPTED, &repo, &status)),
+        Err(e) => {
+            let err = ApiError::from(e);
+            if err.status == StatusCode::RANGE_NOT_SATISFIABLE {
+                return Err(out_of_order(&state, &repo, &id, err).await);
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn finish_upload(state: AppState, repo: RepoName, id: String, req: Request) -> ApiResult {
+    let q = query(&req);
+    let digest = digest_param(&q, "digest")?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::DigestInvalid,
+            "the digest query parameter is required",
+        )
+    })?;
+    let last = if body::has_body(req.headers()) {
+        let (_, length) = chunk_bounds(req.headers())?;
+        Some((body::stream(req.into_body()), length))
+    } else {
+        None
+    };
+    state
+        .registry
+        .finish_upload(&repo, &id, &digest, last)
+        .await?;
+    Ok(blob_created(&repo, &digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(s: &str, size: u64) -> Result<Option<ByteRange>, StatusCode> {
+        parse_range(&HeaderValue::from_str(s).unwrap(), size).map_err(|e| e.status)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("bytes=0-9", 100), Ok(Some(ByteRange::new(0, 10))));
+        assert_eq!(range("bytes=10-", 100), Ok(Some(ByteRange::new(10, 100))));
+        assert_eq!(range("bytes=-5", 100), Ok(Some(ByteRange::new(95, 100))));
+        assert_eq!(
+            range("bytes=90-200", 100),
+            Ok(Some(ByteRange::new(90, 100)))
+        );
+        assert_eq!(
+            range("bytes=100-", 100),
+            Err(StatusCode::RANGE_NOT_SATISFIABLE)
+        );
+        assert_eq!(
+            range("bytes=abc", 100),
+            Err(StatusCode::RANGE_NOT_SATISFIABLE)
+        );
+        assert_eq!(
+            range("bytes=5-1", 100),
+            Err(StatusCode::RANGE_NOT_SATISFIABLE)
+        );
+        assert_eq!(
+            range("items=0-1", 100),
+            Err(StatusCode::RANGE_NOT_SATISFIABLE)
+        );
+    }
+
+    #[test]
+    fn content_ranges() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("0-99"));
+        assert_eq!(chunk_bounds(&h).unwrap(), (Some(0), Some(100)));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("50"));
+        assert!(chunk_bounds(&h).is_err());
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_static("bytes 100-149/*"),
+        );
+        assert_eq!(chunk_bounds(&h).unwrap(), (Some(100), Some(50)));
+    }
+}

@@ -1,0 +1,69 @@
+//! The HTTP face of a berth node.
+//!
+//! `berth-api` is an axum router: the OCI Distribution API under `/v2/`, health
+//! (`/healthz`, `/readyz`). Every `/v2/` request is parsed into a typed
+//! [`endpoint::Endpoint`] first; handlers only translate HTTP to one
+//! `berth-registry` use-case and its result back to HTTP. This is the only crate that
+//! maps errors to HTTP statuses and the spec's error bodies. It knows nothing of
+//! storage: no handler touches RocksDB or the blob store.
+
+mod body;
+mod endpoint;
+mod error;
+mod handlers;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use berth_registry::Registry;
+pub use endpoint::Endpoint;
+pub use error::ApiError;
+use tower_http::trace::TraceLayer;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+}
+
+/// The complete router of a node.
+pub fn router(registry: Registry) -> Router {
+    let state = AppState { registry };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(handlers::dispatch)
+        .layer(axum::middleware::from_fn(api_version_header))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+async fn api_version_header(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.registry.check_ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")).into_response(),
+    }
+}

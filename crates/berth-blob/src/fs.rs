@@ -1,0 +1,857 @@
+//! Local-filesystem backend.
+//!
+//! Layout under the root directory:
+//!
+//! ```text
+//! blobs/<algo>/<first two hex>/<hex>   content-addressed blobs (immutable)
+//! uploads/<id>                         bytes of in-progress upload sessions
+//! tmp/                                 temp files of in-flight puts / probes
+//! ```
+//!
+//! Blobs only ever appear through `rename(2)` of a fully written and
+//! fsynced file followed by an fsync of the destination directory, so a crash
+//! can never leave a partial blob visible. `tmp/` is emptied on open.
+//!
+//! All file I/O runs on the blocking pool through `std::fs`; writes are
+//! batched (1 MiB) and pipelined with receiving the next batch, reads stream
+//! in 128 KiB chunks.
+//!
+//! Concurrency: appends and commits of one upload are serialised by an
+//! in-process per-upload lock. `upload_len` / `upload_read` / `upload_abort`
+//! do not wait for it (a stalled client must not block them), so while an
+//! append is running they may observe its not-yet-acknowledged bytes.
+//!
+//! Crash note: appends are rolled back on error and on cancellation, but a
+//! process crash in the middle of an append can leave bytes beyond the last
+//! acknowledged offset in `uploads/<id>`; after a restart `upload_len` is the
+//! truth (re-hash with `upload_read`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, Hasher};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::task::JoinHandle;
+use tokio_util::io::ReaderStream;
+use tracing::{debug, info, warn};
+
+use crate::lock::{KeyedGuard, KeyedLocks};
+use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
+
+/// Chunk size of streams returned by `get` / `upload_read`.
+const READ_CHUNK: usize = 128 * 1024;
+/// Size of the write batches handed to the blocking pool.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// Blob store on a local filesystem (the embedded default backend).
+///
+/// The root must live on a single filesystem (uploads are committed with
+/// `rename`). Unix only.
+pub struct FsBlobStore {
+    root: PathBuf,
+    blobs: PathBuf,
+    uploads: PathBuf,
+    tmp: PathBuf,
+    /// Serialises append / commit of the same upload within this process.
+    locks: Arc<KeyedLocks>,
+}
+
+impl std::fmt::Debug for FsBlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsBlobStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FsBlobStore {
+    /// Open (creating directories as needed) a store rooted at `root` and
+    /// remove stale temp files left by a previous process.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let root = root.into();
+        let store = FsBlobStore {
+            blobs: root.join("blobs"),
+            uploads: root.join("uploads"),
+            tmp: root.join("tmp"),
+            root,
+            locks: Arc::new(KeyedLocks::default()),
+        };
+        let dirs = [
+            store.root.clone(),
+            store.blobs.clone(),
+            store.uploads.clone(),
+            store.tmp.clone(),
+        ];
+        let tmp = store.tmp.clone();
+        let removed = blocking(move || {
+            for d in &dirs {
+                std::fs::create_dir_all(d)?;
+            }
+            let removed = clean_dir(&tmp)?;
+            for d in &dirs {
+                sync_dir(d)?;
+            }
+            if let Some(parent) = dirs[0].parent().filter(|p| !p.as_os_str().is_empty()) {
+                // Best effort: makes a freshly created root durable.
+                if let Err(e) = sync_dir(parent) {
+                    debug!(error = %e, "could not fsync parent of blob root");
+                }
+            }
+            Ok(removed)
+        })
+        .await?;
+        if removed > 0 {
+            info!(root = %store.root.display(), removed, "removed stale temp files");
+        }
+        debug!(root = %store.root.display(), "opened fs blob store");
+        Ok(store)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of the blob file for `digest` (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> Result<PathBuf, BlobError> {
+        let hex = digest.hex();
+        let canonical = hex.len() >= 2
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !canonical {
+            return Err(BlobError::Backend(format!(
+                "digest {digest} has a non-canonical hex part"
+            )));
+        }
+        Ok(self
+            .blobs
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex))
+    }
+
+    fn upload_path(&self, id: &str) -> Result<PathBuf, BlobError> {
+        check_upload_id(id)?;
+        Ok(self.uploads.join(id))
+    }
+
+    /// Walk `blobs/` and return every stored blob with its size (used to
+    /// rebuild an index). Files whose names are not valid digests are skipped.
+    pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
+        let blobs = self.blobs.clone();
+        let found = blocking(move || {
+            let mut out = Vec::new();
+            for algo in read_dir_if_exists(&blobs)? {
+                let algo = algo?;
+                if !algo.file_type()?.is_dir() {
+                    continue;
+                }
+                for shard in read_dir_if_exists(&algo.path())? {
+                    let shard = shard?;
+                    if !shard.file_type()?.is_dir() {
+                        continue;
+                    }
+                    for blob in read_dir_if_exists(&shard.path())? {
+                        let blob = blob?;
+                        let meta = blob.metadata()?;
+                        if meta.is_file() {
+                            out.push((
+                                algo.file_name().to_string_lossy().into_owned(),
+                                blob.file_name().to_string_lossy().into_owned(),
+                                meta.len(),
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        let mut out = Vec::with_capacity(found.len());
+        for (algo, hex, size) in found {
+            let text = format!("{algo}:{hex}");
+            match Digest::parse(&text) {
+                Ok(d) if d.hex() == hex => out.push((d, size)),
+                _ => warn!(name = %text, "ignoring unexpected file in blob directory"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    fn kind(&self) -> &'static str {
+        "fs"
+    }
+
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
+        let path = self.blob_path(digest)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, BlobError> {
+        let path = self.blob_path(digest)?;
+        let opened = blocking(move || {
+            let file = File::open(&path)?;
+            let size = file.metadata()?.len();
+            Ok((file, size))
+        })
+        .await;
+        let (file, size) = match opened {
+            Ok(v) => v,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(BlobError::NotFound(digest.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (start, len) = match range {
+            None => (0, size),
+            Some(r) => {
+                r.validate(size)?;
+                (r.start, r.len())
+            }
+        };
+        Ok(read_stream(file, start, len).await?)
+    }
+
+    async fn put(&self, digest: &Digest, mut data: ByteStream) -> Result<u64, BlobError> {
+        let final_path = self.blob_path(digest)?;
+        if let Some(size) = self.stat(digest).await? {
+            // The bytes are already here, but the caller must still prove it has
+            // them: a put links the blob for whoever made it, so it is verified like
+            // any other.
+            debug!(%digest, size, "put: blob already present, verifying the body");
+            let mut hasher = Hasher::new(digest.algorithm());
+            while let Some(item) = data.next().await {
+                hasher.update(&item.map_err(BlobError::Client)?);
+            }
+            let actual = hasher.finalize();
+            if actual.hex() != digest.hex() {
+                return Err(BlobError::DigestMismatch {
+                    expected: digest.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            return Ok(size);
+        }
+
+        let tmp_path = self.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
+        let p = tmp_path.clone();
+        let file =
+            blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
+        let mut temp = TempFile::new(tmp_path.clone());
+        let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()));
+
+        let written: Result<u64, BlobError> = async {
+            while let Some(item) = data.next().await {
+                let chunk = item.map_err(BlobError::Client)?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                writer.write(chunk).await?;
+            }
+            Ok(writer.flush().await?)
+        }
+        .await;
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                writer.wait_quiet().await;
+                temp.remove().await;
+                return Err(e);
+            }
+        };
+
+        let Some(hasher) = writer.take_hasher() else {
+            temp.remove().await;
+            return Err(BlobError::Backend("put: hasher lost".into()));
+        };
+        let actual = hasher.finalize();
+        if actual.hex() != digest.hex() {
+            temp.remove().await;
+            return Err(BlobError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+
+        let synced = writer.sync().await;
+        drop(writer);
+        if let Err(e) = synced {
+            temp.remove().await;
+            return Err(e.into());
+        }
+
+        let dst = final_path;
+        let src = tmp_path;
+        let moved = blocking(move || {
+            let parent = parent_of(&dst)?;
+            ensure_dir(parent)?;
+            std::fs::rename(&src, &dst)?;
+            sync_dir(parent)
+        })
+        .await;
+        match moved {
+            Ok(()) => {
+                temp.disarm();
+                debug!(%digest, size, "put: stored blob");
+                Ok(size)
+            }
+            Err(e) => {
+                temp.remove().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
+        let path = self.blob_path(digest)?;
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(parent_of(&path)?),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn upload_create(&self, id: &str) -> Result<(), BlobError> {
+        let path = self.upload_path(id)?;
+        let _lock = self.locks.lock(id).await;
+        let uploads = self.uploads.clone();
+        blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false) // re-creating an existing upload keeps its bytes
+                .open(&path)?;
+            sync_dir(&uploads)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn upload_append(
+        &self,
+        id: &str,
+        offset: u64,
+        mut data: ByteStream,
+        on_chunk: &mut (dyn for<'c> FnMut(&'c [u8]) + Send),
+    ) -> Result<u64, BlobError> {
+        let path = self.upload_path(id)?;
+        let lock = self.locks.lock(id).await;
+        let opened = blocking(move || {
+            let file = OpenOptions::new().write(true).open(&path)?;
+            let len = file.metadata()?.len();
+            Ok((file, len))
+        })
+        .await;
+        let (file, len) = match opened {
+            Ok(v) => v,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(BlobError::UploadNotFound(id.to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if len != offset {
+            return Err(BlobError::OffsetMismatch {
+                expected: len,
+                got: offset,
+            });
+        }
+
+        let mut append = Append {
+            writer: FileWriter::new(file, offset),
+            offset,
+            lock: Some(lock),
+            armed: true,
+        };
+        let result: Result<u64, BlobError> = async {
+            while let Some(item) = data.next().await {
+                let chunk = item.map_err(BlobError::Client)?;
+                if chunk.is_empty() {
+                    continue;
+                }
+                on_chunk(&chunk);
+                append.writer.write(chunk).await?;
+            }
+            let new_len = append.writer.flush().await?;
+            append.writer.sync().await?;
+            Ok(new_len)
+        }
+        .await;
+        match result {
+            Ok(new_len) => {
+                append.armed = false;
+                Ok(new_len)
+            }
+            Err(e) => {
+                debug!(upload = id, offset, error = %e, "append failed; rolling back");
+                append.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_len(&self, id: &str) -> Result<u64, BlobError> {
+        let path = self.upload_path(id)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(m.len()),
+            Ok(_) => Err(BlobError::UploadNotFound(id.to_owned())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(BlobError::UploadNotFound(id.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn upload_read(&self, id: &str) -> Result<ByteStream, BlobError> {
+        let path = self.upload_path(id)?;
+        let opened = blocking(move || {
+            let file = File::open(&path)?;
+            let len = file.metadata()?.len();
+            Ok((file, len))
+        })
+        .await;
+        match opened {
+            Ok((file, len)) => Ok(read_stream(file, 0, len).await?),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(BlobError::UploadNotFound(id.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, BlobError> {
+        let upload = self.upload_path(id)?;
+        let blob = self.blob_path(digest)?;
+        let _lock = self.locks.lock(id).await;
+        let uploads = self.uploads.clone();
+        let outcome = blocking(move || {
+            let file = match File::open(&upload) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Commit::NoUpload),
+                Err(e) => return Err(e),
+            };
+            let size = file.metadata()?.len();
+            match std::fs::metadata(&blob) {
+                Ok(m) if m.is_file() => {
+                    drop(file);
+                    std::fs::remove_file(&upload)?;
+                    sync_dir(&uploads)?;
+                    return Ok(Commit::Existed(m.len()));
+                }
+                Ok(_) => {
+                    return Err(io::Error::other(format!(
+                        "{} exists and is not a file",
+                        blob.display()
+                    )));
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            // Appends are already fdatasync'ed; this also covers metadata.
+            file.sync_all()?;
+            drop(file);
+            let parent = parent_of(&blob)?;
+            ensure_dir(parent)?;
+            match std::fs::rename(&upload, &blob) {
+                Ok(()) => {}
+                // Aborted concurrently (abort does not take the upload lock).
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Commit::NoUpload),
+                Err(e) => return Err(e),
+            }
+            sync_dir(parent)?;
+            sync_dir(&uploads)?;
+            Ok(Commit::Committed(size))
+        })
+        .await?;
+        match outcome {
+            Commit::NoUpload => Err(BlobError::UploadNotFound(id.to_owned())),
+            Commit::Existed(size) => {
+                debug!(upload = id, %digest, "commit: blob already present; dropped upload");
+                Ok(size)
+            }
+            Commit::Committed(size) => {
+                debug!(upload = id, %digest, size, "commit: stored blob");
+                Ok(size)
+            }
+        }
+    }
+
+    async fn upload_abort(&self, id: &str) -> Result<(), BlobError> {
+        // No lock: an append stuck on a slow client must not block an abort.
+        // Unlinking under a running append is harmless (it writes to, and
+        // possibly truncates, the unlinked inode).
+        let path = self.upload_path(id)?;
+        let uploads = self.uploads.clone();
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&uploads),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn upload_list(&self) -> Result<Vec<String>, BlobError> {
+        let uploads = self.uploads.clone();
+        let ids = blocking(move || {
+            let mut ids = Vec::new();
+            for entry in read_dir_if_exists(&uploads)? {
+                let entry = entry?;
+                if !entry.file_type()?.is_file() {
+                    continue;
+                }
+                if let Some(name) = entry.file_name().to_str()
+                    && crate::is_valid_upload_id(name)
+                {
+                    ids.push(name.to_owned());
+                }
+            }
+            Ok(ids)
+        })
+        .await?;
+        Ok(ids)
+    }
+
+    async fn check_writable(&self) -> Result<(), BlobError> {
+        let probe = self.tmp.join(format!(".probe-{}", uuid::Uuid::new_v4()));
+        let p = probe.clone();
+        let res = blocking(move || {
+            let file = OpenOptions::new().write(true).create_new(true).open(&p)?;
+            let written = file.write_all_at(b"ok", 0);
+            drop(file);
+            let removed = std::fs::remove_file(&p);
+            written.and(removed)
+        })
+        .await;
+        res.map_err(|e| {
+            warn!(dir = %self.tmp.display(), error = %e, "blob store not writable");
+            BlobError::Unavailable(format!("cannot write to {}: {e}", self.tmp.display()))
+        })
+    }
+}
+
+enum Commit {
+    NoUpload,
+    Existed(u64),
+    Committed(u64),
+}
+
+// ---- helpers ---------------------------------------------------------------------------
+
+/// Run blocking file work on the blocking pool.
+async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(join_error)?
+}
+
+fn join_error(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(format!("blocking I/O task failed: {e}"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent_of(path: &Path) -> io::Result<&Path> {
+    path.parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))
+}
+
+/// Create a blob shard directory if needed, making the new entries durable.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    // dir = blobs/<algo>/<xx>: fsync <algo> and blobs so both entries persist.
+    if let Some(algo) = dir.parent() {
+        sync_dir(algo)?;
+        if let Some(blobs) = algo.parent() {
+            sync_dir(blobs)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_dir_if_exists(
+    dir: &Path,
+) -> io::Result<Box<dyn Iterator<Item = io::Result<std::fs::DirEntry>>>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(Box::new(rd)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Box::new(std::iter::empty())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Remove everything inside `dir`; returns the number of entries removed.
+fn clean_dir(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let res = if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match res {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
+/// Stream `len` bytes of `file` starting at `start`, in `READ_CHUNK` pieces.
+async fn read_stream(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
+    let mut file = tokio::fs::File::from_std(file);
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await?;
+    }
+    Ok(Box::pin(ReaderStream::with_capacity(
+        file.take(len),
+        READ_CHUNK,
+    )))
+}
+
+/// A batch on the blocking pool; gives the hasher back when done.
+type Inflight = JoinHandle<(Option<Hasher>, io::Result<()>)>;
+
+/// Batches writes into `WRITE_BATCH` pieces written with `pwrite` on the
+/// blocking pool; one batch may be in flight while the next is collected.
+/// With a hasher, each batch is also hashed on the blocking pool, so hashing
+/// overlaps with receiving the next batch and stays off the async workers.
+struct FileWriter {
+    file: Arc<File>,
+    /// File offset after all dispatched bytes.
+    pos: u64,
+    buf: BytesMut,
+    /// `None` while a batch is in flight (it travels with the batch).
+    hasher: Option<Hasher>,
+    inflight: Option<Inflight>,
+}
+
+impl FileWriter {
+    fn new(file: File, pos: u64) -> Self {
+        FileWriter {
+            file: Arc::new(file),
+            pos,
+            buf: BytesMut::new(),
+            hasher: None,
+            inflight: None,
+        }
+    }
+
+    fn with_hasher(file: File, pos: u64, hasher: Hasher) -> Self {
+        FileWriter {
+            hasher: Some(hasher),
+            ..FileWriter::new(file, pos)
+        }
+    }
+
+    /// The hasher, once everything has been flushed.
+    fn take_hasher(&mut self) -> Option<Hasher> {
+        self.hasher.take()
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        if chunk.len() >= WRITE_BATCH {
+            // Large chunk: write it as is (no copy), after what is buffered.
+            if !self.buf.is_empty() {
+                let pending = self.buf.split().freeze();
+                self.dispatch(pending).await?;
+            }
+            return self.dispatch(chunk).await;
+        }
+        self.buf.extend_from_slice(&chunk);
+        if self.buf.len() >= WRITE_BATCH {
+            let full =
+                std::mem::replace(&mut self.buf, BytesMut::with_capacity(WRITE_BATCH * 2)).freeze();
+            self.dispatch(full).await?;
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&mut self, data: Bytes) -> io::Result<()> {
+        self.wait().await?;
+        let file = Arc::clone(&self.file);
+        let pos = self.pos;
+        self.pos += data.len() as u64;
+        let mut hasher = self.hasher.take();
+        self.inflight = Some(tokio::task::spawn_blocking(move || {
+            if let Some(h) = hasher.as_mut() {
+                h.update(&data);
+            }
+            let res = file.write_all_at(&data, pos);
+            (hasher, res)
+        }));
+        Ok(())
+    }
+
+    /// Wait for the in-flight batch.
+    async fn wait(&mut self) -> io::Result<()> {
+        match self.inflight.take() {
+            Some(handle) => {
+                let (hasher, res) = handle.await.map_err(join_error)?;
+                self.hasher = hasher;
+                res
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Wait for the in-flight batch, ignoring its outcome (error paths).
+    async fn wait_quiet(&mut self) {
+        if let Err(e) = self.wait().await {
+            debug!(error = %e, "write failed while aborting");
+        }
+    }
+
+    /// Write out everything buffered; returns the end offset.
+    async fn flush(&mut self) -> io::Result<u64> {
+        if !self.buf.is_empty() {
+            let pending = self.buf.split().freeze();
+            self.dispatch(pending).await?;
+        }
+        self.wait().await?;
+        Ok(self.pos)
+    }
+
+    /// fdatasync.
+    async fn sync(&self) -> io::Result<()> {
+        let file = Arc::clone(&self.file);
+        blocking(move || file.sync_data()).await
+    }
+}
+
+/// An append in progress: unless disarmed, truncates the upload back to
+/// `offset` — inline via [`Append::rollback`], or from a spawned task if the
+/// append future is dropped (e.g. the HTTP request was cancelled).
+struct Append {
+    writer: FileWriter,
+    offset: u64,
+    /// Held until the rollback is done so no other append interleaves.
+    lock: Option<KeyedGuard>,
+    armed: bool,
+}
+
+impl Append {
+    async fn rollback(&mut self) {
+        self.writer.wait_quiet().await;
+        let file = Arc::clone(&self.writer.file);
+        let offset = self.offset;
+        if let Err(e) = blocking(move || truncate(&file, offset)).await {
+            warn!(offset, error = %e, "failed to roll back upload after a failed append");
+        }
+        self.armed = false;
+    }
+}
+
+fn truncate(file: &File, len: u64) -> io::Result<()> {
+    file.set_len(len)?;
+    file.sync_data()
+}
+
+impl Drop for Append {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let inflight = self.writer.inflight.take();
+        let file = Arc::clone(&self.writer.file);
+        let offset = self.offset;
+        let lock = self.lock.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Some(h) = inflight {
+                        let _ = h.await;
+                    }
+                    if let Err(e) = blocking(move || truncate(&file, offset)).await {
+                        warn!(offset, error = %e, "failed to roll back cancelled upload append");
+                    }
+                    drop(lock);
+                });
+            }
+            Err(_) => {
+                if let Err(e) = truncate(&file, offset) {
+                    warn!(offset, error = %e, "failed to roll back cancelled upload append");
+                }
+                drop(lock);
+            }
+        }
+    }
+}
+
+/// Removes a temp file unless disarmed (also when the owning future is dropped).
+struct TempFile {
+    path: Option<PathBuf>,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> Self {
+        TempFile { path: Some(path) }
+    }
+
+    fn disarm(&mut self) {
+        self.path = None;
+    }
+
+    async fn remove(&mut self) {
+        if let Some(path) = self.path.take() {
+            // remove_quiet already logs real failures.
+            if let Err(e) = blocking(move || remove_quiet(&path)).await {
+                debug!(error = %e, "temp file not removed");
+            }
+        }
+    }
+}
+
+fn remove_quiet(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            warn!(path = %path.display(), error = %e, "failed to remove temp file");
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(move || remove_quiet(&path));
+                }
+                Err(_) => {
+                    let _ = remove_quiet(&path);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! FsBlobStore: the full conformance suite plus filesystem-specific tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_blob::conformance::{self, pseudo_random, stream_chunks, stream_once};
+use berth_blob::{BlobError, BlobStore, ByteStream, Digest, FsBlobStore};
+use bytes::Bytes;
+use futures::StreamExt;
+
+async fn open(dir: &Path) -> FsBlobStore {
+    FsBlobStore::open(dir).await.expect("open fs blob store")
+}
+
+fn tmp_entries(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("tmp"))
+        .expect("read tmp")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Wait (bounded) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    for _ in 0..500 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Yields `data` in 64 KiB chunks, then never finishes (a stalled client).
+fn stalling_stream(data: Vec<u8>) -> ByteStream {
+    let head = stream_chunks(&data, &[64 * 1024]);
+    Box::pin(head.chain(futures::stream::pending()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn BlobStore> = Arc::new(open(dir.path()).await);
+    assert_eq!(store.kind(), "fs");
+    conformance::run_all(Arc::clone(&store)).await;
+    assert!(
+        tmp_entries(dir.path()).is_empty(),
+        "suite left temp files behind: {:?}",
+        tmp_entries(dir.path())
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn conformance_suite_current_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn BlobStore> = Arc::new(open(dir.path()).await);
+    conformance::run_all(store).await;
+}
+
+#[tokio::test]
+async fn layout_is_content_addressed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let data = pseudo_random(100, 5000);
+    let digest = Digest::sha256_of(&data);
+    store.put(&digest, stream_once(&data)).await.expect("put");
+    let hex = digest.hex();
+    let path = dir.path().join("blobs/sha256").join(&hex[..2]).join(hex);
+    assert_eq!(std::fs::read(&path).expect("blob file"), data);
+    assert_eq!(store.blob_path(&digest).expect("path"), path);
+
+    let d512 = Digest::of(berth_blob::DigestAlgorithm::Sha512, &data);
+    store
+        .put(&d512, stream_once(&data))
+        .await
+        .expect("put sha512");
+    let p512 = dir
+        .path()
+        .join("blobs/sha512")
+        .join(&d512.hex()[..2])
+        .join(d512.hex());
+    assert!(p512.is_file());
+
+    let mut listed = store.list_blobs().await.expect("list_blobs");
+    listed.sort();
+    let mut expected = vec![(digest.clone(), 5000), (d512, 5000)];
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    let id = "0f0e0d0c-upload";
+    store.upload_create(id).await.expect("create");
+    assert!(dir.path().join("uploads").join(id).is_file());
+}
+
+#[tokio::test]
+async fn stale_temp_files_are_removed_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kept = pseudo_random(101, 1234);
+    let kept_digest = Digest::sha256_of(&kept);
+    {
+        let store = open(dir.path()).await;
+        store
+            .put(&kept_digest, stream_once(&kept))
+            .await
+            .expect("put");
+    }
+    // Simulate a crash mid-put: a full-looking temp file plus junk.
+    let partial = pseudo_random(102, 64 * 1024);
+    let partial_digest = Digest::sha256_of(&partial);
+    std::fs::write(dir.path().join("tmp/put-deadbeef"), &partial).expect("write temp");
+    std::fs::write(dir.path().join("tmp").join(partial_digest.hex()), &partial)
+        .expect("write temp");
+    std::fs::create_dir(dir.path().join("tmp/stale-dir")).expect("mkdir");
+    std::fs::write(dir.path().join("tmp/stale-dir/x"), b"x").expect("write");
+
+    let store = open(dir.path()).await;
+    assert!(
+        tmp_entries(dir.path()).is_empty(),
+        "tmp/ must be empty after open"
+    );
+    assert_eq!(store.stat(&partial_digest).await.expect("stat"), None);
+    assert!(matches!(
+        store.get(&partial_digest, None).await,
+        Err(BlobError::NotFound(_))
+    ));
+    assert_eq!(store.stat(&kept_digest).await.expect("stat"), Some(1234));
+    let listed = store.list_blobs().await.expect("list");
+    assert_eq!(listed, vec![(kept_digest, 1234)]);
+}
+
+#[tokio::test]
+async fn state_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blob = pseudo_random(103, 10_000);
+    let digest = Digest::sha256_of(&blob);
+    let part = pseudo_random(104, 777);
+    let id = uuid::Uuid::new_v4().to_string();
+    {
+        let store = open(dir.path()).await;
+        store.put(&digest, stream_once(&blob)).await.expect("put");
+        store.upload_create(&id).await.expect("create");
+        store
+            .upload_append(&id, 0, stream_once(&part), &mut |_: &[u8]| {})
+            .await
+            .expect("append");
+    }
+    let store = open(dir.path()).await;
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(10_000));
+    assert_eq!(store.upload_len(&id).await.expect("len"), 777);
+    assert_eq!(store.upload_list().await.expect("list"), vec![id.clone()]);
+    let mut read = Vec::new();
+    let mut s = store.upload_read(&id).await.expect("read");
+    while let Some(c) = s.next().await {
+        read.extend_from_slice(&c.expect("chunk"));
+    }
+    assert_eq!(read, part);
+}
+
+#[tokio::test]
+async fn failed_puts_leave_no_temp_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let data = pseudo_random(105, 3 * 1024 * 1024);
+    let wrong = Digest::sha256_of(b"something else");
+    assert!(matches!(
+        store.put(&wrong, stream_chunks(&data, &[100_000])).await,
+        Err(BlobError::DigestMismatch { .. })
+    ));
+    assert!(tmp_entries(dir.path()).is_empty());
+    let digest = Digest::sha256_of(&data);
+    assert!(matches!(
+        store
+            .put(
+                &digest,
+                conformance::failing_stream(&data[..2_000_000], 300_000)
+            )
+            .await,
+        Err(BlobError::Client(_))
+    ));
+    assert!(tmp_entries(dir.path()).is_empty());
+    assert!(store.list_blobs().await.expect("list").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_put_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open(dir.path()).await);
+    let data = pseudo_random(106, 3 * 1024 * 1024);
+    let digest = Digest::sha256_of(&data);
+    let task = {
+        let store = Arc::clone(&store);
+        let digest = digest.clone();
+        let head = data[..2 * 1024 * 1024].to_vec();
+        tokio::spawn(async move { store.put(&digest, stalling_stream(head)).await })
+    };
+    eventually("temp file appears", async || {
+        !tmp_entries(dir.path()).is_empty()
+    })
+    .await;
+    task.abort();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+    eventually("temp file removed", async || {
+        tmp_entries(dir.path()).is_empty()
+    })
+    .await;
+    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_append_is_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open(dir.path()).await);
+    let id = uuid::Uuid::new_v4().to_string();
+    store.upload_create(&id).await.expect("create");
+    let first = pseudo_random(107, 1000);
+    store
+        .upload_append(&id, 0, stream_once(&first), &mut |_: &[u8]| {})
+        .await
+        .expect("append");
+
+    let task = {
+        let store = Arc::clone(&store);
+        let id = id.clone();
+        let head = pseudo_random(108, 3 * 1024 * 1024);
+        tokio::spawn(async move {
+            store
+                .upload_append(&id, 1000, stalling_stream(head), &mut |_: &[u8]| {})
+                .await
+        })
+    };
+    // Wait until some of the stalled append reached the disk, then cancel it.
+    eventually("partial append written", async || {
+        store.upload_len(&id).await.is_ok_and(|n| n > 1000)
+    })
+    .await;
+    task.abort();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+    eventually("append rolled back", async || {
+        store.upload_len(&id).await.is_ok_and(|n| n == 1000)
+    })
+    .await;
+
+    // The per-upload lock was released: appending again works.
+    let second = pseudo_random(109, 5000);
+    let n = store
+        .upload_append(&id, 1000, stream_once(&second), &mut |_: &[u8]| {})
+        .await
+        .expect("append after cancel");
+    assert_eq!(n, 6000);
+    let mut all = first.clone();
+    all.extend_from_slice(&second);
+    let digest = Digest::sha256_of(&all);
+    assert_eq!(
+        store.upload_commit(&id, &digest).await.expect("commit"),
+        6000
+    );
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(6000));
+}
+
+#[tokio::test]
+async fn invalid_ids_never_touch_the_filesystem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let store = open(&root).await;
+    for id in ["../x", "../../escape", "..", "/abs"] {
+        assert!(matches!(
+            store.upload_create(id).await,
+            Err(BlobError::UploadNotFound(_))
+        ));
+    }
+    assert!(!dir.path().join("x").exists());
+    assert!(!root.join("x").exists());
+    assert!(!dir.path().join("escape").exists());
+}
+
+#[tokio::test]
+async fn check_writable_fails_without_tmp_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    store.check_writable().await.expect("writable");
+    std::fs::remove_dir(dir.path().join("tmp")).expect("rm tmp");
+    assert!(matches!(
+        store.check_writable().await,
+        Err(BlobError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn get_streams_bounded_chunks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let data = pseudo_random(110, 1024 * 1024 + 5);
+    let digest = Digest::sha256_of(&data);
+    store.put(&digest, stream_once(&data)).await.expect("put");
+    let mut s = store.get(&digest, None).await.expect("get");
+    let mut total = 0;
+    let mut chunks = 0;
+    while let Some(c) = s.next().await {
+        let c: Bytes = c.expect("chunk");
+        assert!(c.len() <= 128 * 1024, "chunk of {} bytes", c.len());
+        total += c.len();
+        chunks += 1;
+    }
+    assert_eq!(total, data.len());
+    assert!(chunks >= 9);
+}

@@ -1,0 +1,20 @@
+//! A node's membership in its site's Raft group.
+//!
+//! `berth-cluster` runs the openraft instance over `berth-meta`'s storage, carries
+//! Raft RPCs over gRPC (`berth.cluster.v1`), forwards writes proposed on a follower to
+//! the leader, and gives linearizable read barriers. It is called by `berth-registry`
+//! (propose a command, wait for a read barrier) and by the binary (start, serve the
+//! internal gRPC service, shut down). It knows nothing of HTTP or OCI rules: commands
+//! are opaque to it.
+
+mod error;
+mod network;
+mod node;
+mod service;
+
+pub use error::ClusterError;
+pub use network::GrpcNetwork;
+pub use node::ClusterNode;
+pub use node::NodeStatus;
+pub use node::RaftOptions;
+pub use service::RaftGrpcService;

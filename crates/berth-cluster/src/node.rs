@@ -1,0 +1,353 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_meta::Applied;
+use berth_meta::Command;
+use berth_meta::CommandResponse;
+use berth_meta::MetaReader;
+use berth_meta::MetaStore;
+use berth_meta::NodeId;
+use berth_meta::NodeInfo;
+use berth_meta::TypeConfig;
+use berth_proto::cluster::v1::ProposeRequest;
+use berth_proto::cluster::v1::ReadIndexRequest;
+use berth_proto::cluster::v1::raft_service_client::RaftServiceClient;
+use openraft::Config;
+use openraft::Raft;
+use openraft::ServerState;
+use openraft::SnapshotPolicy;
+use openraft::error::CheckIsLeaderError;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::ClusterError;
+use crate::GrpcNetwork;
+use crate::network::channel;
+
+/// Raft timing and log-compaction settings.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and purge the log) after this many applied entries.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log behind a snapshot, so lagging followers can catch up
+    /// without a snapshot transfer.
+    pub logs_to_keep: u64,
+    /// How long a proposal or read barrier may take before the caller gets
+    /// "unavailable".
+    pub request_timeout: Duration,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        RaftOptions {
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_after_logs: 10_000,
+            logs_to_keep: 1_000,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A point-in-time view of this node's Raft state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub members: BTreeMap<NodeId, NodeInfo>,
+}
+
+/// A proposal forwarded to the leader comes back with the log index it was applied at,
+/// so the forwarding node can wait for its own copy before answering its client.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ForwardedReply {
+    pub index: u64,
+    pub response: CommandResponse,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    reader: MetaReader,
+    options: RaftOptions,
+}
+
+/// This node's member of the Raft group, shared by every request handler.
+#[derive(Clone)]
+pub struct ClusterNode {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Unavailable(e.to_string())
+}
+
+impl ClusterNode {
+    /// Open the metadata store under `dir` and start Raft on it. The node takes part
+    /// in no cluster until [`ClusterNode::bootstrap`] or a leader adds it.
+    pub async fn open(
+        id: NodeId,
+        dir: &Path,
+        options: RaftOptions,
+    ) -> Result<ClusterNode, ClusterError> {
+        let store = MetaStore::open(dir)?;
+        let config = Config {
+            cluster_name: "berth".to_string(),
+            heartbeat_interval: options.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: options.election_timeout_min.as_millis() as u64,
+            election_timeout_max: options.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: options.logs_to_keep,
+            ..Default::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| ClusterError::Config(e.to_string()))?,
+        );
+        let network = GrpcNetwork::new(Duration::from_secs(2));
+        let raft = Raft::new(
+            id,
+            config,
+            network,
+            store.log_store(),
+            store.state_machine()?,
+        )
+        .await
+        .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        Ok(ClusterNode {
+            inner: Arc::new(Inner {
+                id,
+                raft,
+                reader: store.reader(),
+                options,
+            }),
+        })
+    }
+
+    /// Initialise a new cluster with `members`, unless this node already belongs to
+    /// one: starting an initialised node with the same configuration is safe.
+    pub async fn bootstrap(
+        &self,
+        members: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<bool, ClusterError> {
+        let raft = &self.inner.raft;
+        if raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?
+        {
+            return Ok(false);
+        }
+        tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapping a new cluster");
+        match raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            // Another member's initialisation reached us first.
+            Err(RaftError::APIError(e)) => {
+                tracing::info!(error = %e, "cluster already initialised");
+                Ok(false)
+            }
+            Err(e) => Err(ClusterError::Fatal(e.to_string())),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    pub fn reader(&self) -> &MetaReader {
+        &self.inner.reader
+    }
+
+    /// Wait until some member is leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ClusterError> {
+        let mut rx = self.inner.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(leader) = rx.borrow().current_leader {
+                    return Ok(leader);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ClusterError::Fatal("raft stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| unavailable("no leader elected in time"))?
+    }
+
+    /// Ready to serve: some member leads and this node has applied what it knew of at
+    /// start.
+    pub fn is_ready(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.current_leader.is_some() && m.running_state.is_ok()
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        NodeStatus {
+            id: self.inner.id,
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            members: m
+                .membership_config
+                .nodes()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect(),
+        }
+    }
+
+    fn leader_info(&self, leader: Option<NodeId>) -> Option<NodeInfo> {
+        let leader = leader?;
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, n)| n.clone())
+    }
+
+    /// Propose `cmd` and wait until it is committed and applied on this node.
+    pub async fn propose(&self, cmd: Command) -> Result<Applied, ClusterError> {
+        let kind = cmd.kind();
+        let timeout = self.inner.options.request_timeout;
+        let (index, response) = tokio::time::timeout(timeout, self.propose_inner(cmd))
+            .await
+            .map_err(|_| unavailable(format!("proposal {kind} timed out after {timeout:?}")))??;
+        self.wait_applied(index, timeout).await?;
+        response.0.map_err(ClusterError::Rejected)
+    }
+
+    async fn propose_inner(&self, cmd: Command) -> Result<(u64, CommandResponse), ClusterError> {
+        match self.inner.raft.client_write(cmd.clone()).await {
+            Ok(r) => Ok((r.log_id.index, r.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = f
+                    .leader_node
+                    .clone()
+                    .or_else(|| self.leader_info(f.leader_id))
+                    .ok_or_else(|| unavailable("no leader known"))?;
+                self.forward(&leader, cmd).await
+            }
+            Err(RaftError::APIError(e)) => Err(unavailable(e)),
+            Err(RaftError::Fatal(e)) => Err(ClusterError::Fatal(e.to_string())),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &NodeInfo,
+        cmd: Command,
+    ) -> Result<(u64, CommandResponse), ClusterError> {
+        tracing::debug!(leader = %leader.grpc_addr, command = cmd.kind(), "forwarding proposal to leader");
+        let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
+        let command = rmp_serde::to_vec_named(&cmd).map_err(unavailable)?;
+        let reply = RaftServiceClient::new(ch)
+            .propose(ProposeRequest { command })
+            .await
+            .map_err(|s| unavailable(format!("leader {}: {}", leader.grpc_addr, s.message())))?
+            .into_inner();
+        let reply: ForwardedReply = rmp_serde::from_slice(&reply.response).map_err(unavailable)?;
+        Ok((reply.index, reply.response))
+    }
+
+    /// Propose on this node only; used by the gRPC service for forwarded proposals.
+    pub(crate) async fn propose_as_leader(
+        &self,
+        cmd: Command,
+    ) -> Result<ForwardedReply, ClusterError> {
+        match self.inner.raft.client_write(cmd).await {
+            Ok(r) => Ok(ForwardedReply {
+                index: r.log_id.index,
+                response: r.data,
+            }),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Wait until this node has applied the log up to `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "wait for local apply")
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// After this returns, this node's state reflects every write committed before the
+    /// call: reads that follow are linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let timeout = self.inner.options.request_timeout;
+        let index = match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                return Err(unavailable(e));
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let leader = f
+                    .leader_node
+                    .clone()
+                    .or_else(|| self.leader_info(f.leader_id))
+                    .ok_or_else(|| unavailable("no leader known"))?;
+                let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
+                let mut client = RaftServiceClient::new(ch);
+                tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
+                    .await
+                    .map_err(|_| unavailable("read index timed out"))?
+                    .map_err(|s| unavailable(s.message()))?
+                    .into_inner()
+                    .index
+            }
+            Err(RaftError::Fatal(e)) => return Err(ClusterError::Fatal(e.to_string())),
+        };
+        self.wait_applied(index, timeout).await
+    }
+
+    /// The leader's read index (committed log index), for a follower's read barrier.
+    pub(crate) async fn leader_read_index(&self) -> Result<u64, ClusterError> {
+        let read = self
+            .inner
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(unavailable)?;
+        Ok(read.map_or(0, |l| l.index))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+
+    /// Stop Raft. Pending proposals fail with "unavailable".
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+use berth_meta::Command;
+use berth_meta::NodeId;
+use berth_meta::TypeConfig;
+use berth_proto::cluster::v1::ProposeReply;
+use berth_proto::cluster::v1::ProposeRequest;
+use berth_proto::cluster::v1::RaftPayload;
+use berth_proto::cluster::v1::ReadIndexReply;
+use berth_proto::cluster::v1::ReadIndexRequest;
+use berth_proto::cluster::v1::raft_service_server::RaftService;
+use berth_proto::cluster::v1::raft_service_server::RaftServiceServer;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::VoteRequest;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::ClusterError;
+use crate::ClusterNode;
+
+/// The internal gRPC service every member serves to its peers.
+pub struct RaftGrpcService {
+    node: ClusterNode,
+}
+
+impl RaftGrpcService {
+    pub fn new(node: ClusterNode) -> RaftServiceServer<RaftGrpcService> {
+        RaftServiceServer::new(RaftGrpcService { node }).max_decoding_message_size(64 << 20)
+    }
+}
+
+fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    rmp_serde::from_slice(data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    rmp_serde::to_vec_named(v)
+        .map(|data| Response::new(RaftPayload { data }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+fn status(e: ClusterError) -> Status {
+    match e {
+        ClusterError::Unavailable(m) => Status::unavailable(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpcService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().data)?;
+        reply(&self.node.raft().append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(&req.into_inner().data)?;
+        reply(&self.node.raft().vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.into_inner().data)?;
+        reply(&self.node.raft().install_snapshot(rpc).await)
+    }
+
+    async fn propose(
+        &self,
+        req: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        let cmd: Command = decode(&req.into_inner().command)?;
+        let forwarded = self.node.propose_as_leader(cmd).await.map_err(status)?;
+        let response =
+            rmp_serde::to_vec_named(&forwarded).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ProposeReply { response }))
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let index = self.node.leader_read_index().await.map_err(status)?;
+        Ok(Response::new(ReadIndexReply { index }))
+    }
+}

@@ -1,0 +1,89 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::ColumnFamily;
+use rocksdb::ColumnFamilyDescriptor;
+use rocksdb::DB;
+use rocksdb::Options;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::MetaError;
+use crate::error::corrupt;
+use crate::keys::ALL_CFS;
+use crate::log_store::LogStore;
+use crate::reader::MetaReader;
+use crate::state_machine::StateMachineStore;
+
+/// The RocksDB instance that holds a node's Raft log and state machine.
+#[derive(Clone)]
+pub struct MetaStore {
+    db: Arc<DB>,
+}
+
+impl MetaStore {
+    /// Open (or create) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<MetaStore, MetaError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(64 << 20);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        Ok(MetaStore { db: Arc::new(db) })
+    }
+
+    pub fn log_store(&self) -> LogStore {
+        LogStore::new(self.clone())
+    }
+
+    pub fn state_machine(&self) -> Result<StateMachineStore, MetaError> {
+        StateMachineStore::new(self.clone())
+    }
+
+    pub fn reader(&self) -> MetaReader {
+        MetaReader::new(self.clone())
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, MetaError> {
+        self.db
+            .cf_handle(name)
+            .ok_or(MetaError::MissingColumnFamily(name))
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, MetaError> {
+        match self.db.get_pinned_cf(self.cf(cf)?, key)? {
+            Some(v) => decode(cf, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn exists(&self, cf: &'static str, key: &[u8]) -> Result<bool, MetaError> {
+        Ok(self.db.get_pinned_cf(self.cf(cf)?, key)?.is_some())
+    }
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    what: &'static str,
+    v: &T,
+) -> Result<Vec<u8>, MetaError> {
+    rmp_serde::to_vec_named(v).map_err(|e| MetaError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, MetaError> {
+    rmp_serde::from_slice(bytes).map_err(|e| corrupt(what, e))
+}

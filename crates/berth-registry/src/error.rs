@@ -1,0 +1,112 @@
+use berth_blob::BlobError;
+use berth_cluster::ClusterError;
+use berth_meta::Rejection;
+use berth_oci::ErrorCode;
+use berth_oci::OciError;
+use thiserror::Error;
+
+/// Why a registry operation failed; [`RegistryError::code`] gives the spec's code.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("blob unknown to registry: {0}")]
+    BlobUnknown(String),
+    #[error("blob upload unknown to registry: {0}")]
+    UploadUnknown(String),
+    #[error("blob upload invalid: {0}")]
+    UploadInvalid(String),
+    #[error("provided digest did not match uploaded content: {0}")]
+    DigestMismatch(String),
+    #[error("manifest references a blob or manifest unknown to this repository: {0}")]
+    ManifestBlobUnknown(String),
+    #[error("manifest unknown: {0}")]
+    ManifestUnknown(String),
+    #[error("repository name not known to registry: {0}")]
+    NameUnknown(String),
+    /// A chunk did not start where the upload ends.
+    #[error("chunk out of order: upload is at offset {offset}")]
+    ChunkOutOfOrder { offset: u64 },
+    /// A requested byte range lies outside the blob.
+    #[error("requested range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("size invalid: {0}")]
+    SizeInvalid(String),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RegistryError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RegistryError::BlobUnknown(_) => ErrorCode::BlobUnknown,
+            RegistryError::UploadUnknown(_) => ErrorCode::BlobUploadUnknown,
+            RegistryError::UploadInvalid(_) => ErrorCode::BlobUploadInvalid,
+            RegistryError::DigestMismatch(_) => ErrorCode::DigestInvalid,
+            RegistryError::ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
+            RegistryError::ManifestUnknown(_) => ErrorCode::ManifestUnknown,
+            RegistryError::NameUnknown(_) => ErrorCode::NameUnknown,
+            RegistryError::ChunkOutOfOrder { .. } => ErrorCode::BlobUploadInvalid,
+            RegistryError::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
+            RegistryError::SizeInvalid(_) => ErrorCode::SizeInvalid,
+            RegistryError::Oci(e) => e.code(),
+            RegistryError::Unavailable(_) => ErrorCode::Unavailable,
+            RegistryError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<ClusterError> for RegistryError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Rejected(r) => r.into(),
+            ClusterError::Unavailable(m) => RegistryError::Unavailable(m),
+            other => RegistryError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<Rejection> for RegistryError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::UploadUnknown(id) => RegistryError::UploadUnknown(id),
+            Rejection::BlobUnknown(d) => RegistryError::BlobUnknown(d.to_string()),
+            Rejection::ManifestBlobUnknown(d) => RegistryError::ManifestBlobUnknown(d.to_string()),
+            Rejection::ManifestUnknown(d) => RegistryError::ManifestUnknown(d.to_string()),
+            Rejection::TagUnknown(t) => RegistryError::ManifestUnknown(t.to_string()),
+            Rejection::NameUnknown(n) => RegistryError::NameUnknown(n.to_string()),
+        }
+    }
+}
+
+impl From<berth_meta::MetaError> for RegistryError {
+    fn from(e: berth_meta::MetaError) -> Self {
+        RegistryError::Internal(e.to_string())
+    }
+}
+
+impl From<BlobError> for RegistryError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound(d) => RegistryError::BlobUnknown(d),
+            BlobError::UploadNotFound(id) => RegistryError::UploadUnknown(id),
+            BlobError::OffsetMismatch { expected, .. } => {
+                RegistryError::ChunkOutOfOrder { offset: expected }
+            }
+            BlobError::DigestMismatch { expected, actual } => {
+                RegistryError::DigestMismatch(format!("expected {expected}, got {actual}"))
+            }
+            BlobError::RangeNotSatisfiable { size, .. } => {
+                RegistryError::RangeNotSatisfiable { size }
+            }
+            BlobError::Client(e) => {
+                RegistryError::UploadInvalid(format!("request body failed: {e}"))
+            }
+            BlobError::Unavailable(m) => RegistryError::Unavailable(m),
+            BlobError::Io(e) => RegistryError::Internal(format!("blob storage: {e}")),
+            BlobError::Backend(m) => RegistryError::Internal(format!("blob storage: {m}")),
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! One real `berth serve` process on 127.0.0.1 with a generated config.
+//!
+//! The config file (`berth-test.toml`) and the process log (`berth-test.log`, stdout
+//! and stderr of every start appended) live in the data dir. The log's tail is part
+//! of every error this module returns, so a failing test shows what the server said.
+
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::ExitStatus;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::bail;
+use tempfile::TempDir;
+
+/// File names inside the data dir.
+pub const CONFIG_FILE: &str = "berth-test.toml";
+pub const LOG_FILE: &str = "berth-test.log";
+
+/// How long a start may take before `/readyz` answers 200.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERM'd node may take to exit before it is SIGKILLed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Attempts with a fresh port when the chosen one was taken between probe and bind.
+const PORT_ATTEMPTS: usize = 3;
+
+/// How to start a node. `BerthNode::start(binary)` is `start_with(NodeOptions::new(binary))`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Path of the `berth` binary (`env!("CARGO_BIN_EXE_berth")` in the crate's tests).
+    pub binary: PathBuf,
+    /// TOML merged over the generated config (tables merge key by key, so
+    /// `[storage]\nbackend = "s3"` overrides the generated `fs` backend).
+    pub extra_toml: String,
+    /// Data dir to use (created if missing, kept afterwards). `None`: a fresh temp dir
+    /// removed on drop (kept if `BERTH_KEEP_TEST_DIRS` is set).
+    pub data_dir: Option<PathBuf>,
+    /// Fixed port; `None` picks a free one on 127.0.0.1.
+    pub port: Option<u16>,
+    /// Extra environment for the child.
+    pub env: Vec<(String, String)>,
+    /// Readiness deadline; `None` is [`DEFAULT_READY_TIMEOUT`].
+    pub ready_timeout: Option<Duration>,
+}
+
+impl NodeOptions {
+    pub fn new(binary: impl AsRef<Path>) -> Self {
+        NodeOptions {
+            binary: binary.as_ref().to_path_buf(),
+            ..Default::default()
+        }
+    }
+
+    pub fn extra_toml(mut self, toml: impl Into<String>) -> Self {
+        self.extra_toml = toml.into();
+        self
+    }
+
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A running (or stopped) `berth serve` child. Dropping it SIGKILLs the child.
+pub struct BerthNode {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    port: u16,
+    env: Vec<(String, String)>,
+    ready_timeout: Duration,
+    child: Option<Child>,
+    last_pid: u32,
+    starts: u32,
+    http: reqwest::Client,
+    // Last field: dropped after the child is killed in `Drop`.
+    tmp: Option<TempDir>,
+}
+
+impl std::fmt::Debug for BerthNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BerthNode")
+            .field("port", &self.port)
+            .field("pid", &self.last_pid)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl BerthNode {
+    /// Free port on 127.0.0.1, fresh data dir, fs backend; returns once `/readyz` is 200.
+    pub async fn start(binary: impl AsRef<Path>) -> anyhow::Result<BerthNode> {
+        Self::start_with(NodeOptions::new(binary)).await
+    }
+
+    pub async fn start_with(opts: NodeOptions) -> anyhow::Result<BerthNode> {
+        if opts.binary.as_os_str().is_empty() {
+            bail!("NodeOptions.binary is empty");
+        }
+        if !opts.binary.is_file() {
+            bail!("berth binary {} does not exist", opts.binary.display());
+        }
+        let (tmp, data_dir) = match &opts.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating data dir {}", dir.display()))?;
+                (None, dir.clone())
+            }
+            None => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("berth-node-")
+                    .tempdir()
+                    .context("creating temp data dir")?;
+                let path = tmp.path().to_path_buf();
+                (Some(tmp), path)
+            }
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let mut node = BerthNode {
+            binary: opts.binary.clone(),
+            config_path: data_dir.join(CONFIG_FILE),
+            log_path: data_dir.join(LOG_FILE),
+            data_dir,
+            port: 0,
+            env: opts.env.clone(),
+            ready_timeout: opts.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
+            child: None,
+            last_pid: 0,
+            starts: 0,
+            http,
+            tmp,
+        };
+
+        let attempts = if opts.port.is_some() { 1 } else { PORT_ATTEMPTS };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            node.port = match opts.port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            let config = generate_config(node.port, &node.data_dir, &opts.extra_toml)?;
+            std::fs::write(&node.config_path, config)
+                .with_context(|| format!("writing {}", node.config_path.display()))?;
+            match node.spawn_and_wait_ready().await {
+                Ok(()) => return Ok(node),
+                Err(e) => {
+                    let port_taken = node.log_tail(40).to_lowercase().contains("in use");
+                    node.kill9();
+                    if !port_taken {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    /// "http://127.0.0.1:PORT"
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.host_port())
+    }
+
+    /// "127.0.0.1:PORT"
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// PID of the current child, or of the last one if it is not running.
+    pub fn pid(&self) -> u32 {
+        self.last_pid
+    }
+
+    /// Whether the child is running (reaps it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGKILL and reap. No-op if not running.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.log_marker(&format!("SIGKILLed pid {}", self.last_pid));
+        }
+    }
+
+    /// Start again with the same binary, config, port and data dir; waits until ready.
+    /// A running child is stopped gracefully first.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.stop().await?;
+        }
+        self.spawn_and_wait_ready().await
+    }
+
+    /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL. Errors if the node had to be
+    /// killed or exited unsuccessfully (a graceful shutdown exits 0).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let pid = child.id();
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.log_marker(&format!("pid {pid} exited after SIGTERM: {status}"));
+                    if !status.success() && !exited_by_sigterm(status) {
+                        bail!(
+                            "berth pid {pid} exited with {status} after SIGTERM\n{}",
+                            self.log_tail_block()
+                        );
+                    }
+                    if exited_by_sigterm(status) {
+                        bail!(
+                            "berth pid {pid} was killed by SIGTERM (no graceful shutdown handler)\n{}",
+                            self.log_tail_block()
+                        );
+                    }
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e).context("waiting for berth"),
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.log_marker(&format!("pid {pid} SIGKILLed: no exit within {STOP_TIMEOUT:?}"));
+                bail!(
+                    "berth pid {pid} did not exit within {STOP_TIMEOUT:?} of SIGTERM; killed\n{}",
+                    self.log_tail_block()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Last `lines` lines of the node's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail_of_file(&self.log_path, lines)
+    }
+
+    fn log_tail_block(&self) -> String {
+        format!(
+            "--- last lines of {} ---\n{}\n--- end of log ---",
+            self.log_path.display(),
+            self.log_tail(60)
+        )
+    }
+
+    fn log_marker(&self, msg: &str) {
+        if let Ok(mut f) = OpenOptions::new().append(true).open(&self.log_path) {
+            let _ = writeln!(f, "=== berth-testkit: {msg} ===");
+        }
+    }
+
+    async fn spawn_and_wait_ready(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))?;
+        self.starts += 1;
+        writeln!(
+            log,
+            "=== berth-testkit: start #{} of {} serve --config {} (port {}) ===",
+            self.starts,
+            self.binary.display(),
+            self.config_path.display(),
+            self.port
+        )?;
+        let stderr: File = log.try_clone()?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr))
+            .env("RUST_BACKTRACE", "1");
+        // The generated config is the whole truth: BERTH_* variables of the test
+        // environment would override it.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("BERTH_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        set_parent_death_signal(&mut cmd, libc::SIGKILL);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        self.last_pid = child.id();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.base_url());
+        let started = Instant::now();
+        let deadline = started + self.ready_timeout;
+        let mut last;
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                bail!("berth is not running");
+            };
+            if let Some(status) = child.try_wait().context("waiting for berth")? {
+                self.child = None;
+                bail!(
+                    "berth (pid {}) exited with {status} before becoming ready on {}\n{}",
+                    self.last_pid,
+                    self.host_port(),
+                    self.log_tail_block()
+                );
+            }
+            match self.http.get(&url).send().await {
+                Ok(resp) if resp.status() == reqwest::StatusCode::OK => return Ok(()),
+                Ok(resp) => last = format!("GET /readyz answered {}", resp.status()),
+                Err(e) => last = format!("GET /readyz failed: {e}"),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "berth (pid {}) not ready on {} within {:?} (last: {last})\n{}",
+                    self.last_pid,
+                    self.host_port(),
+                    self.ready_timeout,
+                    self.log_tail_block()
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+impl Drop for BerthNode {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::env::var_os("BERTH_KEEP_TEST_DIRS").is_some() {
+            if let Some(tmp) = self.tmp.take() {
+                let kept = tmp.keep();
+                eprintln!("berth-testkit: kept node dir {}", kept.display());
+            }
+        }
+    }
+}
+
+/// Generated config: listen, data_dir, fs storage; `extra` merged over it table by table.
+pub fn generate_config(port: u16, data_dir: &Path, extra: &str) -> anyhow::Result<String> {
+    let mut base = toml::Table::new();
+    base.insert(
+        "listen".into(),
+        toml::Value::String(format!("127.0.0.1:{port}")),
+    );
+    base.insert(
+        "data_dir".into(),
+        toml::Value::String(
+            data_dir
+                .to_str()
+                .context("data dir path is not UTF-8")?
+                .to_string(),
+        ),
+    );
+    let mut storage = toml::Table::new();
+    storage.insert("backend".into(), toml::Value::String("fs".into()));
+    base.insert("storage".into(), toml::Value::Table(storage));
+    if !extra.trim().is_empty() {
+        let extra: toml::Table = extra
+            .parse()
+            .with_context(|| format!("NodeOptions.extra_toml is not valid TOML:\n{extra}"))?;
+        merge_tables(&mut base, extra);
+    }
+    Ok(toml::to_string(&base)?)
+}
+
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Last `lines` lines of a (possibly missing) text file.
+pub fn tail_of_file(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// Sends `sig` to `pid`. Ignores a process that is already gone.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Whether `pid` names a live process (or an unreaped zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// Makes the kernel send `sig` to the child when the thread that spawned it dies, so
+/// a test process killed by its runner does not leave servers behind.
+pub(crate) fn set_parent_death_signal(cmd: &mut Command, sig: libc::c_int) {
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn exited_by_sigterm(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGTERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_toml_merges_over_generated_tables() {
+        let cfg = generate_config(
+            1234,
+            Path::new("/tmp/x"),
+            "[storage]\nbackend = \"s3\"\n[uploads]\nexpire_after = \"1h\"\n",
+        )
+        .unwrap();
+        let t: toml::Table = cfg.parse().unwrap();
+        assert_eq!(t["listen"].as_str(), Some("127.0.0.1:1234"));
+        assert_eq!(t["data_dir"].as_str(), Some("/tmp/x"));
+        assert_eq!(t["storage"]["backend"].as_str(), Some("s3"));
+        assert_eq!(t["uploads"]["expire_after"].as_str(), Some("1h"));
+    }
+}
