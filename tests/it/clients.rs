@@ -29,8 +29,7 @@ const ACCEPT_ALL_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, 
     application/vnd.docker.distribution.manifest.list.v2+json";
 
 fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
 fn unique(label: &str) -> String {
@@ -63,17 +62,12 @@ fn layout_manifest(dir: &Path, tag: &str) -> (String, Vec<u8>) {
         .clone();
     let digest = desc["digest"].as_str().unwrap().to_string();
     let bytes = std::fs::read(blob_path(dir, &digest)).expect("reading manifest blob");
-    assert_eq!(
-        sha256_digest(&bytes),
-        digest,
-        "layout manifest blob is corrupt"
-    );
+    assert_eq!(sha256_digest(&bytes), digest, "layout manifest blob is corrupt");
     (digest, bytes)
 }
 
 fn blob_path(dir: &Path, digest: &str) -> std::path::PathBuf {
-    dir.join("blobs/sha256")
-        .join(digest.strip_prefix("sha256:").unwrap())
+    dir.join("blobs/sha256").join(digest.strip_prefix("sha256:").unwrap())
 }
 
 /// Every layer of the pulled layout at `dir:tag` is byte-identical to `image`'s.
@@ -110,16 +104,12 @@ async fn skopeo_oci_push_inspect_pull_list_delete() {
     // Push; --preserve-digests makes skopeo fail rather than rewrite the manifest.
     ok(
         "skopeo copy to registry",
-        skopeo
-            .copy(&image.oci_ref(), &dst, &["--preserve-digests"])
-            .await,
+        skopeo.copy(&image.oci_ref(), &dst, &["--preserve-digests"]).await,
     );
 
     let raw = ok(
         "inspect --raw",
-        skopeo
-            .run(&["inspect", "--tls-verify=false", "--raw", &dst])
-            .await,
+        skopeo.run(&["inspect", "--tls-verify=false", "--raw", &dst]).await,
     );
     assert!(
         raw == image.manifest,
@@ -152,36 +142,23 @@ async fn skopeo_oci_push_inspect_pull_list_delete() {
     // Pull both back into a new layout and compare bytes.
     let out = work.path().join("pulled");
     let out_ref = format!("oci:{}:v1", out.display());
-    ok(
-        "skopeo copy from registry",
-        skopeo.copy(&dst, &out_ref, &[]).await,
-    );
+    ok("skopeo copy from registry", skopeo.copy(&dst, &out_ref, &[]).await);
     let (digest, manifest) = layout_manifest(&out, "v1");
     assert_eq!(digest, image.manifest_digest, "pulled manifest digest");
     assert!(manifest == image.manifest, "pulled manifest bytes differ");
     assert_layers_match(&out, "v1", &image);
     let out_ref2 = format!("oci:{}:v2", out.display());
-    ok(
-        "skopeo copy v2 from registry",
-        skopeo.copy(&dst2, &out_ref2, &[]).await,
-    );
+    ok("skopeo copy v2 from registry", skopeo.copy(&dst2, &out_ref2, &[]).await);
     assert_eq!(layout_manifest(&out, "v2").0, image.manifest_digest);
 
     // The registry also serves it by digest, with the right headers.
     let reg = Registry::new(node.base_url());
     let resp = reg
-        .get_manifest(
-            "team/skopeo-oci",
-            &image.manifest_digest,
-            ACCEPT_ALL_MANIFESTS,
-        )
+        .get_manifest("team/skopeo-oci", &image.manifest_digest, ACCEPT_ALL_MANIFESTS)
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", describe(resp).await);
-    assert_eq!(
-        header_str(&resp, "content-type").as_deref(),
-        Some(MEDIA_OCI_MANIFEST)
-    );
+    assert_eq!(header_str(&resp, "content-type").as_deref(), Some(MEDIA_OCI_MANIFEST));
     assert_eq!(
         header_str(&resp, "docker-content-digest").as_deref(),
         Some(image.manifest_digest.as_str())
@@ -216,24 +193,14 @@ async fn skopeo_oci_push_inspect_pull_list_delete() {
         cmd.args(["inspect", "--tls-verify=false", "--raw", &reference]);
         ok(
             "inspect after delete must fail",
-            berth_testkit::tools::run_expect_failure(&mut cmd, berth_testkit::tools::CMD_TIMEOUT)
-                .await,
+            berth_testkit::tools::run_expect_failure(&mut cmd, berth_testkit::tools::CMD_TIMEOUT).await,
         );
     }
     let resp = reg
-        .get_manifest(
-            "team/skopeo-oci",
-            &image.manifest_digest,
-            ACCEPT_ALL_MANIFESTS,
-        )
+        .get_manifest("team/skopeo-oci", &image.manifest_digest, ACCEPT_ALL_MANIFESTS)
         .await
         .unwrap();
-    assert_eq!(
-        resp.status(),
-        404,
-        "manifest after delete: {}",
-        describe(resp).await
-    );
+    assert_eq!(resp.status(), 404, "manifest after delete: {}", describe(resp).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,16 +215,12 @@ async fn skopeo_v2s2_push_and_pull() {
 
     ok(
         "skopeo copy --format v2s2",
-        skopeo
-            .copy(&image.oci_ref(), &dst, &["--format", "v2s2"])
-            .await,
+        skopeo.copy(&image.oci_ref(), &dst, &["--format", "v2s2"]).await,
     );
 
     let raw = ok(
         "inspect --raw",
-        skopeo
-            .run(&["inspect", "--tls-verify=false", "--raw", &dst])
-            .await,
+        skopeo.run(&["inspect", "--tls-verify=false", "--raw", &dst]).await,
     );
     let manifest = json(&raw);
     assert_eq!(manifest["mediaType"], MEDIA_DOCKER_MANIFEST);
@@ -268,10 +231,7 @@ async fn skopeo_v2s2_push_and_pull() {
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), image.layers.len());
     for (got, want) in layers.iter().zip(&image.layers) {
-        assert_eq!(
-            got["mediaType"],
-            "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        );
+        assert_eq!(got["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
         assert_eq!(got["digest"], want.digest.as_str());
     }
 
@@ -298,24 +258,16 @@ async fn skopeo_v2s2_push_and_pull() {
     let out = work.path().join("pulled");
     ok(
         "skopeo copy from registry",
-        skopeo
-            .copy(&dst, &format!("oci:{}:v1", out.display()), &[])
-            .await,
+        skopeo.copy(&dst, &format!("oci:{}:v1", out.display()), &[]).await,
     );
     let (_, pulled) = layout_manifest(&out, "v1");
     let pulled = json(&pulled);
-    for (got, want) in pulled["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(&image.layers)
-    {
+    for (got, want) in pulled["layers"].as_array().unwrap().iter().zip(&image.layers) {
         assert_eq!(got["digest"], want.digest.as_str());
         let bytes = std::fs::read(blob_path(&out, &want.digest)).unwrap();
         assert!(bytes == want.blob, "layer bytes differ");
     }
-    let files =
-        layer_files(&std::fs::read(blob_path(&out, &image.layers[0].digest)).unwrap()).unwrap();
+    let files = layer_files(&std::fs::read(blob_path(&out, &image.layers[0].digest)).unwrap()).unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].0, "data/big.bin");
 }
@@ -328,11 +280,7 @@ async fn podman_push_pull_oci_and_v2s2() {
     let ctx = podman.scratch_dir("ctx").unwrap();
     let hello = unique("hello from podman");
     std::fs::write(ctx.join("hello.txt"), &hello).unwrap();
-    std::fs::write(
-        ctx.join("Containerfile"),
-        "FROM scratch\nCOPY hello.txt /hello.txt\n",
-    )
-    .unwrap();
+    std::fs::write(ctx.join("Containerfile"), "FROM scratch\nCOPY hello.txt /hello.txt\n").unwrap();
     let ctx_s = ctx.to_str().unwrap();
     let tag = format!("{hp}/team/podman:v1");
     let tag_v2s2 = format!("{hp}/team/podman-v2s2:v1");
@@ -355,9 +303,7 @@ async fn podman_push_pull_oci_and_v2s2() {
     );
     let id = String::from_utf8(ok(
         "inspect",
-        podman
-            .run(&["image", "inspect", "--format", "{{.Id}}", &tag])
-            .await,
+        podman.run(&["image", "inspect", "--format", "{{.Id}}", &tag]).await,
     ))
     .unwrap()
     .trim()
@@ -376,10 +322,7 @@ async fn podman_push_pull_oci_and_v2s2() {
             ])
             .await,
     );
-    let pushed_digest = std::fs::read_to_string(&digest_file)
-        .unwrap()
-        .trim()
-        .to_string();
+    let pushed_digest = std::fs::read_to_string(&digest_file).unwrap().trim().to_string();
     ok(
         "podman push --format v2s2",
         podman
@@ -400,10 +343,7 @@ async fn podman_push_pull_oci_and_v2s2() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", describe(resp).await);
-    assert_eq!(
-        header_str(&resp, "content-type").as_deref(),
-        Some(MEDIA_OCI_MANIFEST)
-    );
+    assert_eq!(header_str(&resp, "content-type").as_deref(), Some(MEDIA_OCI_MANIFEST));
     assert_eq!(
         header_str(&resp, "docker-content-digest").as_deref(),
         Some(pushed_digest.as_str())
@@ -428,19 +368,13 @@ async fn podman_push_pull_oci_and_v2s2() {
         cmd.args(["image", "exists", name]);
         ok(
             "image gone after rmi",
-            berth_testkit::tools::run_expect_failure(&mut cmd, berth_testkit::tools::CMD_TIMEOUT)
-                .await,
+            berth_testkit::tools::run_expect_failure(&mut cmd, berth_testkit::tools::CMD_TIMEOUT).await,
         );
 
-        ok(
-            "podman pull",
-            podman.run(&["pull", "--tls-verify=false", name]).await,
-        );
+        ok("podman pull", podman.run(&["pull", "--tls-verify=false", name]).await);
         let pulled_id = String::from_utf8(ok(
             "inspect",
-            podman
-                .run(&["image", "inspect", "--format", "{{.Id}}", name])
-                .await,
+            podman.run(&["image", "inspect", "--format", "{{.Id}}", name]).await,
         ))
         .unwrap()
         .trim()
@@ -449,20 +383,14 @@ async fn podman_push_pull_oci_and_v2s2() {
             pulled_id, id,
             "image ID (config digest) after pulling {name} ({want_type})"
         );
-        let mount = String::from_utf8(ok(
-            "podman image mount",
-            podman.run(&["image", "mount", name]).await,
-        ))
-        .unwrap()
-        .trim()
-        .to_string();
+        let mount = String::from_utf8(ok("podman image mount", podman.run(&["image", "mount", name]).await))
+            .unwrap()
+            .trim()
+            .to_string();
         let content = std::fs::read_to_string(Path::new(&mount).join("hello.txt"))
             .unwrap_or_else(|e| panic!("hello.txt in {mount}: {e}"));
         assert_eq!(content, hello, "file content after pulling {name}");
-        ok(
-            "podman image unmount",
-            podman.run(&["image", "unmount", name]).await,
-        );
+        ok("podman image unmount", podman.run(&["image", "unmount", name]).await);
     }
 }
 
@@ -531,10 +459,8 @@ async fn docker_push_rmi_pull() {
     let node = start_node().await;
     let hp = node.host_port();
     let dockerd = berth_testkit::Dockerd::start().await.expect("dockerd");
-    let busybox = std::fs::read(
-        berth_testkit::tools::require_executable(berth_testkit::tools::BUSYBOX).unwrap(),
-    )
-    .unwrap();
+    let busybox =
+        std::fs::read(berth_testkit::tools::require_executable(berth_testkit::tools::BUSYBOX).unwrap()).unwrap();
     let hello = unique("hello from docker");
     let tag = format!("{hp}/team/docker-app:v1");
     let tag2 = format!("{hp}/team/docker-app2:v1");
@@ -543,10 +469,7 @@ async fn docker_push_rmi_pull() {
         dockerd
             .build_scratch_image(
                 &tag,
-                &[
-                    ("hello.txt", hello.as_bytes(), 0o644),
-                    ("bin/busybox", &busybox, 0o755),
-                ],
+                &[("hello.txt", hello.as_bytes(), 0o644), ("bin/busybox", &busybox, 0o755)],
                 Some(&["/bin/busybox", "cat", "/hello.txt"]),
             )
             .await,
@@ -582,10 +505,9 @@ async fn docker_push_rmi_pull() {
         // Remove every local name of the image, then pull this one back.
         for n in [&tag, &tag2] {
             let mut cmd = dockerd.docker(&["image", "rm", "--force", n]);
-            let out =
-                berth_testkit::tools::run_unchecked(&mut cmd, berth_testkit::tools::CMD_TIMEOUT)
-                    .await
-                    .unwrap();
+            let out = berth_testkit::tools::run_unchecked(&mut cmd, berth_testkit::tools::CMD_TIMEOUT)
+                .await
+                .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(
                 out.status.success() || stderr.contains("No such image"),
@@ -595,29 +517,20 @@ async fn docker_push_rmi_pull() {
         let mut cmd = dockerd.docker(&["image", "inspect", name]);
         ok(
             "image gone after rmi",
-            berth_testkit::tools::run_expect_failure(&mut cmd, berth_testkit::tools::CMD_TIMEOUT)
-                .await,
+            berth_testkit::tools::run_expect_failure(&mut cmd, berth_testkit::tools::CMD_TIMEOUT).await,
         );
 
         ok("docker pull", dockerd.run(&["pull", name]).await);
         let pulled_id = String::from_utf8(ok(
             "inspect",
-            dockerd
-                .run(&["image", "inspect", "--format", "{{.Id}}", name])
-                .await,
+            dockerd.run(&["image", "inspect", "--format", "{{.Id}}", name]).await,
         ))
         .unwrap();
         assert_eq!(pulled_id.trim(), id, "image ID after pulling {name}");
         let repo_digests = String::from_utf8(ok(
             "inspect",
             dockerd
-                .run(&[
-                    "image",
-                    "inspect",
-                    "--format",
-                    "{{json .RepoDigests}}",
-                    name,
-                ])
+                .run(&["image", "inspect", "--format", "{{json .RepoDigests}}", name])
                 .await,
         ))
         .unwrap();
@@ -628,14 +541,8 @@ async fn docker_push_rmi_pull() {
 
         // Look inside: docker save, then the layer tars.
         let saved = ok("docker save", dockerd.run(&["save", name]).await);
-        let files =
-            berth_testkit::docker::saved_image_files(&saved).expect("reading docker save archive");
-        let find = |p: &str| {
-            files
-                .iter()
-                .find(|(path, _)| path == p)
-                .map(|(_, c)| c.clone())
-        };
+        let files = berth_testkit::docker::saved_image_files(&saved).expect("reading docker save archive");
+        let find = |p: &str| files.iter().find(|(path, _)| path == p).map(|(_, c)| c.clone());
         assert_eq!(
             find("hello.txt").as_deref(),
             Some(hello.as_bytes()),
@@ -679,10 +586,7 @@ async fn referrers_for_an_sbom() {
             "application/spdx+json",
             br#"{"spdxVersion":"SPDX-2.3","name":"app"}"#.to_vec(),
         ),
-        (
-            "application/vnd.berth.test.signature",
-            random_bytes(300, 32),
-        ),
+        ("application/vnd.berth.test.signature", random_bytes(300, 32)),
     ] {
         let layer_digest = reg.push_blob(repo, &content).await.unwrap();
         let manifest = serde_json::to_vec(&json!({
@@ -720,10 +624,7 @@ async fn referrers_for_an_sbom() {
     let url = reg.url(&format!("/v2/{repo}/referrers/{}", image.manifest_digest));
     let resp = reg.http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{}", describe(resp).await);
-    assert_eq!(
-        header_str(&resp, "content-type").as_deref(),
-        Some(MEDIA_OCI_INDEX)
-    );
+    assert_eq!(header_str(&resp, "content-type").as_deref(), Some(MEDIA_OCI_INDEX));
     let index: Value = resp.json().await.unwrap();
     assert_eq!(index["schemaVersion"], 2);
     assert_eq!(index["mediaType"], MEDIA_OCI_INDEX);
@@ -774,10 +675,7 @@ async fn referrers_for_an_sbom() {
 
     // The artifacts themselves are pullable by digest, byte-identical.
     for (_, digest, manifest) in &pushed {
-        let resp = reg
-            .get_manifest(repo, digest, MEDIA_OCI_MANIFEST)
-            .await
-            .unwrap();
+        let resp = reg.get_manifest(repo, digest, MEDIA_OCI_MANIFEST).await.unwrap();
         assert_eq!(resp.status(), 200, "{}", describe(resp).await);
         assert!(resp.bytes().await.unwrap().as_ref() == manifest.as_slice());
     }

@@ -43,9 +43,7 @@ async fn skopeo_push_survives_kill9_and_restart() {
     remove_blob_info_cache();
     ok(
         "skopeo push",
-        skopeo
-            .copy(&image.oci_ref(), &dst, &["--preserve-digests"])
-            .await,
+        skopeo.copy(&image.oci_ref(), &dst, &["--preserve-digests"]).await,
     );
 
     let pid = node.pid();
@@ -55,26 +53,18 @@ async fn skopeo_push_survives_kill9_and_restart() {
 
     let raw = ok(
         "inspect --raw after restart",
-        skopeo
-            .run(&["inspect", "--tls-verify=false", "--raw", &dst])
-            .await,
+        skopeo.run(&["inspect", "--tls-verify=false", "--raw", &dst]).await,
     );
     assert!(raw == image.manifest, "manifest changed across restart");
     let out = work.path().join("pulled");
     ok(
         "skopeo pull after restart",
-        skopeo
-            .copy(&dst, &format!("oci:{}:v1", out.display()), &[])
-            .await,
+        skopeo.copy(&dst, &format!("oci:{}:v1", out.display()), &[]).await,
     );
     for layer in &image.layers {
         let hex = layer.digest.strip_prefix("sha256:").unwrap();
         let bytes = std::fs::read(out.join("blobs/sha256").join(hex)).expect("pulled layer");
-        assert!(
-            bytes == layer.blob,
-            "layer {} differs after restart",
-            layer.digest
-        );
+        assert!(bytes == layer.blob, "layer {} differs after restart", layer.digest);
     }
     let hex = image.config_digest.strip_prefix("sha256:").unwrap();
     assert!(std::fs::read(out.join("blobs/sha256").join(hex)).unwrap() == image.config);
@@ -162,12 +152,7 @@ async fn kill9_mid_push_leaves_nothing_partial() {
         .http
         .patch(&upload)
         .header("content-type", "application/octet-stream")
-        .body(gated_body(
-            data.clone(),
-            SENT_BEFORE_KILL,
-            reached_tx,
-            resume_rx,
-        ))
+        .body(gated_body(data.clone(), SENT_BEFORE_KILL, reached_tx, resume_rx))
         .send();
     let patch = tokio::spawn(patch);
     tokio::time::timeout(Duration::from_secs(120), reached_rx)
@@ -213,10 +198,7 @@ async fn kill9_mid_push_leaves_nothing_partial() {
         describe(resp).await
     );
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    assert_eq!(
-        body["errors"][0]["code"], "BLOB_UNKNOWN",
-        "error body: {body}"
-    );
+    assert_eq!(body["errors"][0]["code"], "BLOB_UNKNOWN", "error body: {body}");
     let catalog = ok("catalog", reg.catalog().await);
     assert!(
         !catalog.iter().any(|r| r == repo),
@@ -233,10 +215,7 @@ async fn kill9_mid_push_leaves_nothing_partial() {
                     .next()
                     .and_then(|e| e.parse().ok())
                     .unwrap_or_else(|| panic!("bad Range {range:?}"));
-                assert!(
-                    end < BIG as u64,
-                    "old upload claims {range} after a cut-off PATCH"
-                );
+                assert!(end < BIG as u64, "old upload claims {range} after a cut-off PATCH");
             }
         }
         _ => panic!("GET old upload session: {}", describe(resp).await),
@@ -252,12 +231,7 @@ async fn kill9_mid_push_leaves_nothing_partial() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        resp.status(),
-        202,
-        "streamed PATCH: {}",
-        describe(resp).await
-    );
+    assert_eq!(resp.status(), 202, "streamed PATCH: {}", describe(resp).await);
     let next = reg.url(&location(&resp).unwrap());
     let resp = reg
         .http
@@ -275,18 +249,12 @@ async fn kill9_mid_push_leaves_nothing_partial() {
         header_str(&resp, "docker-content-digest").as_deref(),
         Some(digest.as_str())
     );
-    assert_eq!(
-        pull_digest(&reg, repo, &digest).await,
-        (digest.clone(), BIG as u64)
-    );
+    assert_eq!(pull_digest(&reg, repo, &digest).await, (digest.clone(), BIG as u64));
 
     // Acknowledged, so it survives another kill -9.
     node.kill9();
     ok("second restart", node.restart().await);
-    assert_eq!(
-        pull_digest(&reg, repo, &digest).await,
-        (digest.clone(), BIG as u64)
-    );
+    assert_eq!(pull_digest(&reg, repo, &digest).await, (digest.clone(), BIG as u64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,8 +293,7 @@ async fn acknowledged_manifests_survive_kill9() {
         let tag = format!("t{i:02}");
         ok(
             "PUT manifest",
-            reg.put_manifest(repo, &tag, MEDIA_OCI_MANIFEST, &manifest)
-                .await,
+            reg.put_manifest(repo, &tag, MEDIA_OCI_MANIFEST, &manifest).await,
         );
         pushed.push((tag, sha256_digest(&manifest), manifest, config_digest));
     }
@@ -337,10 +304,7 @@ async fn acknowledged_manifests_survive_kill9() {
 
     for (tag, digest, manifest, config_digest) in &pushed {
         for reference in [tag, digest] {
-            let resp = reg
-                .get_manifest(repo, reference, MEDIA_OCI_MANIFEST)
-                .await
-                .unwrap();
+            let resp = reg.get_manifest(repo, reference, MEDIA_OCI_MANIFEST).await.unwrap();
             assert_eq!(
                 resp.status(),
                 200,
@@ -370,4 +334,71 @@ async fn acknowledged_manifests_survive_kill9() {
     let want: Vec<String> = pushed.iter().map(|p| p.0.clone()).collect();
     assert_eq!(tags, want);
     assert!(ok("catalog", reg.catalog().await).iter().any(|r| r == repo));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_graceful_and_data_survives() {
+    let mut node = start_node().await;
+    let reg = Registry::new(node.base_url());
+    let repo = "team/persist-sigterm";
+    let image = ImageBuilder::new()
+        .layer(&[("etc/hello.txt", b"graceful".as_slice())])
+        .build()
+        .unwrap();
+    ok("push", reg.push_image(repo, "v1", &image).await);
+
+    // Exits 0 within the testkit's bound (it errors otherwise).
+    ok("stop (SIGTERM)", node.stop().await);
+    assert!(!node.is_running());
+    ok("restart after SIGTERM", node.restart().await);
+
+    let resp = reg.get_manifest(repo, "v1", MEDIA_OCI_MANIFEST).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "GET manifest after restart: {}",
+        describe(resp).await
+    );
+    assert!(resp.bytes().await.unwrap().as_ref() == image.manifest.as_slice());
+    assert!(ok("GET layer", reg.get_blob(repo, &image.layers[0].digest).await) == image.layers[0].blob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stalled_upload_still_exits() {
+    let mut node = start_node().await;
+    let reg = Registry::new(node.base_url());
+    let repo = "team/persist-stalled";
+    let data = Bytes::from(random_bytes(8 * CHUNK, 61));
+
+    // A client that sends 2 MiB of a PATCH body and then goes silent.
+    let upload = ok("POST upload", reg.start_upload(repo).await);
+    let (reached_tx, reached_rx) = oneshot::channel();
+    let (resume_tx, resume_rx) = oneshot::channel::<()>();
+    let patch = tokio::spawn(
+        reg.http
+            .patch(&upload)
+            .header("content-type", "application/octet-stream")
+            .body(gated_body(data, 2 * CHUNK, reached_tx, resume_rx))
+            .send(),
+    );
+    tokio::time::timeout(Duration::from_secs(60), reached_rx)
+        .await
+        .expect("PATCH body did not reach 2 MiB within 60 s")
+        .expect("PATCH body stream dropped");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Graceful shutdown must not wait forever for that client.
+    ok("stop (SIGTERM) with a stalled upload in flight", node.stop().await);
+    drop(resume_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(30), patch).await;
+
+    ok("restart", node.restart().await);
+    let digest = sha256_digest(&random_bytes(8 * CHUNK, 61));
+    let resp = reg.head_blob(repo, &digest).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "HEAD of an unfinished blob: {}",
+        describe(resp).await
+    );
 }

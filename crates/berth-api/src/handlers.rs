@@ -15,6 +15,7 @@ use berth_oci::ErrorCode;
 use berth_oci::Reference;
 use berth_oci::RepoName;
 use berth_oci::media_types;
+use berth_registry::BlobBody;
 use berth_registry::ByteRange;
 use berth_registry::MountResult;
 use berth_registry::UploadStatus;
@@ -242,19 +243,23 @@ async fn put_manifest(
             format!("manifest of {size} bytes exceeds the limit of {limit} bytes"),
         )
     };
-    if let Some(n) = body::content_length(req.headers())
-        && n > limit as u64
-    {
-        return Err(too_large(n.to_string()));
-    }
+    let declared = body::content_length(req.headers());
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let bytes = axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|_| too_large(format!("more than {limit}")))?;
+    let bytes = match body::read_limited(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(body::Oversized::TooLarge { drained }) => {
+            let size = declared.map_or_else(|| format!("more than {limit}"), |n| n.to_string());
+            let err = too_large(size);
+            return Err(if drained { err } else { err.with_header(header::CONNECTION, "close") });
+        }
+        Err(body::Oversized::Broken(e)) => {
+            return Err(ApiError::new(ErrorCode::ManifestInvalid, format!("reading the manifest failed: {e}")));
+        }
+    };
     let res = state
         .registry
         .put_manifest(&repo, &reference, content_type.as_deref(), bytes.to_vec())
@@ -380,8 +385,14 @@ async fn get_blob(
     if head {
         return Ok(with_headers(status, &headers));
     }
-    let blob = state.registry.get_blob(&repo, &digest, range).await?;
-    let mut resp = Response::new(Body::from_stream(blob.body));
+    let body = match state.registry.get_blob(&repo, &digest, range).await? {
+        BlobBody::Stream { body, .. } => body,
+        BlobBody::Redirect(url) => {
+            let headers = [(header::LOCATION, url), (docker_content_digest(), digest_s)];
+            return Ok(with_headers(StatusCode::TEMPORARY_REDIRECT, &headers));
+        }
+    };
+    let mut resp = Response::new(Body::from_stream(body));
     *resp.status_mut() = status;
     for (k, v) in headers {
         resp.headers_mut().insert(k, header_value(&v));

@@ -45,7 +45,7 @@ use crate::lock::{KeyedGuard, KeyedLocks};
 use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 /// Chunk size of streams returned by `get` / `upload_read`.
-const READ_CHUNK: usize = 128 * 1024;
+pub(crate) const READ_CHUNK: usize = 128 * 1024;
 /// Size of the write batches handed to the blocking pool.
 const WRITE_BATCH: usize = 1024 * 1024;
 
@@ -145,45 +145,52 @@ impl FsBlobStore {
     /// Walk `blobs/` and return every stored blob with its size (used to
     /// rebuild an index). Files whose names are not valid digests are skipped.
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
-        let blobs = self.blobs.clone();
-        let found = blocking(move || {
-            let mut out = Vec::new();
-            for algo in read_dir_if_exists(&blobs)? {
-                let algo = algo?;
-                if !algo.file_type()?.is_dir() {
+        let found = scan_blobs(self.blobs.clone()).await?;
+        Ok(found.into_iter().map(|(d, meta)| (d, meta.len())).collect())
+    }
+}
+
+/// Walk a content-addressed tree `<dir>/<algo>/<xx>/<hex>` and return every
+/// file whose name is a valid digest, with its metadata. Other files are
+/// skipped with a warning.
+pub(crate) async fn scan_blobs(dir: PathBuf) -> Result<Vec<(Digest, std::fs::Metadata)>, BlobError> {
+    let found = blocking(move || {
+        let mut out = Vec::new();
+        for algo in read_dir_if_exists(&dir)? {
+            let algo = algo?;
+            if !algo.file_type()?.is_dir() {
+                continue;
+            }
+            for shard in read_dir_if_exists(&algo.path())? {
+                let shard = shard?;
+                if !shard.file_type()?.is_dir() {
                     continue;
                 }
-                for shard in read_dir_if_exists(&algo.path())? {
-                    let shard = shard?;
-                    if !shard.file_type()?.is_dir() {
-                        continue;
-                    }
-                    for blob in read_dir_if_exists(&shard.path())? {
-                        let blob = blob?;
-                        let meta = blob.metadata()?;
-                        if meta.is_file() {
-                            out.push((
-                                algo.file_name().to_string_lossy().into_owned(),
-                                blob.file_name().to_string_lossy().into_owned(),
-                                meta.len(),
-                            ));
-                        }
+                for blob in read_dir_if_exists(&shard.path())? {
+                    let blob = blob?;
+                    let meta = blob.metadata()?;
+                    if meta.is_file() {
+                        out.push((
+                            algo.file_name().to_string_lossy().into_owned(),
+                            blob.file_name().to_string_lossy().into_owned(),
+                            meta,
+                        ));
                     }
                 }
-            }
-            Ok(out)
-        })
-        .await?;
-        let mut out = Vec::with_capacity(found.len());
-        for (algo, hex, size) in found {
-            let text = format!("{algo}:{hex}");
-            match Digest::parse(&text) {
-                Ok(d) if d.hex() == hex => out.push((d, size)),
-                _ => warn!(name = %text, "ignoring unexpected file in blob directory"),
             }
         }
         Ok(out)
+    })
+    .await?;
+    let mut out = Vec::with_capacity(found.len());
+    for (algo, hex, meta) in found {
+        let text = format!("{algo}:{hex}");
+        match Digest::parse(&text) {
+            Ok(d) if d.hex() == hex => out.push((d, meta)),
+            _ => warn!(name = %text, "ignoring unexpected file in blob directory"),
+        }
     }
+    Ok(out)
 }
 
 #[async_trait]
@@ -533,20 +540,7 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn check_writable(&self) -> Result<(), BlobError> {
-        let probe = self.tmp.join(format!(".probe-{}", uuid::Uuid::new_v4()));
-        let p = probe.clone();
-        let res = blocking(move || {
-            let file = OpenOptions::new().write(true).create_new(true).open(&p)?;
-            let written = file.write_all_at(b"ok", 0);
-            drop(file);
-            let removed = std::fs::remove_file(&p);
-            written.and(removed)
-        })
-        .await;
-        res.map_err(|e| {
-            warn!(dir = %self.tmp.display(), error = %e, "blob store not writable");
-            BlobError::Unavailable(format!("cannot write to {}: {e}", self.tmp.display()))
-        })
+        probe_writable(&self.tmp).await
     }
 }
 
@@ -558,8 +552,25 @@ enum Commit {
 
 // ---- helpers ---------------------------------------------------------------------------
 
+/// Readiness probe: create, write and remove a file in `dir`.
+pub(crate) async fn probe_writable(dir: &Path) -> Result<(), BlobError> {
+    let probe = dir.join(format!(".probe-{}", uuid::Uuid::new_v4()));
+    let res = blocking(move || {
+        let file = OpenOptions::new().write(true).create_new(true).open(&probe)?;
+        let written = file.write_all_at(b"ok", 0);
+        drop(file);
+        let removed = std::fs::remove_file(&probe);
+        written.and(removed)
+    })
+    .await;
+    res.map_err(|e| {
+        warn!(dir = %dir.display(), error = %e, "blob store not writable");
+        BlobError::Unavailable(format!("cannot write to {}: {e}", dir.display()))
+    })
+}
+
 /// Run blocking file work on the blocking pool.
-async fn blocking<T, F>(f: F) -> io::Result<T>
+pub(crate) async fn blocking<T, F>(f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
@@ -571,17 +582,17 @@ fn join_error(e: tokio::task::JoinError) -> io::Error {
     io::Error::other(format!("blocking I/O task failed: {e}"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn parent_of(path: &Path) -> io::Result<&Path> {
+pub(crate) fn parent_of(path: &Path) -> io::Result<&Path> {
     path.parent()
         .ok_or_else(|| io::Error::other(format!("{} has no parent", path.display())))
 }
 
 /// Create a blob shard directory if needed, making the new entries durable.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
     if std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
@@ -596,7 +607,7 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn read_dir_if_exists(
+pub(crate) fn read_dir_if_exists(
     dir: &Path,
 ) -> io::Result<Box<dyn Iterator<Item = io::Result<std::fs::DirEntry>>>> {
     match std::fs::read_dir(dir) {
@@ -607,7 +618,7 @@ fn read_dir_if_exists(
 }
 
 /// Remove everything inside `dir`; returns the number of entries removed.
-fn clean_dir(dir: &Path) -> io::Result<usize> {
+pub(crate) fn clean_dir(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -627,7 +638,7 @@ fn clean_dir(dir: &Path) -> io::Result<usize> {
 }
 
 /// Stream `len` bytes of `file` starting at `start`, in `READ_CHUNK` pieces.
-async fn read_stream(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
+pub(crate) async fn read_stream(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
     let mut file = tokio::fs::File::from_std(file);
     if start > 0 {
         file.seek(SeekFrom::Start(start)).await?;
@@ -645,7 +656,7 @@ type Inflight = JoinHandle<(Option<Hasher>, io::Result<()>)>;
 /// blocking pool; one batch may be in flight while the next is collected.
 /// With a hasher, each batch is also hashed on the blocking pool, so hashing
 /// overlaps with receiving the next batch and stays off the async workers.
-struct FileWriter {
+pub(crate) struct FileWriter {
     file: Arc<File>,
     /// File offset after all dispatched bytes.
     pos: u64,
@@ -653,20 +664,23 @@ struct FileWriter {
     /// `None` while a batch is in flight (it travels with the batch).
     hasher: Option<Hasher>,
     inflight: Option<Inflight>,
+    /// File offset up to which every byte has been written.
+    done: u64,
 }
 
 impl FileWriter {
-    fn new(file: File, pos: u64) -> Self {
+    pub(crate) fn new(file: File, pos: u64) -> Self {
         FileWriter {
             file: Arc::new(file),
             pos,
             buf: BytesMut::new(),
             hasher: None,
             inflight: None,
+            done: pos,
         }
     }
 
-    fn with_hasher(file: File, pos: u64, hasher: Hasher) -> Self {
+    pub(crate) fn with_hasher(file: File, pos: u64, hasher: Hasher) -> Self {
         FileWriter {
             hasher: Some(hasher),
             ..FileWriter::new(file, pos)
@@ -674,11 +688,11 @@ impl FileWriter {
     }
 
     /// The hasher, once everything has been flushed.
-    fn take_hasher(&mut self) -> Option<Hasher> {
+    pub(crate) fn take_hasher(&mut self) -> Option<Hasher> {
         self.hasher.take()
     }
 
-    async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+    pub(crate) async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
         if chunk.len() >= WRITE_BATCH {
             // Large chunk: write it as is (no copy), after what is buffered.
             if !self.buf.is_empty() {
@@ -718,21 +732,33 @@ impl FileWriter {
             Some(handle) => {
                 let (hasher, res) = handle.await.map_err(join_error)?;
                 self.hasher = hasher;
-                res
+                res?;
+                // Everything dispatched so far is now written.
+                self.done = self.pos;
+                Ok(())
             }
             None => Ok(()),
         }
     }
 
+    /// File offset up to which every byte is written (readable with `pread`),
+    /// first collecting the in-flight batch if it has already finished.
+    pub(crate) async fn completed(&mut self) -> io::Result<u64> {
+        if self.inflight.as_ref().is_some_and(|h| h.is_finished()) {
+            self.wait().await?;
+        }
+        Ok(self.done)
+    }
+
     /// Wait for the in-flight batch, ignoring its outcome (error paths).
-    async fn wait_quiet(&mut self) {
+    pub(crate) async fn wait_quiet(&mut self) {
         if let Err(e) = self.wait().await {
             debug!(error = %e, "write failed while aborting");
         }
     }
 
     /// Write out everything buffered; returns the end offset.
-    async fn flush(&mut self) -> io::Result<u64> {
+    pub(crate) async fn flush(&mut self) -> io::Result<u64> {
         if !self.buf.is_empty() {
             let pending = self.buf.split().freeze();
             self.dispatch(pending).await?;
@@ -742,7 +768,7 @@ impl FileWriter {
     }
 
     /// fdatasync.
-    async fn sync(&self) -> io::Result<()> {
+    pub(crate) async fn sync(&self) -> io::Result<()> {
         let file = Arc::clone(&self.file);
         blocking(move || file.sync_data()).await
     }
@@ -808,20 +834,20 @@ impl Drop for Append {
 }
 
 /// Removes a temp file unless disarmed (also when the owning future is dropped).
-struct TempFile {
+pub(crate) struct TempFile {
     path: Option<PathBuf>,
 }
 
 impl TempFile {
-    fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         TempFile { path: Some(path) }
     }
 
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.path = None;
     }
 
-    async fn remove(&mut self) {
+    pub(crate) async fn remove(&mut self) {
         if let Some(path) = self.path.take() {
             // remove_quiet already logs real failures.
             if let Err(e) = blocking(move || remove_quiet(&path)).await {

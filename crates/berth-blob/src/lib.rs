@@ -30,6 +30,10 @@ mod lock;
 pub mod conformance;
 
 pub use fs::FsBlobStore;
+pub mod s3;
+pub use s3::{S3BlobStore, S3Config};
+pub mod cache;
+pub use cache::{CacheStats, CachedBlobStore};
 
 /// A stream of blob bytes. Input streams that yield `Err` are treated as a
 /// failed client ([`BlobError::Client`]); output streams yield `Err` on
@@ -176,6 +180,12 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Ids of uploads that have stored state (for orphan cleanup).
     async fn upload_list(&self) -> Result<Vec<String>, BlobError>;
+
+    /// A URL from which a client can fetch the blob directly for `expires`, when the
+    /// backend can hand one out (S3 presigned GET). `None`: the node must stream it.
+    async fn presigned_get(&self, _digest: &Digest, _expires: std::time::Duration) -> Result<Option<String>, BlobError> {
+        Ok(None)
+    }
 
     /// Readiness probe: can we write?
     async fn check_writable(&self) -> Result<(), BlobError>;

@@ -22,6 +22,9 @@ use openraft::error::CheckIsLeaderError;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tracing::Instrument;
 use serde::Serialize;
 
 use crate::ClusterError;
@@ -77,11 +80,67 @@ pub(crate) struct ForwardedReply {
     pub response: CommandResponse,
 }
 
+type BarrierWaiter = oneshot::Sender<Result<(), String>>;
+
+/// Runs read-barrier rounds for queued callers until every sender is gone.
+async fn run_barriers(raft: Raft<TypeConfig>, timeout: Duration, mut rx: mpsc::UnboundedReceiver<BarrierWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let result = barrier_round(&raft, timeout).await.map_err(|e| e.to_string());
+        for w in waiters {
+            // A caller that gave up no longer listens; nothing to do.
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+/// One read-index round: on the leader, confirm leadership and wait for the apply;
+/// on a follower, ask the leader for its read index and wait to apply up to it.
+async fn barrier_round(raft: &Raft<TypeConfig>, timeout: Duration) -> Result<(), ClusterError> {
+    let index = match raft.ensure_linearizable().await {
+        Ok(_) => return Ok(()),
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => return Err(unavailable(e)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            let leader = f
+                .leader_node
+                .clone()
+                .or_else(|| leader_info(raft, f.leader_id))
+                .ok_or_else(|| unavailable("no leader known"))?;
+            let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
+            let mut client = RaftServiceClient::new(ch);
+            tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
+                .await
+                .map_err(|_| unavailable("read index timed out"))?
+                .map_err(|s| unavailable(s.message()))?
+                .into_inner()
+                .index
+        }
+        Err(RaftError::Fatal(e)) => return Err(ClusterError::Fatal(e.to_string())),
+    };
+    raft.wait(Some(timeout))
+        .applied_index_at_least(Some(index), "read barrier")
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
+/// The advertised addresses of `leader`, from the membership this node knows.
+fn leader_info(raft: &Raft<TypeConfig>, leader: Option<NodeId>) -> Option<NodeInfo> {
+    let leader = leader?;
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.clone())
+}
+
 struct Inner {
     id: NodeId,
     raft: Raft<TypeConfig>,
     reader: MetaReader,
     options: RaftOptions,
+    barrier: mpsc::UnboundedSender<BarrierWaiter>,
 }
 
 /// This node's member of the Raft group, shared by every request handler.
@@ -127,12 +186,18 @@ impl ClusterNode {
         )
         .await
         .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let (barrier, rx) = mpsc::unbounded_channel();
+        tokio::spawn(
+            run_barriers(raft.clone(), options.request_timeout, rx)
+                .instrument(tracing::info_span!("read_barriers", node = id)),
+        );
         Ok(ClusterNode {
             inner: Arc::new(Inner {
                 id,
                 raft,
                 reader: store.reader(),
                 options,
+                barrier,
             }),
         })
     }
@@ -219,16 +284,6 @@ impl ClusterNode {
         }
     }
 
-    fn leader_info(&self, leader: Option<NodeId>) -> Option<NodeInfo> {
-        let leader = leader?;
-        let m = self.inner.raft.metrics();
-        let m = m.borrow();
-        m.membership_config
-            .nodes()
-            .find(|(id, _)| **id == leader)
-            .map(|(_, n)| n.clone())
-    }
-
     /// Propose `cmd` and wait until it is committed and applied on this node.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ClusterError> {
         let kind = cmd.kind();
@@ -247,7 +302,7 @@ impl ClusterNode {
                 let leader = f
                     .leader_node
                     .clone()
-                    .or_else(|| self.leader_info(f.leader_id))
+                    .or_else(|| leader_info(&self.inner.raft, f.leader_id))
                     .ok_or_else(|| unavailable("no leader known"))?;
                 self.forward(&leader, cmd).await
             }
@@ -300,31 +355,20 @@ impl ClusterNode {
 
     /// After this returns, this node's state reflects every write committed before the
     /// call: reads that follow are linearizable.
+    ///
+    /// Concurrent callers share rounds: every caller waits for the first round that
+    /// starts after it arrived, so one read index serves a whole burst of reads.
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
-        let timeout = self.inner.options.request_timeout;
-        let index = match self.inner.raft.ensure_linearizable().await {
-            Ok(_) => return Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                return Err(unavailable(e));
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                let leader = f
-                    .leader_node
-                    .clone()
-                    .or_else(|| self.leader_info(f.leader_id))
-                    .ok_or_else(|| unavailable("no leader known"))?;
-                let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
-                let mut client = RaftServiceClient::new(ch);
-                tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
-                    .await
-                    .map_err(|_| unavailable("read index timed out"))?
-                    .map_err(|s| unavailable(s.message()))?
-                    .into_inner()
-                    .index
-            }
-            Err(RaftError::Fatal(e)) => return Err(ClusterError::Fatal(e.to_string())),
-        };
-        self.wait_applied(index, timeout).await
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .barrier
+            .send(tx)
+            .map_err(|_| ClusterError::Fatal("read barrier task stopped".into()))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(m)) => Err(ClusterError::Unavailable(m)),
+            Err(_) => Err(ClusterError::Fatal("read barrier task stopped".into())),
+        }
     }
 
     /// The leader's read index (committed log index), for a follower's read barrier.

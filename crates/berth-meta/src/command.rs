@@ -58,11 +58,7 @@ pub enum Command {
         at: u64,
     },
     /// Delete a manifest from a repository together with every tag pointing at it.
-    DeleteManifest {
-        repo: RepoName,
-        digest: Digest,
-        at: u64,
-    },
+    DeleteManifest { repo: RepoName, digest: Digest, at: u64 },
     /// Delete one tag; the manifest stays.
     DeleteTag { repo: RepoName, tag: Tag, at: u64 },
 }

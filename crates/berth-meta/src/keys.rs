@@ -42,19 +42,12 @@ pub const STATE_CFS: &[&str] = &[
     CF_CHANGES,
 ];
 
-pub const ALL_CFS: &[&str] = &[
-    CF_LOGS,
-    CF_RAFT,
-    CF_SM,
-    CF_REPOS,
-    CF_TAGS,
-    CF_MANIFESTS,
-    CF_BLOBS,
-    CF_LINKS,
-    CF_REFERRERS,
-    CF_UPLOADS,
-    CF_CHANGES,
-];
+/// The Raft bookkeeping column families; with [`STATE_CFS`], every one there is.
+pub const RAFT_CFS: &[&str] = &[CF_LOGS, CF_RAFT, CF_SM];
+
+pub fn all_cfs() -> impl Iterator<Item = &'static str> {
+    RAFT_CFS.iter().chain(STATE_CFS).copied()
+}
 
 pub fn join(parts: &[&str]) -> Vec<u8> {
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
@@ -94,6 +87,5 @@ pub fn parse_index(k: &[u8]) -> Option<u64> {
 
 /// The part of a composite key after `prefix`.
 pub fn suffix<'a>(key: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
-    key.strip_prefix(prefix)
-        .and_then(|s| std::str::from_utf8(s).ok())
+    key.strip_prefix(prefix).and_then(|s| std::str::from_utf8(s).ok())
 }

@@ -51,15 +51,10 @@ impl MetaReader {
     }
 
     pub fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagRecord>, MetaError> {
-        self.store
-            .get(CF_TAGS, &join(&[repo.as_str(), tag.as_str()]))
+        self.store.get(CF_TAGS, &join(&[repo.as_str(), tag.as_str()]))
     }
 
-    pub fn manifest(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<ManifestRecord>, MetaError> {
+    pub fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, MetaError> {
         self.store.get(CF_MANIFESTS, &repo_digest(repo, digest))
     }
 
@@ -72,11 +67,7 @@ impl MetaReader {
     }
 
     /// The blob, if it is linked to `repo`.
-    pub fn linked_blob(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Option<BlobRecord>, MetaError> {
+    pub fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
         if !self.store.exists(CF_LINKS, &repo_digest(repo, digest))? {
             return Ok(None);
         }
@@ -109,13 +100,7 @@ impl MetaReader {
         self.page(CF_REPOS, b"", last, n)
     }
 
-    fn page(
-        &self,
-        cf_name: &'static str,
-        prefix: &[u8],
-        last: Option<&str>,
-        n: usize,
-    ) -> Result<Page, MetaError> {
+    fn page(&self, cf_name: &'static str, prefix: &[u8], last: Option<&str>, n: usize) -> Result<Page, MetaError> {
         let cf = self.store.cf(cf_name)?;
         let mut start = prefix.to_vec();
         if let Some(last) = last {
@@ -143,53 +128,41 @@ impl MetaReader {
         Ok(Page { items, more })
     }
 
-    /// Tags of `repo` that point at `digest`.
-    pub fn tags_pointing_to(
+    /// Every (key suffix, value) of `cf` under `prefix`, in key order.
+    fn scan_prefix<T: serde::de::DeserializeOwned>(
         &self,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Vec<Tag>, MetaError> {
-        let prefix = repo_prefix(repo);
-        let cf = self.store.cf(CF_TAGS)?;
+        cf_name: &'static str,
+        prefix: &[u8],
+    ) -> Result<Vec<(String, T)>, MetaError> {
+        let cf = self.store.cf(cf_name)?;
         let mut out = Vec::new();
         for kv in self
             .store
             .db()
-            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
         {
             let (k, v) = kv?;
-            let Some(name) = suffix(&k, &prefix) else {
-                break;
-            };
-            let rec: TagRecord = decode("tag", &v)?;
+            let Some(rest) = suffix(&k, prefix) else { break };
+            out.push((rest.to_string(), decode(cf_name, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Tags of `repo` that point at `digest`.
+    pub fn tags_pointing_to(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>, MetaError> {
+        let mut out = Vec::new();
+        for (name, rec) in self.scan_prefix::<TagRecord>(CF_TAGS, &repo_prefix(repo))? {
             if &rec.digest == digest {
-                out.push(Tag::parse(name).map_err(|e| corrupt("tag", e))?);
+                out.push(Tag::parse(&name).map_err(|e| corrupt("tag", e))?);
             }
         }
         Ok(out)
     }
 
     /// Descriptors of the manifests in `repo` whose subject is `subject`.
-    pub fn referrers(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-    ) -> Result<Vec<Descriptor>, MetaError> {
-        let prefix = referrer_prefix(repo, subject);
-        let cf = self.store.cf(CF_REFERRERS)?;
-        let mut out = Vec::new();
-        for kv in self
-            .store
-            .db()
-            .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
-        {
-            let (k, v) = kv?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            out.push(decode("referrer", &v)?);
-        }
-        Ok(out)
+    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, MetaError> {
+        let rows = self.scan_prefix::<Descriptor>(CF_REFERRERS, &referrer_prefix(repo, subject))?;
+        Ok(rows.into_iter().map(|(_, d)| d).collect())
     }
 
     /// Change-feed entries with a sequence greater than `after`, at most `n`.

@@ -97,14 +97,8 @@ impl StateMachineStore {
     }
 
     fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), MetaError> {
-        let applied = self
-            .store
-            .get::<Option<LogId<NodeId>>>(CF_SM, KEY_APPLIED)?
-            .flatten();
-        let membership = self
-            .store
-            .get::<Membership>(CF_SM, KEY_MEMBERSHIP)?
-            .unwrap_or_default();
+        let applied = self.store.get::<Option<LogId<NodeId>>>(CF_SM, KEY_APPLIED)?.flatten();
+        let membership = self.store.get::<Membership>(CF_SM, KEY_MEMBERSHIP)?.unwrap_or_default();
         Ok((applied, membership))
     }
 
@@ -114,11 +108,7 @@ impl StateMachineStore {
             EntryPayload::Blank => CommandResponse::done(),
             EntryPayload::Membership(m) => {
                 let stored = Membership::new(Some(entry.log_id), m.clone());
-                batch.put_cf(
-                    self.store.cf(CF_SM)?,
-                    KEY_MEMBERSHIP,
-                    encode("membership", &stored)?,
-                );
+                batch.put_cf(self.store.cf(CF_SM)?, KEY_MEMBERSHIP, encode("membership", &stored)?);
                 CommandResponse::done()
             }
             EntryPayload::Normal(cmd) => {
@@ -151,9 +141,7 @@ impl StateMachineStore {
     fn build(&self) -> Result<Snapshot<TypeConfig>, MetaError> {
         let db = self.store.db();
         let snap = db.snapshot();
-        let read = |key: &[u8]| -> Result<Option<Vec<u8>>, MetaError> {
-            Ok(snap.get_cf(self.store.cf(CF_SM)?, key)?)
-        };
+        let read = |key: &[u8]| -> Result<Option<Vec<u8>>, MetaError> { Ok(snap.get_cf(self.store.cf(CF_SM)?, key)?) };
         let last_applied: Option<LogId<NodeId>> = match read(KEY_APPLIED)? {
             Some(v) => decode::<Option<LogId<NodeId>>>("applied", &v)?,
             None => None,
@@ -196,11 +184,7 @@ impl StateMachineStore {
             meta: meta.clone(),
             data: data.clone(),
         };
-        db.put_cf(
-            self.store.cf(CF_SM)?,
-            KEY_SNAPSHOT,
-            encode("snapshot", &stored)?,
-        )?;
+        db.put_cf(self.store.cf(CF_SM)?, KEY_SNAPSHOT, encode("snapshot", &stored)?)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -208,11 +192,7 @@ impl StateMachineStore {
         })
     }
 
-    fn install(
-        &self,
-        meta: &SnapshotMeta<NodeId, NodeInfo>,
-        data: Vec<u8>,
-    ) -> Result<(), MetaError> {
+    fn install(&self, meta: &SnapshotMeta<NodeId, NodeInfo>, data: Vec<u8>) -> Result<(), MetaError> {
         let snapshot: SnapshotData = decode("snapshot", &data)?;
         let db = self.store.db();
         let mut batch = WriteBatch::default();
@@ -226,20 +206,13 @@ impl StateMachineStore {
         for row in &snapshot.rows {
             let Some(name) = STATE_CFS.iter().find(|n| **n == row.cf.as_str()) else {
                 let cf = &row.cf;
-                return Err(crate::error::corrupt(
-                    "snapshot",
-                    format!("unknown column family {cf}"),
-                ));
+                return Err(crate::error::corrupt("snapshot", format!("unknown column family {cf}")));
             };
             batch.put_cf(self.store.cf(name)?, &row.key, &row.value);
         }
         let sm = self.store.cf(CF_SM)?;
         batch.put_cf(sm, KEY_APPLIED, encode("applied", &meta.last_log_id)?);
-        batch.put_cf(
-            sm,
-            KEY_MEMBERSHIP,
-            encode("membership", &meta.last_membership)?,
-        );
+        batch.put_cf(sm, KEY_MEMBERSHIP, encode("membership", &meta.last_membership)?);
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -261,12 +234,7 @@ struct Txn<'a> {
 }
 
 impl Txn<'_> {
-    fn put<T: Serialize>(
-        &mut self,
-        cf: &'static str,
-        key: &[u8],
-        value: &T,
-    ) -> Result<(), MetaError> {
+    fn put<T: Serialize>(&mut self, cf: &'static str, key: &[u8], value: &T) -> Result<(), MetaError> {
         let bytes = encode(cf, value)?;
         self.batch.put_cf(self.store.cf(cf)?, key, bytes);
         Ok(())
@@ -315,8 +283,7 @@ impl Txn<'_> {
                 self.put(CF_UPLOADS, id.as_bytes(), &rec)?;
             }
             Command::UploadProgress { id, offset, at } => {
-                let Some(mut rec) = self.store.get::<UploadRecord>(CF_UPLOADS, id.as_bytes())?
-                else {
+                let Some(mut rec) = self.store.get::<UploadRecord>(CF_UPLOADS, id.as_bytes())? else {
                     return Ok(Err(Rejection::UploadUnknown(id.clone())));
                 };
                 rec.offset = *offset;
@@ -347,12 +314,7 @@ impl Txn<'_> {
                 }
                 self.link_blob(repo, digest, *at)?;
             }
-            Command::MountBlob {
-                repo,
-                from,
-                digest,
-                at,
-            } => {
+            Command::MountBlob { repo, from, digest, at } => {
                 let linked = self.store.exists(CF_LINKS, &repo_digest(from, digest))?;
                 let stored = self.store.exists(CF_BLOBS, digest.to_string().as_bytes())?;
                 if !linked || !stored {
@@ -406,13 +368,7 @@ impl Txn<'_> {
                         k.extend_from_slice(digest.to_string().as_bytes());
                         self.put(CF_REFERRERS, &k, referrer)?;
                     }
-                    self.change(
-                        repo,
-                        ChangeKind::ManifestPut {
-                            digest: digest.clone(),
-                        },
-                        *at,
-                    )?;
+                    self.change(repo, ChangeKind::ManifestPut { digest: digest.clone() }, *at)?;
                 }
                 if let Some(tag) = tag {
                     let rec = TagRecord {
@@ -444,13 +400,7 @@ impl Txn<'_> {
                     self.delete(CF_TAGS, &join(&[repo.as_str(), tag.as_str()]))?;
                     self.change(repo, ChangeKind::TagDeleted { tag: tag.clone() }, *at)?;
                 }
-                self.change(
-                    repo,
-                    ChangeKind::ManifestDeleted {
-                        digest: digest.clone(),
-                    },
-                    *at,
-                )?;
+                self.change(repo, ChangeKind::ManifestDeleted { digest: digest.clone() }, *at)?;
                 return Ok(Ok(Applied::ManifestDeleted { tags }));
             }
             Command::DeleteTag { repo, tag, at } => {
@@ -479,9 +429,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = StateMachineStore;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
         self.applied().map_err(sm_read_err)
     }
 
@@ -501,9 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -521,11 +467,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(sm_write_err)
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let stored: Option<StoredSnapshot> =
-            self.store.get(CF_SM, KEY_SNAPSHOT).map_err(sm_read_err)?;
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let stored: Option<StoredSnapshot> = self.store.get(CF_SM, KEY_SNAPSHOT).map_err(sm_read_err)?;
         Ok(stored.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),

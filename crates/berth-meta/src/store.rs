@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::MetaError;
 use crate::error::corrupt;
-use crate::keys::ALL_CFS;
+use crate::keys::all_cfs;
 use crate::log_store::LogStore;
 use crate::reader::MetaReader;
 use crate::state_machine::StateMachineStore;
@@ -29,9 +29,7 @@ impl MetaStore {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
-        let cfs = ALL_CFS
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let cfs = all_cfs().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         Ok(MetaStore { db: Arc::new(db) })
     }
@@ -53,16 +51,10 @@ impl MetaStore {
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, MetaError> {
-        self.db
-            .cf_handle(name)
-            .ok_or(MetaError::MissingColumnFamily(name))
+        self.db.cf_handle(name).ok_or(MetaError::MissingColumnFamily(name))
     }
 
-    pub(crate) fn get<T: DeserializeOwned>(
-        &self,
-        cf: &'static str,
-        key: &[u8],
-    ) -> Result<Option<T>, MetaError> {
+    pub(crate) fn get<T: DeserializeOwned>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>, MetaError> {
         match self.db.get_pinned_cf(self.cf(cf)?, key)? {
             Some(v) => decode(cf, &v).map(Some),
             None => Ok(None),
@@ -74,10 +66,7 @@ impl MetaStore {
     }
 }
 
-pub(crate) fn encode<T: Serialize + ?Sized>(
-    what: &'static str,
-    v: &T,
-) -> Result<Vec<u8>, MetaError> {
+pub(crate) fn encode<T: Serialize + ?Sized>(what: &'static str, v: &T) -> Result<Vec<u8>, MetaError> {
     rmp_serde::to_vec_named(v).map_err(|e| MetaError::Encode {
         what,
         reason: e.to_string(),

@@ -103,9 +103,7 @@ async fn manifest_needs_its_blobs_linked() {
     let mut f = Fixture::new();
     let r = repo("team/app");
     let layer = digest(b"layer");
-    let resp = f
-        .apply(put_manifest(&r, b"m1", Some("v1"), vec![layer.clone()]))
-        .await;
+    let resp = f.apply(put_manifest(&r, b"m1", Some("v1"), vec![layer.clone()])).await;
     assert_eq!(resp.0, Err(Rejection::ManifestBlobUnknown(layer.clone())));
     assert!(
         !f.reader().repo_exists(&r).unwrap(),
@@ -114,24 +112,12 @@ async fn manifest_needs_its_blobs_linked() {
 
     assert_eq!(f.apply(commit(&r, &layer)).await, CommandResponse::done());
     assert_eq!(
-        f.apply(put_manifest(&r, b"m1", Some("v1"), vec![layer]))
-            .await,
+        f.apply(put_manifest(&r, b"m1", Some("v1"), vec![layer])).await,
         CommandResponse::done()
     );
-    let tag = f
-        .reader()
-        .tag(&r, &Tag::parse("v1").unwrap())
-        .unwrap()
-        .unwrap();
+    let tag = f.reader().tag(&r, &Tag::parse("v1").unwrap()).unwrap().unwrap();
     assert_eq!(tag.digest, digest(b"m1"));
-    assert_eq!(
-        f.reader()
-            .manifest(&r, &digest(b"m1"))
-            .unwrap()
-            .unwrap()
-            .bytes,
-        b"m1"
-    );
+    assert_eq!(f.reader().manifest(&r, &digest(b"m1")).unwrap().unwrap().bytes, b"m1");
 }
 
 #[tokio::test]
@@ -147,10 +133,7 @@ async fn repositories_are_isolated_and_mounts_need_the_source() {
         digest: d.clone(),
         at: 3,
     };
-    assert_eq!(
-        f.apply(mount_from_b).await.0,
-        Err(Rejection::BlobUnknown(d.clone()))
-    );
+    assert_eq!(f.apply(mount_from_b).await.0, Err(Rejection::BlobUnknown(d.clone())));
     let mount_from_a = Command::MountBlob {
         repo: b.clone(),
         from: a.clone(),
@@ -173,16 +156,10 @@ async fn tags_page_in_lexical_order_and_deletes_cascade() {
     let mut f = Fixture::new();
     let r = repo("r");
     for t in ["b", "a", "c", "d"] {
-        f.apply(put_manifest(
-            &r,
-            format!("m-{t}").as_bytes(),
-            Some(t),
-            vec![],
-        ))
-        .await;
+        f.apply(put_manifest(&r, format!("m-{t}").as_bytes(), Some(t), vec![]))
+            .await;
     }
-    f.apply(put_manifest(&r, b"m-a", Some("alias"), vec![]))
-        .await;
+    f.apply(put_manifest(&r, b"m-a", Some("alias"), vec![])).await;
     let p = f.reader().tags(&r, None, 2).unwrap();
     assert_eq!(
         (p.items.clone(), p.more),
@@ -201,26 +178,17 @@ async fn tags_page_in_lexical_order_and_deletes_cascade() {
     };
     match f.apply(del).await.0 {
         Ok(Applied::ManifestDeleted { tags }) => {
-            assert_eq!(
-                tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-                vec!["a", "alias"]
-            )
+            assert_eq!(tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(), vec!["a", "alias"])
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        f.reader().tags(&r, None, 10).unwrap().items,
-        vec!["b", "c", "d"]
-    );
+    assert_eq!(f.reader().tags(&r, None, 10).unwrap().items, vec!["b", "c", "d"]);
     let again = Command::DeleteTag {
         repo: r.clone(),
         tag: Tag::parse("a").unwrap(),
         at: 9,
     };
-    assert!(matches!(
-        f.apply(again).await.0,
-        Err(Rejection::TagUnknown(_))
-    ));
+    assert!(matches!(f.apply(again).await.0, Err(Rejection::TagUnknown(_))));
 }
 
 #[tokio::test]
@@ -282,10 +250,7 @@ async fn uploads_progress_and_commit() {
     };
     assert_eq!(f.apply(c.clone()).await, CommandResponse::done());
     assert!(f.reader().upload("u1").unwrap().is_none());
-    assert_eq!(
-        f.apply(c).await.0,
-        Err(Rejection::UploadUnknown("u1".into()))
-    );
+    assert_eq!(f.apply(c).await.0, Err(Rejection::UploadUnknown("u1".into())));
 }
 
 #[tokio::test]
@@ -296,22 +261,13 @@ async fn snapshot_round_trips_into_a_fresh_store() {
     let snap = f.sm.build_snapshot().await.unwrap();
 
     let mut g = Fixture::new();
-    g.sm.install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .unwrap();
+    g.sm.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
     assert_eq!(
-        g.reader()
-            .tag(&r, &Tag::parse("v1").unwrap())
-            .unwrap()
-            .unwrap()
-            .digest,
+        g.reader().tag(&r, &Tag::parse("v1").unwrap()).unwrap().unwrap().digest,
         digest(b"m")
     );
     assert_eq!(g.reader().applied_index().unwrap(), Some(1));
-    assert_eq!(
-        g.reader().catalog(None, 10).unwrap().items,
-        vec!["team/app"]
-    );
+    assert_eq!(g.reader().catalog(None, 10).unwrap().items, vec!["team/app"]);
     // Changes of the snapshot's commands travel with it.
     assert_eq!(g.reader().changes(None, 10).unwrap().len(), 2);
 }

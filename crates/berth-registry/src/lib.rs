@@ -20,6 +20,7 @@ pub use berth_blob::ByteRange;
 pub use berth_blob::ByteStream;
 pub use error::RegistryError;
 pub use registry::BlobBody;
+pub use registry::BlobDelivery;
 pub use registry::Manifest;
 pub use registry::MountResult;
 pub use registry::PutManifestResult;

@@ -45,6 +45,17 @@ pub struct RegistryOptions {
     pub sweep_interval: Duration,
     pub tag_reads: TagReads,
     pub max_manifest_size: usize,
+    pub delivery: BlobDelivery,
+}
+
+/// How blob bytes reach a client that GETs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobDelivery {
+    /// The node streams the bytes (through its cache, when one is configured).
+    Proxy,
+    /// The client is redirected to a presigned URL of the storage backend, valid for
+    /// this long. Backends that cannot presign are proxied.
+    Redirect { expires: Duration },
 }
 
 impl Default for RegistryOptions {
@@ -54,6 +65,7 @@ impl Default for RegistryOptions {
             sweep_interval: Duration::from_secs(60),
             tag_reads: TagReads::Linearizable,
             max_manifest_size: MAX_MANIFEST_SIZE,
+            delivery: BlobDelivery::Proxy,
         }
     }
 }
@@ -72,12 +84,16 @@ pub enum MountResult {
     Upload(UploadStatus),
 }
 
-pub struct BlobBody {
-    /// Size of the whole blob.
-    pub size: u64,
-    /// The range served, if one was asked for.
-    pub range: Option<ByteRange>,
-    pub body: ByteStream,
+pub enum BlobBody {
+    Stream {
+        /// Size of the whole blob.
+        size: u64,
+        /// The range served, if one was asked for.
+        range: Option<ByteRange>,
+        body: ByteStream,
+    },
+    /// Fetch the bytes from this URL instead (it honours `Range` itself).
+    Redirect(String),
 }
 
 pub struct Manifest {
@@ -164,8 +180,13 @@ impl Registry {
         {
             return Err(RegistryError::RangeNotSatisfiable { size });
         }
+        if let BlobDelivery::Redirect { expires } = self.inner.options.delivery
+            && let Some(url) = self.inner.blobs.presigned_get(digest, expires).await?
+        {
+            return Ok(BlobBody::Redirect(url));
+        }
         let body = self.inner.blobs.get(digest, range).await?;
-        Ok(BlobBody { size, range, body })
+        Ok(BlobBody::Stream { size, range, body })
     }
 
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {

@@ -116,9 +116,7 @@ impl Dockerd {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", dockerd.display()))?;
+        let child = cmd.spawn().with_context(|| format!("spawning {}", dockerd.display()))?;
         let mut me = Dockerd {
             host: format!("unix://{}", sock.display()),
             client,
@@ -144,10 +142,7 @@ impl Dockerd {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "dockerd not ready within {READY_TIMEOUT:?}\n{}",
-                    self.log_tail(40)
-                );
+                bail!("dockerd not ready within {READY_TIMEOUT:?}\n{}", self.log_tail(40));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -213,9 +208,7 @@ impl Dockerd {
         let ctx_path = ctx.path().to_str().context("non-UTF-8 temp path")?;
         self.run(&["build", "--network", "none", "-q", "-t", tag, ctx_path])
             .await?;
-        let id = self
-            .run(&["image", "inspect", "--format", "{{.Id}}", tag])
-            .await?;
+        let id = self.run(&["image", "inspect", "--format", "{{.Id}}", tag]).await?;
         Ok(String::from_utf8(id)?.trim().to_string())
     }
 
@@ -240,9 +233,7 @@ impl Dockerd {
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
                     _ => {
                         let _ = child.kill();
                         let _ = child.wait();
@@ -288,9 +279,7 @@ fn client_dir() -> anyhow::Result<TempDir> {
 async fn ping(sock: &Path) -> bool {
     let attempt = async {
         let mut s = tokio::net::UnixStream::connect(sock).await.ok()?;
-        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            .await
-            .ok()?;
+        s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n").await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let text = String::from_utf8_lossy(&buf);
@@ -344,7 +333,10 @@ pub fn saved_image_files(saved: &[u8]) -> anyhow::Result<Vec<(String, Vec<u8>)>>
             .context("no manifest.json in docker save archive")?,
     )?;
     let mut files = Vec::new();
-    for layer in manifest[0]["Layers"].as_array().context("manifest.json has no Layers")? {
+    for layer in manifest[0]["Layers"]
+        .as_array()
+        .context("manifest.json has no Layers")?
+    {
         let name = layer.as_str().context("layer name")?;
         let blob = entries
             .get(name)

@@ -26,8 +26,7 @@ pub const MEDIA_OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 /// The OCI empty descriptor's content `{}`.
-pub const EMPTY_JSON_DIGEST: &str =
-    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+pub const EMPTY_JSON_DIGEST: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
 /// Fixed mtime for tar entries (2023-11-14T22:13:20Z).
 const TAR_MTIME: u64 = 1_700_000_000;
@@ -237,14 +236,10 @@ impl ImageBuilder {
         let mut image = self.build()?;
         let blobs = dir.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
-        std::fs::write(
-            dir.join("oci-layout"),
-            br#"{"imageLayoutVersion":"1.0.0"}"#,
-        )?;
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         let write_blob = |digest: &str, data: &[u8]| -> anyhow::Result<()> {
             let hex = digest.strip_prefix("sha256:").context("digest algorithm")?;
-            std::fs::write(blobs.join(hex), data)
-                .with_context(|| format!("writing blob {digest}"))
+            std::fs::write(blobs.join(hex), data).with_context(|| format!("writing blob {digest}"))
         };
         for layer in &image.layers {
             write_blob(&layer.digest, &layer.blob)?;
@@ -425,8 +420,7 @@ mod tests {
         let config: Value = serde_json::from_slice(&image.config).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][0], image.layers[0].diff_id);
         assert_eq!(config["rootfs"]["diff_ids"][1], image.layers[1].digest);
-        let index: Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        let index: Value = serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(index["manifests"][0]["annotations"][REF_NAME_ANNOTATION], "v1");
         // Deterministic.
         let again = ImageBuilder::new()

@@ -22,6 +22,7 @@ pub mod docker;
 pub mod image;
 pub mod node;
 pub mod registry;
+pub mod seaweed;
 pub mod tools;
 
 pub use docker::Dockerd;
@@ -33,6 +34,7 @@ pub use image::sha256_digest;
 pub use node::BerthNode;
 pub use node::NodeOptions;
 pub use registry::Registry;
+pub use seaweed::SeaweedFs;
 pub use tools::Oras;
 pub use tools::Podman;
 pub use tools::Skopeo;

@@ -119,8 +119,7 @@ impl BerthNode {
         }
         let (tmp, data_dir) = match &opts.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating data dir {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
                 (None, dir.clone())
             }
             None => {
@@ -394,18 +393,10 @@ impl Drop for BerthNode {
 /// Generated config: listen, data_dir, fs storage; `extra` merged over it table by table.
 pub fn generate_config(port: u16, data_dir: &Path, extra: &str) -> anyhow::Result<String> {
     let mut base = toml::Table::new();
-    base.insert(
-        "listen".into(),
-        toml::Value::String(format!("127.0.0.1:{port}")),
-    );
+    base.insert("listen".into(), toml::Value::String(format!("127.0.0.1:{port}")));
     base.insert(
         "data_dir".into(),
-        toml::Value::String(
-            data_dir
-                .to_str()
-                .context("data dir path is not UTF-8")?
-                .to_string(),
-        ),
+        toml::Value::String(data_dir.to_str().context("data dir path is not UTF-8")?.to_string()),
     );
     let mut storage = toml::Table::new();
     storage.insert("backend".into(), toml::Value::String("fs".into()));
@@ -507,5 +498,36 @@ mod tests {
         assert_eq!(t["data_dir"].as_str(), Some("/tmp/x"));
         assert_eq!(t["storage"]["backend"].as_str(), Some("s3"));
         assert_eq!(t["uploads"]["expire_after"].as_str(), Some("1h"));
+    }
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake-berth");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn early_exit_reports_the_log_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = script(dir.path(), "echo 'boom: bad config' >&2; exit 3");
+        let err = BerthNode::start(&bin).await.unwrap_err().to_string();
+        assert!(err.contains("exited with exit status: 3"), "{err}");
+        assert!(err.contains("boom: bad config"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn never_ready_is_bounded_and_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let bin = script(dir.path(), &format!("echo $$ > {}; exec sleep 600", pidfile.display()));
+        let opts = NodeOptions {
+            ready_timeout: Some(Duration::from_millis(500)),
+            ..NodeOptions::new(&bin)
+        };
+        let err = BerthNode::start_with(opts).await.unwrap_err().to_string();
+        assert!(err.contains("not ready"), "{err}");
+        let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        assert!(!pid_alive(pid), "child {pid} left running");
     }
 }

@@ -74,10 +74,7 @@ impl Registry {
             .await?;
         let resp = expect_status(resp, StatusCode::CREATED, "PUT upload ?digest=").await?;
         let loc = location(&resp)?;
-        anyhow::ensure!(
-            loc.contains(&digest),
-            "blob Location {loc:?} does not name {digest}"
-        );
+        anyhow::ensure!(loc.contains(&digest), "blob Location {loc:?} does not name {digest}");
         Ok(digest)
     }
 
@@ -119,12 +116,7 @@ impl Registry {
     }
 
     /// GET a manifest with an Accept header; raw response.
-    pub async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        accept: &str,
-    ) -> anyhow::Result<Response> {
+    pub async fn get_manifest(&self, repo: &str, reference: &str, accept: &str) -> anyhow::Result<Response> {
         Ok(self
             .http
             .get(self.url(&format!("/v2/{repo}/manifests/{reference}")))
@@ -166,11 +158,7 @@ impl Registry {
 
     /// GET /v2/<repo>/tags/list → tags.
     pub async fn tags(&self, repo: &str) -> anyhow::Result<Vec<String>> {
-        let resp = self
-            .http
-            .get(self.url(&format!("/v2/{repo}/tags/list")))
-            .send()
-            .await?;
+        let resp = self.http.get(self.url(&format!("/v2/{repo}/tags/list"))).send().await?;
         let resp = expect_status(resp, StatusCode::OK, "GET tags/list").await?;
         let body: serde_json::Value = resp.json().await?;
         Ok(string_array(&body["tags"]))
@@ -187,11 +175,7 @@ impl Registry {
 
 fn string_array(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -211,17 +195,12 @@ pub fn header_str(resp: &Response, name: &str) -> Option<String> {
 
 /// The Location header, required.
 pub fn location(resp: &Response) -> anyhow::Result<String> {
-    header_str(resp, "location")
-        .with_context(|| format!("{} answered {} without Location", resp.url(), resp.status()))
+    header_str(resp, "location").with_context(|| format!("{} answered {} without Location", resp.url(), resp.status()))
 }
 
 /// Returns `resp` if its status is `want`; otherwise an error with status, headers
 /// and body, naming `what`.
-pub async fn expect_status(
-    resp: Response,
-    want: StatusCode,
-    what: &str,
-) -> anyhow::Result<Response> {
+pub async fn expect_status(resp: Response, want: StatusCode, what: &str) -> anyhow::Result<Response> {
     if resp.status() == want {
         return Ok(resp);
     }

@@ -76,9 +76,7 @@ pub async fn run_unchecked(cmd: &mut Command, timeout: Duration) -> anyhow::Resu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {:?}", cmd.as_std()))?;
+    let child = cmd.spawn().with_context(|| format!("spawning {:?}", cmd.as_std()))?;
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(out) => Ok(out.with_context(|| format!("waiting for {:?}", cmd.as_std()))?),
         // Dropping the future drops the child, which kills it (kill_on_drop).

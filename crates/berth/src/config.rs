@@ -42,6 +42,8 @@ impl Default for Config {
 pub struct StorageConfig {
     pub backend: Backend,
     pub fs: FsConfig,
+    pub s3: S3Config,
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -49,6 +51,95 @@ pub struct StorageConfig {
 pub enum Backend {
     #[default]
     Fs,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Endpoint URL of an S3-compatible service; AWS when absent.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as most non-AWS services need.
+    pub path_style: bool,
+    /// Key prefix of everything berth stores in the bucket.
+    pub prefix: String,
+    /// Static credentials; the standard AWS chain (environment, profile, instance
+    /// role) is used when absent.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// `proxy`: the node streams blobs; `redirect`: 307 to a presigned URL.
+    pub blob_delivery: Delivery,
+    #[serde(with = "humantime_serde")]
+    pub redirect_expiry: Duration,
+    /// Size of the parts uploads are cut into (at least 5 MiB).
+    pub part_size: bytesize::ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            path_style: false,
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            secret_access_key_file: None,
+            blob_delivery: Delivery::Proxy,
+            redirect_expiry: Duration::from_secs(600),
+            part_size: bytesize::ByteSize::mib(8),
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 4,
+        }
+    }
+}
+
+impl S3Config {
+    /// The secret key, from the file when one is named.
+    pub fn secret(&self) -> anyhow::Result<Option<String>> {
+        match &self.secret_access_key_file {
+            Some(path) => {
+                let s = std::fs::read_to_string(path)
+                    .with_context(|| format!("storage.s3.secret_access_key_file: cannot read {}", path.display()))?;
+                Ok(Some(s.trim().to_string()))
+            }
+            None => Ok(self.secret_access_key.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    Proxy,
+    Redirect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Keep proxied S3 blobs on the local disk (ignored for the fs backend).
+    pub enabled: bool,
+    /// Defaults to `<data_dir>/cache`.
+    pub path: Option<PathBuf>,
+    pub max_bytes: bytesize::ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            path: None,
+            max_bytes: bytesize::ByteSize::gib(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -115,7 +206,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
+            level: "info,openraft=warn".into(),
             format: LogFormat::Text,
         }
     }
@@ -229,6 +320,33 @@ impl Config {
         if self.uploads.sweep_interval.is_zero() {
             bail!("uploads.sweep_interval: must be greater than zero");
         }
+        if self.storage.backend == Backend::S3 {
+            let s3 = &self.storage.s3;
+            if s3.bucket.is_empty() {
+                bail!("storage.s3.bucket: required when storage.backend = \"s3\"");
+            }
+            if s3.secret_access_key.is_some() && s3.secret_access_key_file.is_some() {
+                bail!("storage.s3.secret_access_key_file: set either it or secret_access_key, not both");
+            }
+            let has_secret = s3.secret_access_key.is_some() || s3.secret_access_key_file.is_some();
+            if s3.access_key_id.is_some() != has_secret {
+                bail!("storage.s3.access_key_id: static credentials need both the key id and the secret");
+            }
+            if s3.part_size.as_u64() < 5 * 1024 * 1024 {
+                bail!("storage.s3.part_size: S3 parts are at least 5 MiB, got {}", s3.part_size);
+            }
+            if s3.redirect_expiry.is_zero() || s3.redirect_expiry > Duration::from_secs(7 * 24 * 3600) {
+                bail!("storage.s3.redirect_expiry: must be between 1s and 7 days");
+            }
+            if s3.max_attempts == 0 {
+                bail!("storage.s3.max_attempts: must be at least 1");
+            }
+            if let Some(e) = &s3.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                bail!("storage.s3.endpoint: {e:?} must start with http:// or https://");
+            }
+        }
         if self.metadata.snapshot_after_logs == 0 {
             bail!("metadata.snapshot_after_logs: must be greater than zero");
         }
@@ -250,6 +368,15 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.storage.cache.path.clone().unwrap_or_else(|| self.data_dir.join("cache"))
+    }
+
+    /// Local scratch space of the S3 backend (upload spools).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
     }
 
     pub fn meta_dir(&self) -> PathBuf {
@@ -338,6 +465,24 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:3");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn s3_settings_are_checked() {
+        let base = "[storage]\nbackend = \"s3\"\n[storage.s3]\n";
+        let err = format!("{:#}", load(base, &[]).unwrap_err());
+        assert!(err.contains("storage.s3.bucket"), "{err}");
+        let err = format!("{:#}", load(&format!("{base}bucket = \"b\"\npart_size = \"1MiB\""), &[]).unwrap_err());
+        assert!(err.contains("part_size"), "{err}");
+        let err = format!("{:#}", load(&format!("{base}bucket = \"b\"\naccess_key_id = \"k\""), &[]).unwrap_err());
+        assert!(err.contains("access_key_id"), "{err}");
+        let c = load(
+            &format!("{base}bucket = \"b\"\nendpoint = \"http://127.0.0.1:8333\"\nblob_delivery = \"redirect\""),
+            &[("BERTH_STORAGE__S3__PART_SIZE", "16MiB")],
+        )
+        .unwrap();
+        assert_eq!(c.storage.s3.blob_delivery, Delivery::Redirect);
+        assert_eq!(c.storage.s3.part_size, bytesize::ByteSize::mib(16));
     }
 
     #[test]

@@ -40,12 +40,7 @@ async fn unknown_blob_is_404_blob_unknown() {
     // In a repository that exists ...
     reg.push_blob("known/app", b"something").await;
     let d = unknown_digest(1);
-    expect_error(
-        reg.get_blob("known/app", &d, None).await,
-        404,
-        &["BLOB_UNKNOWN"],
-    )
-    .await;
+    expect_error(reg.get_blob("known/app", &d, None).await, 404, &["BLOB_UNKNOWN"]).await;
     assert_eq!(reg.blob_status("known/app", &d).await, 404);
     // ... and in one that does not. The spec only fixes the status; the code
     // may name the missing repository instead of the blob.
@@ -82,10 +77,7 @@ async fn blob_range_requests() {
             Some((last - first + 1).to_string()),
             "Range: {range}"
         );
-        assert!(
-            body[..] == data[first..=last],
-            "Range: {range}: wrong bytes"
-        );
+        assert!(body[..] == data[first..=last], "Range: {range}: wrong bytes");
     }
 
     for range in ["bytes=1000-", "bytes=5000-6000"] {
@@ -110,10 +102,7 @@ async fn sha512_and_empty_blobs() {
     let data = random_bytes(777, 3);
     let d512 = sha512_digest(&data);
     let (h, _) = check(reg.post_blob("algo/app", &d512, &data).await, 201).await;
-    assert_eq!(
-        header_opt(&h, "docker-content-digest").as_deref(),
-        Some(d512.as_str())
-    );
+    assert_eq!(header_opt(&h, "docker-content-digest").as_deref(), Some(d512.as_str()));
     assert_eq!(
         reg.path_of(&header_req(&h, "location")),
         format!("/v2/algo/app/blobs/{d512}")
@@ -129,10 +118,7 @@ async fn sha512_and_empty_blobs() {
     let (h, _) = check(reg.patch_chunk(&loc, 150, &data2[150..]).await, 202).await;
     let loc = header_req(&h, "location");
     let (h, _) = check(reg.finish_upload(&loc, &d2, b"").await, 201).await;
-    assert_eq!(
-        header_opt(&h, "docker-content-digest").as_deref(),
-        Some(d2.as_str())
-    );
+    assert_eq!(header_opt(&h, "docker-content-digest").as_deref(), Some(d2.as_str()));
     reg.assert_blob("algo/app", &d2, &data2).await;
 
     // Empty blob, single POST and POST + PUT.
@@ -165,10 +151,7 @@ async fn monolithic_post_with_wrong_digest_stores_nothing() {
     )
     .await;
     assert_eq!(reg.blob_status("wrong/app", &claimed).await, 404);
-    assert_eq!(
-        reg.blob_status("wrong/app", &sha256_digest(&data)).await,
-        404
-    );
+    assert_eq!(reg.blob_status("wrong/app", &sha256_digest(&data)).await, 404);
     assert_eq!(
         reg.catalog().await,
         before,
@@ -182,12 +165,7 @@ async fn monolithic_post_with_wrong_digest_stores_nothing() {
         "sha256:",
         "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
     ] {
-        expect_error(
-            reg.post_blob("wrong/app", bad, b"").await,
-            400,
-            &["DIGEST_INVALID"],
-        )
-        .await;
+        expect_error(reg.post_blob("wrong/app", bad, b"").await, 400, &["DIGEST_INVALID"]).await;
     }
     assert_eq!(reg.catalog().await, before);
 }
@@ -200,12 +178,7 @@ async fn repositories_are_isolated_for_blobs() {
     reg.push_blob("iso/c", b"c has something else").await;
     assert_eq!(reg.blob_status("iso/a", &d).await, 200);
     assert_eq!(reg.blob_status("iso/c", &d).await, 404);
-    expect_error(
-        reg.get_blob("iso/c", &d, None).await,
-        404,
-        &["BLOB_UNKNOWN"],
-    )
-    .await;
+    expect_error(reg.get_blob("iso/c", &d, None).await, 404, &["BLOB_UNKNOWN"]).await;
     // A prefix or sub-path of the name is a different repository too.
     assert_eq!(reg.blob_status("iso", &d).await, 404);
     assert_eq!(reg.blob_status("iso/a/b", &d).await, 404);
@@ -216,11 +189,7 @@ async fn blob_get_on_wrong_method_is_not_5xx() {
     // Guards the router: a PUT on a blob URL is not an endpoint of the spec.
     let reg = Reg::start().await;
     let d = reg.push_blob("meth/app", b"x").await;
-    let resp = send(
-        reg.req(Method::PUT, &format!("/v2/meth/app/blobs/{d}"))
-            .body("x"),
-    )
-    .await;
+    let resp = send(reg.req(Method::PUT, &format!("/v2/meth/app/blobs/{d}")).body("x")).await;
     let status = resp.status().as_u16();
     assert!(
         (400..500).contains(&status),

@@ -6,11 +6,7 @@ use super::support::*;
 async fn catalog_is_sorted_and_paginated() {
     let reg = Reg::start().await;
     let (repos, link) = reg.catalog_page("").await;
-    assert_eq!(
-        repos,
-        Vec::<String>::new(),
-        "a fresh registry has no repositories"
-    );
+    assert_eq!(repos, Vec::<String>::new(), "a fresh registry has no repositories");
     assert_eq!(link, None);
 
     for (i, repo) in ["delta", "alpha/two", "charlie", "alpha/one", "bravo"]
@@ -33,22 +29,14 @@ async fn catalog_is_sorted_and_paginated() {
     let (path, pairs, url) = parse_next_link(&reg, &link);
     assert_eq!(path, "/v2/_catalog");
     assert_eq!(query_value(&pairs, "n"), Some("2"), "Link: {link}");
-    assert_eq!(
-        query_value(&pairs, "last"),
-        Some("alpha/two"),
-        "Link: {link}"
-    );
+    assert_eq!(query_value(&pairs, "last"), Some("alpha/two"), "Link: {link}");
 
-    let (page, link) = reg
-        .catalog_page(&format!("?{}", url.query().unwrap()))
-        .await;
+    let (page, link) = reg.catalog_page(&format!("?{}", url.query().unwrap())).await;
     assert_eq!(page, all[2..4]);
     let (_, pairs, url) = parse_next_link(&reg, &link.expect("Link on the second page"));
     assert_eq!(query_value(&pairs, "last"), Some("charlie"));
 
-    let (page, link) = reg
-        .catalog_page(&format!("?{}", url.query().unwrap()))
-        .await;
+    let (page, link) = reg.catalog_page(&format!("?{}", url.query().unwrap())).await;
     assert_eq!(page, all[4..5]);
     assert_eq!(link, None, "the last page has no Link");
 

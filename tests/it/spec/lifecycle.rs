@@ -10,8 +10,7 @@ async fn pushed_content_survives_kill9_and_restart() {
     let mut reg = Reg::start().await;
     let repo = "persist/app";
     let a = reg.push_image(repo, "v1", 80).await;
-    reg.push_manifest(repo, "stable", OCI_MANIFEST, &a.manifest)
-        .await;
+    reg.push_manifest(repo, "stable", OCI_MANIFEST, &a.manifest).await;
     let b = reg.push_image("persist/other", "latest", 81).await;
     let loose = random_bytes(70_000, 82);
     let loose_digest = reg.push_blob(repo, &loose).await;
@@ -19,23 +18,15 @@ async fn pushed_content_survives_kill9_and_restart() {
     reg.node.kill9();
     reg.node.restart().await.expect("restart node");
 
-    reg.assert_manifest(repo, "v1", OCI_MANIFEST, &a.manifest)
-        .await;
-    reg.assert_manifest(repo, "stable", OCI_MANIFEST, &a.manifest)
-        .await;
-    reg.assert_manifest(repo, &a.digest, OCI_MANIFEST, &a.manifest)
-        .await;
+    reg.assert_manifest(repo, "v1", OCI_MANIFEST, &a.manifest).await;
+    reg.assert_manifest(repo, "stable", OCI_MANIFEST, &a.manifest).await;
+    reg.assert_manifest(repo, &a.digest, OCI_MANIFEST, &a.manifest).await;
     reg.assert_manifest("persist/other", "latest", OCI_MANIFEST, &b.manifest)
         .await;
-    reg.assert_blob(repo, &sha256_digest(&a.config), &a.config)
-        .await;
-    reg.assert_blob(repo, &sha256_digest(&a.layer), &a.layer)
-        .await;
+    reg.assert_blob(repo, &sha256_digest(&a.config), &a.config).await;
+    reg.assert_blob(repo, &sha256_digest(&a.layer), &a.layer).await;
     reg.assert_blob(repo, &loose_digest, &loose).await;
-    assert_eq!(
-        reg.tags(repo).await,
-        vec!["stable".to_string(), "v1".to_string()]
-    );
+    assert_eq!(reg.tags(repo).await, vec!["stable".to_string(), "v1".to_string()]);
     assert_eq!(
         reg.catalog().await,
         vec!["persist/app".to_string(), "persist/other".to_string()]
@@ -63,8 +54,7 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn abandoned_uploads_expire_and_their_data_is_removed() {
-    let reg =
-        Reg::start_with("[uploads]\nexpire_after = \"2s\"\nsweep_interval = \"500ms\"\n").await;
+    let reg = Reg::start_with("[uploads]\nexpire_after = \"2s\"\nsweep_interval = \"500ms\"\n").await;
     let repo = "expire/app";
     let uploads_dir = reg.node.data_dir().join("blobs").join("uploads");
 
@@ -77,17 +67,13 @@ async fn abandoned_uploads_expire_and_their_data_is_removed() {
         uploads_dir.display()
     );
 
-    poll_until(
-        Duration::from_secs(15),
-        "the upload session to expire",
-        || async {
-            let resp = reg.get(&loc).await;
-            match resp.status().as_u16() {
-                204 => None,
-                _ => Some(expect_error(resp, 404, &["BLOB_UPLOAD_UNKNOWN"]).await),
-            }
-        },
-    )
+    poll_until(Duration::from_secs(15), "the upload session to expire", || async {
+        let resp = reg.get(&loc).await;
+        match resp.status().as_u16() {
+            204 => None,
+            _ => Some(expect_error(resp, 404, &["BLOB_UPLOAD_UNKNOWN"]).await),
+        }
+    })
     .await;
     expect_error(
         reg.patch_chunk(&loc, 4096, b"late").await,
@@ -96,14 +82,10 @@ async fn abandoned_uploads_expire_and_their_data_is_removed() {
     )
     .await;
 
-    let left = poll_until(
-        Duration::from_secs(5),
-        "the upload's files to be removed",
-        || async {
-            let left = files_under(&uploads_dir);
-            if left.is_empty() { Some(left) } else { None }
-        },
-    )
+    let left = poll_until(Duration::from_secs(5), "the upload's files to be removed", || async {
+        let left = files_under(&uploads_dir);
+        if left.is_empty() { Some(left) } else { None }
+    })
     .await;
     assert!(left.is_empty());
 

@@ -1,6 +1,7 @@
 //! Manifest push and pull: OCI, Docker schema 2, lists and indexes; the
 //! validation a registry must do before storing one.
 
+use reqwest::Method;
 use reqwest::Response;
 use serde_json::Value;
 use serde_json::json;
@@ -39,19 +40,9 @@ async fn assert_not_stored(reg: &Reg, repo: &str, tag: &str, body: &[u8], tags_b
         tags_before,
         "{repo}: tag list changed by a rejected PUT"
     );
-    expect_error(
-        reg.get_manifest(repo, tag).await,
-        404,
-        &["MANIFEST_UNKNOWN"],
-    )
-    .await;
+    expect_error(reg.get_manifest(repo, tag).await, 404, &["MANIFEST_UNKNOWN"]).await;
     let digest = sha256_digest(body);
-    expect_error(
-        reg.get_manifest(repo, &digest).await,
-        404,
-        &["MANIFEST_UNKNOWN"],
-    )
-    .await;
+    expect_error(reg.get_manifest(repo, &digest).await, 404, &["MANIFEST_UNKNOWN"]).await;
 }
 
 #[tokio::test]
@@ -78,22 +69,17 @@ async fn oci_manifest_push_pull_head() {
     // Location names the pushed content, by digest or by the tag used.
     let loc = reg.path_of(&header_req(&h, "location"));
     assert!(
-        loc == format!("/v2/{repo}/manifests/{digest}")
-            || loc == format!("/v2/{repo}/manifests/v1"),
+        loc == format!("/v2/{repo}/manifests/{digest}") || loc == format!("/v2/{repo}/manifests/v1"),
         "manifest Location {loc:?}"
     );
 
     reg.assert_manifest(repo, "v1", OCI_MANIFEST, &body).await;
-    reg.assert_manifest(repo, &digest, OCI_MANIFEST, &body)
-        .await;
+    reg.assert_manifest(repo, &digest, OCI_MANIFEST, &body).await;
 
     for reference in ["v1", digest.as_str()] {
         let (h, got) = check(reg.head_manifest(repo, reference).await, 200).await;
         assert!(got.is_empty(), "HEAD manifest must not have a body");
-        assert_eq!(
-            header_opt(&h, "content-length"),
-            Some(body.len().to_string())
-        );
+        assert_eq!(header_opt(&h, "content-length"), Some(body.len().to_string()));
         assert_eq!(media_type_of(&h).as_deref(), Some(OCI_MANIFEST));
         assert_eq!(
             header_opt(&h, "docker-content-digest").as_deref(),
@@ -102,8 +88,7 @@ async fn oci_manifest_push_pull_head() {
     }
 
     // The blobs it references are pullable from the repository.
-    reg.assert_blob(repo, &sha256_digest(&config), &config)
-        .await;
+    reg.assert_blob(repo, &sha256_digest(&config), &config).await;
     reg.assert_blob(repo, &sha256_digest(&layer), &layer).await;
 }
 
@@ -114,12 +99,7 @@ async fn put_by_digest() {
     let children = child_manifests(&reg, repo, OCI_MANIFEST, 2, 2).await;
 
     let digest = sha256_digest(&children[0]);
-    let (h, _) = check(
-        reg.put_manifest(repo, &digest, OCI_MANIFEST, &children[0])
-            .await,
-        201,
-    )
-    .await;
+    let (h, _) = check(reg.put_manifest(repo, &digest, OCI_MANIFEST, &children[0]).await, 201).await;
     assert_eq!(
         header_opt(&h, "docker-content-digest").as_deref(),
         Some(digest.as_str())
@@ -128,8 +108,7 @@ async fn put_by_digest() {
         reg.path_of(&header_req(&h, "location")),
         format!("/v2/{repo}/manifests/{digest}")
     );
-    reg.assert_manifest(repo, &digest, OCI_MANIFEST, &children[0])
-        .await;
+    reg.assert_manifest(repo, &digest, OCI_MANIFEST, &children[0]).await;
     assert_eq!(
         reg.tags(repo).await,
         Vec::<String>::new(),
@@ -139,18 +118,12 @@ async fn put_by_digest() {
     // The body does not hash to the digest in the URL.
     let claimed = sha256_digest(b"something else");
     expect_error(
-        reg.put_manifest(repo, &claimed, OCI_MANIFEST, &children[1])
-            .await,
+        reg.put_manifest(repo, &claimed, OCI_MANIFEST, &children[1]).await,
         400,
         &["DIGEST_INVALID"],
     )
     .await;
-    expect_error(
-        reg.get_manifest(repo, &claimed).await,
-        404,
-        &["MANIFEST_UNKNOWN"],
-    )
-    .await;
+    expect_error(reg.get_manifest(repo, &claimed).await, 404, &["MANIFEST_UNKNOWN"]).await;
     expect_error(
         reg.get_manifest(repo, &sha256_digest(&children[1])).await,
         404,
@@ -164,30 +137,19 @@ async fn docker_schema2_manifest_and_list() {
     let reg = Reg::start().await;
     let repo = "docker/app";
     let children = child_manifests(&reg, repo, DOCKER_MANIFEST, 2, 3).await;
-    reg.push_manifest(repo, "single", DOCKER_MANIFEST, &children[0])
-        .await;
-    reg.assert_manifest(repo, "single", DOCKER_MANIFEST, &children[0])
-        .await;
+    reg.push_manifest(repo, "single", DOCKER_MANIFEST, &children[0]).await;
+    reg.assert_manifest(repo, "single", DOCKER_MANIFEST, &children[0]).await;
 
-    reg.push_manifest(
-        repo,
-        &sha256_digest(&children[1]),
-        DOCKER_MANIFEST,
-        &children[1],
-    )
-    .await;
+    reg.push_manifest(repo, &sha256_digest(&children[1]), DOCKER_MANIFEST, &children[1])
+        .await;
     let list = index_manifest(
         DOCKER_LIST,
-        &[
-            (DOCKER_MANIFEST, &children[0]),
-            (DOCKER_MANIFEST, &children[1]),
-        ],
+        &[(DOCKER_MANIFEST, &children[0]), (DOCKER_MANIFEST, &children[1])],
         None,
     );
     let list_digest = reg.push_manifest(repo, "multi", DOCKER_LIST, &list).await;
     reg.assert_manifest(repo, "multi", DOCKER_LIST, &list).await;
-    reg.assert_manifest(repo, &list_digest, DOCKER_LIST, &list)
-        .await;
+    reg.assert_manifest(repo, &list_digest, DOCKER_LIST, &list).await;
 }
 
 #[tokio::test]
@@ -196,8 +158,7 @@ async fn oci_index() {
     let repo = "index/app";
     let children = child_manifests(&reg, repo, OCI_MANIFEST, 3, 4).await;
     for c in &children {
-        reg.push_manifest(repo, &sha256_digest(c), OCI_MANIFEST, c)
-            .await;
+        reg.push_manifest(repo, &sha256_digest(c), OCI_MANIFEST, c).await;
     }
     let refs: Vec<(&str, &[u8])> = children.iter().map(|c| (OCI_MANIFEST, &c[..])).collect();
     let index = index_manifest(OCI_INDEX, &refs, None);
@@ -262,10 +223,7 @@ async fn referenced_blobs_must_exist_in_the_repository() {
     let missing_layer = image_manifest(
         OCI_MANIFEST,
         &desc(OCI_CONFIG, &config),
-        &[
-            desc(OCI_LAYER, &layer),
-            desc(OCI_LAYER, &random_bytes(10, 10)),
-        ],
+        &[desc(OCI_LAYER, &layer), desc(OCI_LAYER, &random_bytes(10, 10))],
         None,
     );
     // Known to the registry, but only in another repository.
@@ -276,11 +234,7 @@ async fn referenced_blobs_must_exist_in_the_repository() {
         None,
     );
 
-    for (tag, body) in [
-        ("c", &missing_config),
-        ("l", &missing_layer),
-        ("f", &foreign_layer),
-    ] {
+    for (tag, body) in [("c", &missing_config), ("l", &missing_layer), ("f", &foreign_layer)] {
         expect_error(
             reg.put_manifest(repo, tag, OCI_MANIFEST, body).await,
             400,
@@ -346,8 +300,7 @@ async fn invalid_manifests_are_rejected() {
     let lay = desc(OCI_LAYER, &layer);
 
     let not_json = b"{ this is not json".to_vec();
-    let no_config =
-        odd_json(&json!({ "schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [lay] }));
+    let no_config = odd_json(&json!({ "schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [lay] }));
     let array = b"[]".to_vec();
     for (tag, body) in [("j", &not_json), ("c", &no_config), ("a", &array)] {
         expect_error(
@@ -362,12 +315,7 @@ async fn invalid_manifests_are_rejected() {
     // Body and Content-Type disagree.
     let oci = image_manifest(OCI_MANIFEST, &cfg, std::slice::from_ref(&lay), None);
     for (tag, ct) in [("m1", DOCKER_MANIFEST), ("m2", OCI_INDEX)] {
-        expect_error(
-            reg.put_manifest(repo, tag, ct, &oci).await,
-            400,
-            &["MANIFEST_INVALID"],
-        )
-        .await;
+        expect_error(reg.put_manifest(repo, tag, ct, &oci).await, 400, &["MANIFEST_INVALID"]).await;
         assert_not_stored(&reg, repo, tag, &oci, &before).await;
     }
 
@@ -406,15 +354,34 @@ async fn oversized_manifest_is_413() {
         Some(json!({ "annotations": { "org.example.padding": "x".repeat(4 * 1024 * 1024) } })),
     );
     assert!(big.len() > 4 * 1024 * 1024);
-    // The spec names no code for this; SIZE_INVALID and MANIFEST_INVALID are
-    // both reasonable.
-    expect_error(
-        reg.put_manifest(repo, "huge", OCI_MANIFEST, &big).await,
-        413,
-        &["SIZE_INVALID", "MANIFEST_INVALID"],
-    )
-    .await;
-    assert_not_stored(&reg, repo, "huge", &big, &before).await;
+    // Once with Content-Length, once streamed (chunked, no length): the limit
+    // must hold for both.
+    for streamed in [false, true] {
+        let body = if streamed {
+            let pieces: Vec<Result<Vec<u8>, std::io::Error>> = big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+            reqwest::Body::wrap_stream(futures::stream::iter(pieces))
+        } else {
+            reqwest::Body::from(big.clone())
+        };
+        let rb = reg
+            .req(Method::PUT, &format!("/v2/{repo}/manifests/huge"))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(body);
+        let resp = rb.send().await.unwrap_or_else(|e| {
+            panic!(
+                "PUT of a {} byte manifest (streamed: {streamed}): the connection failed \
+                 instead of answering 413 ({e:?}). If this is a broken pipe or reset, the \
+                 server answered before reading the body and closed the connection without \
+                 draining it, so a client that is still sending never sees the 413 \
+                 (RFC 9112 section 9.6: close in stages / lingering close).",
+                big.len()
+            )
+        });
+        // The spec names no code for this; SIZE_INVALID and MANIFEST_INVALID
+        // are both reasonable.
+        expect_error(resp, 413, &["SIZE_INVALID", "MANIFEST_INVALID"]).await;
+        assert_not_stored(&reg, repo, "huge", &big, &before).await;
+    }
 }
 
 #[tokio::test]
@@ -426,10 +393,8 @@ async fn tag_grammar() {
     // 128 characters and the whole alphabet of the grammar are fine.
     let longest = format!("A{}", "b".repeat(127));
     for tag in [longest.as_str(), "_x", "0", "a.b-c_D"] {
-        reg.push_manifest(repo, tag, OCI_MANIFEST, &img.manifest)
-            .await;
-        reg.assert_manifest(repo, tag, OCI_MANIFEST, &img.manifest)
-            .await;
+        reg.push_manifest(repo, tag, OCI_MANIFEST, &img.manifest).await;
+        reg.assert_manifest(repo, tag, OCI_MANIFEST, &img.manifest).await;
     }
     let before = reg.tags(repo).await;
 
@@ -437,17 +402,12 @@ async fn tag_grammar() {
     for tag in ["-bad", ".bad", too_long.as_str()] {
         // The spec defines no TAG_INVALID; a bad reference is a bad manifest PUT.
         expect_error(
-            reg.put_manifest(repo, tag, OCI_MANIFEST, &img.manifest)
-                .await,
+            reg.put_manifest(repo, tag, OCI_MANIFEST, &img.manifest).await,
             400,
             &["MANIFEST_INVALID"],
         )
         .await;
-        assert_eq!(
-            reg.tags(repo).await,
-            before,
-            "tag {tag:?} must not be created"
-        );
+        assert_eq!(reg.tags(repo).await, before, "tag {tag:?} must not be created");
     }
 }
 
@@ -458,16 +418,8 @@ async fn unknown_manifests() {
     reg.push_image(repo, "base", 18).await;
     let d = unknown_digest(18);
     for reference in ["nope", d.as_str()] {
-        expect_error(
-            reg.get_manifest(repo, reference).await,
-            404,
-            &["MANIFEST_UNKNOWN"],
-        )
-        .await;
-        assert_eq!(
-            reg.head_manifest(repo, reference).await.status().as_u16(),
-            404
-        );
+        expect_error(reg.get_manifest(repo, reference).await, 404, &["MANIFEST_UNKNOWN"]).await;
+        assert_eq!(reg.head_manifest(repo, reference).await.status().as_u16(), 404);
     }
     // Unknown repository: either code names what is missing.
     for reference in ["latest", d.as_str()] {
@@ -478,10 +430,7 @@ async fn unknown_manifests() {
         )
         .await;
         assert_eq!(
-            reg.head_manifest("no/such/repo", reference)
-                .await
-                .status()
-                .as_u16(),
+            reg.head_manifest("no/such/repo", reference).await.status().as_u16(),
             404
         );
     }
@@ -494,22 +443,34 @@ async fn repushing_a_tag_moves_it() {
     let a = reg.push_image(repo, "latest", 19).await;
     let b = reg.push_image(repo, "latest", 20).await;
     assert_ne!(a.digest, b.digest);
-    reg.assert_manifest(repo, "latest", OCI_MANIFEST, &b.manifest)
-        .await;
-    reg.assert_manifest(repo, &a.digest, OCI_MANIFEST, &a.manifest)
-        .await;
+    reg.assert_manifest(repo, "latest", OCI_MANIFEST, &b.manifest).await;
+    reg.assert_manifest(repo, &a.digest, OCI_MANIFEST, &a.manifest).await;
     assert_eq!(reg.tags(repo).await, vec!["latest".to_string()]);
 
     // Pushing the same bytes again is idempotent.
-    reg.push_manifest(repo, "latest", OCI_MANIFEST, &b.manifest)
-        .await;
-    reg.assert_manifest(repo, "latest", OCI_MANIFEST, &b.manifest)
-        .await;
+    reg.push_manifest(repo, "latest", OCI_MANIFEST, &b.manifest).await;
+    reg.assert_manifest(repo, "latest", OCI_MANIFEST, &b.manifest).await;
 
     // And moving it back works.
-    reg.push_manifest(repo, "latest", OCI_MANIFEST, &a.manifest)
-        .await;
-    reg.assert_manifest(repo, "latest", OCI_MANIFEST, &a.manifest)
-        .await;
+    reg.push_manifest(repo, "latest", OCI_MANIFEST, &a.manifest).await;
+    reg.assert_manifest(repo, "latest", OCI_MANIFEST, &a.manifest).await;
     assert_eq!(reg.tags(repo).await, vec!["latest".to_string()]);
+}
+
+#[tokio::test]
+async fn manifests_are_isolated_between_repositories() {
+    let reg = Reg::start().await;
+    let a = reg.push_image("mi/a", "v1", 21).await;
+    reg.push_image("mi/b", "other", 22).await;
+    expect_error(reg.get_manifest("mi/b", &a.digest).await, 404, &["MANIFEST_UNKNOWN"]).await;
+    expect_error(reg.get_manifest("mi/b", "v1").await, 404, &["MANIFEST_UNKNOWN"]).await;
+    assert_eq!(reg.head_manifest("mi/b", &a.digest).await.status().as_u16(), 404);
+    // Deleting in one repository leaves the other alone.
+    reg.push_blob("mi/b", &a.config).await;
+    reg.push_blob("mi/b", &a.layer).await;
+    reg.push_manifest("mi/b", "copy", OCI_MANIFEST, &a.manifest).await;
+    check(reg.delete(&format!("/v2/mi/a/manifests/{}", a.digest)).await, 202).await;
+    expect_error(reg.get_manifest("mi/a", &a.digest).await, 404, &["MANIFEST_UNKNOWN"]).await;
+    reg.assert_manifest("mi/b", "copy", OCI_MANIFEST, &a.manifest).await;
+    reg.assert_manifest("mi/b", &a.digest, OCI_MANIFEST, &a.manifest).await;
 }

@@ -6,11 +6,7 @@ use reqwest::Response;
 use super::support::*;
 
 async fn mount(reg: &Reg, repo: &str, digest: &str, from: Option<&str>) -> Response {
-    let mut url = with_query(
-        reg.url(&format!("/v2/{repo}/blobs/uploads/")),
-        "mount",
-        digest,
-    );
+    let mut url = with_query(reg.url(&format!("/v2/{repo}/blobs/uploads/")), "mount", digest);
     if let Some(from) = from {
         url = with_query(url, "from", from);
     }
@@ -23,8 +19,7 @@ async fn assert_fallback_upload(reg: &Reg, resp: Response, repo: &str, data: &[u
     let (h, _) = check(resp, 202).await;
     let loc = header_req(&h, "location");
     assert!(
-        reg.path_of(&loc)
-            .starts_with(&format!("/v2/{repo}/blobs/uploads/")),
+        reg.path_of(&loc).starts_with(&format!("/v2/{repo}/blobs/uploads/")),
         "fallback Location {loc:?} must be an upload in {repo}"
     );
     let digest = sha256_digest(data);

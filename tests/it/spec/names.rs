@@ -6,8 +6,7 @@ use super::support::*;
 
 fn invalid_names() -> Vec<String> {
     let mut names: Vec<String> = [
-        "Team/App", "team/App", "a..b", "a//b", "app-", "-app", "a/-b", "a/b-", "a_/b", "a.",
-        "a___b", "a:b",
+        "Team/App", "team/App", "a..b", "a//b", "app-", "-app", "a/-b", "a/b-", "a_/b", "a.", "a___b", "a:b",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -80,17 +79,18 @@ async fn valid_names_work() {
 
     for (i, name) in names.iter().enumerate() {
         let img = reg.push_image(name, "v1", 71 + i as u64).await;
-        reg.assert_manifest(name, "v1", OCI_MANIFEST, &img.manifest)
-            .await;
-        reg.assert_blob(name, &sha256_digest(&img.layer), &img.layer)
-            .await;
+        reg.assert_manifest(name, "v1", OCI_MANIFEST, &img.manifest).await;
+        reg.assert_blob(name, &sha256_digest(&img.layer), &img.layer).await;
         assert_eq!(reg.tags(name).await, vec!["v1".to_string()], "{name}");
         // Chunked uploads address the session through the name too.
         let data = random_bytes(10, i as u64);
         let loc = reg.start_upload(name).await;
         check(reg.patch_chunk(&loc, 0, &data).await, 202).await;
     }
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(reg.catalog().await, sorted);
+    // Order is the catalog test's business; here only membership counts.
+    let mut want = names.clone();
+    want.sort();
+    let mut got = reg.catalog().await;
+    got.sort();
+    assert_eq!(got, want);
 }

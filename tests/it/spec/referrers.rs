@@ -1,5 +1,6 @@
 //! The referrers API (`GET /v2/<name>/referrers/<digest>`) and `OCI-Subject`.
 
+use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use serde_json::json;
@@ -70,9 +71,7 @@ async fn image_artifact(
 
 /// PUTs an artifact by digest and checks the `OCI-Subject` answer.
 async fn push_artifact(reg: &Reg, repo: &str, a: &Artifact, subject_digest: &str) {
-    let resp = reg
-        .put_manifest(repo, &a.digest(), a.media_type, &a.body)
-        .await;
+    let resp = reg.put_manifest(repo, &a.digest(), a.media_type, &a.body).await;
     let (h, _) = check(resp, 201).await;
     assert_eq!(
         header_opt(&h, "oci-subject").as_deref(),
@@ -82,18 +81,16 @@ async fn push_artifact(reg: &Reg, repo: &str, a: &Artifact, subject_digest: &str
     assert_eq!(header_opt(&h, "docker-content-digest"), Some(a.digest()));
 }
 
-async fn referrers(reg: &Reg, repo: &str, digest: &str, query: &str) -> (HeaderMap, Vec<Value>) {
-    let (h, body) = check(
-        reg.get(&format!("/v2/{repo}/referrers/{digest}{query}"))
-            .await,
-        200,
-    )
-    .await;
-    assert_eq!(
-        media_type_of(&h).as_deref(),
-        Some(OCI_INDEX),
-        "referrers Content-Type"
-    );
+/// `GET /v2/<repo>/referrers/<digest>`, optionally with `?artifactType=`
+/// (percent-encoded: media types contain `+`, which a query decodes as a
+/// space).
+async fn referrers(reg: &Reg, repo: &str, digest: &str, artifact_type: Option<&str>) -> (HeaderMap, Vec<Value>) {
+    let mut url = reg.url(&format!("/v2/{repo}/referrers/{digest}"));
+    if let Some(t) = artifact_type {
+        url = with_query(url, "artifactType", t);
+    }
+    let (h, body) = check(send(reg.req_url(Method::GET, url)).await, 200).await;
+    assert_eq!(media_type_of(&h).as_deref(), Some(OCI_INDEX), "referrers Content-Type");
     let v = json_body(&h, &body);
     assert_eq!(v["schemaVersion"], json!(2));
     assert_eq!(v["mediaType"], json!(OCI_INDEX));
@@ -107,19 +104,13 @@ async fn referrers(reg: &Reg, repo: &str, digest: &str, query: &str) -> (HeaderM
 /// Asserts the list holds exactly `expected`, in any order, each with the
 /// descriptor fields the spec requires.
 fn assert_descriptors(got: &[Value], expected: &[&Artifact]) {
-    let mut got_digests: Vec<&str> = got
-        .iter()
-        .map(|d| d["digest"].as_str().unwrap_or(""))
-        .collect();
+    let mut got_digests: Vec<&str> = got.iter().map(|d| d["digest"].as_str().unwrap_or("")).collect();
     let mut want: Vec<String> = expected.iter().map(|a| a.digest()).collect();
     got_digests.sort();
     want.sort();
     assert_eq!(got_digests, want, "referrers digests; got {got:?}");
     for a in expected {
-        let d = got
-            .iter()
-            .find(|d| d["digest"] == json!(a.digest()))
-            .unwrap();
+        let d = got.iter().find(|d| d["digest"] == json!(a.digest())).unwrap();
         assert_eq!(d["mediaType"], json!(a.media_type), "{d}");
         assert_eq!(d["size"], json!(a.body.len()), "{d}");
         assert_eq!(d["artifactType"], json!(a.artifact_type), "{d}");
@@ -168,9 +159,7 @@ async fn referrers_list_filter_and_delete() {
     let index_body = index_manifest(
         OCI_INDEX,
         &[(OCI_MANIFEST, &sbom.body[..])],
-        Some(
-            json!({ "artifactType": BUNDLE, "subject": subject, "annotations": { "org.example.kind": "bundle" } }),
-        ),
+        Some(json!({ "artifactType": BUNDLE, "subject": subject, "annotations": { "org.example.kind": "bundle" } })),
     );
     let bundle = Artifact {
         body: index_body,
@@ -185,43 +174,28 @@ async fn referrers_list_filter_and_delete() {
     let foreign = image_artifact(&reg, "ref/other", &subject, Some(SBOM), None, 55).await;
     push_artifact(&reg, "ref/other", &foreign, &s).await;
 
-    let (_, list) = referrers(&reg, repo, &s, "").await;
+    let (_, list) = referrers(&reg, repo, &s, None).await;
     assert_descriptors(&list, &[&sbom, &sig, &untyped, &bundle]);
-    let (_, list) = referrers(&reg, "ref/other", &s, "").await;
+    let (_, list) = referrers(&reg, "ref/other", &s, None).await;
     assert_descriptors(&list, &[&foreign]);
 
     // Filtering by artifactType.
-    let (h, list) = referrers(&reg, repo, &s, &format!("?artifactType={SBOM}")).await;
-    assert_eq!(
-        header_opt(&h, "oci-filters-applied").as_deref(),
-        Some("artifactType")
-    );
+    let (h, list) = referrers(&reg, repo, &s, Some(SBOM)).await;
+    assert_eq!(header_opt(&h, "oci-filters-applied").as_deref(), Some("artifactType"));
     assert_descriptors(&list, &[&sbom]);
-    let (h, list) = referrers(&reg, repo, &s, &format!("?artifactType={CFG_TYPE}")).await;
-    assert_eq!(
-        header_opt(&h, "oci-filters-applied").as_deref(),
-        Some("artifactType")
-    );
+    let (h, list) = referrers(&reg, repo, &s, Some(CFG_TYPE)).await;
+    assert_eq!(header_opt(&h, "oci-filters-applied").as_deref(), Some("artifactType"));
     assert_descriptors(&list, &[&untyped]);
-    let (h, list) = referrers(&reg, repo, &s, "?artifactType=application/vnd.example.none").await;
-    assert_eq!(
-        header_opt(&h, "oci-filters-applied").as_deref(),
-        Some("artifactType")
-    );
+    let (h, list) = referrers(&reg, repo, &s, Some("application/vnd.example.none")).await;
+    assert_eq!(header_opt(&h, "oci-filters-applied").as_deref(), Some("artifactType"));
     assert_descriptors(&list, &[]);
 
     // Referrers are ordinary manifests.
-    reg.assert_manifest(repo, &sig.digest(), OCI_MANIFEST, &sig.body)
-        .await;
+    reg.assert_manifest(repo, &sig.digest(), OCI_MANIFEST, &sig.body).await;
 
     // Deleting a referrer removes it from the list.
-    check(
-        reg.delete(&format!("/v2/{repo}/manifests/{}", sig.digest()))
-            .await,
-        202,
-    )
-    .await;
-    let (_, list) = referrers(&reg, repo, &s, "").await;
+    check(reg.delete(&format!("/v2/{repo}/manifests/{}", sig.digest())).await, 202).await;
+    let (_, list) = referrers(&reg, repo, &s, None).await;
     assert_descriptors(&list, &[&sbom, &untyped, &bundle]);
 }
 
@@ -230,14 +204,10 @@ async fn referrers_of_a_digest_with_none() {
     let reg = Reg::start().await;
     let repo = "noref/app";
     let img = reg.push_image(repo, "v1", 56).await;
-    let (h, list) = referrers(&reg, repo, &img.digest, "").await;
+    let (h, list) = referrers(&reg, repo, &img.digest, None).await;
     assert_descriptors(&list, &[]);
-    assert_eq!(
-        header_opt(&h, "oci-filters-applied"),
-        None,
-        "no filter was requested"
-    );
-    let (_, list) = referrers(&reg, repo, &unknown_digest(56), "").await;
+    assert_eq!(header_opt(&h, "oci-filters-applied"), None, "no filter was requested");
+    let (_, list) = referrers(&reg, repo, &unknown_digest(56), None).await;
     assert_descriptors(&list, &[]);
 }
 
@@ -267,15 +237,14 @@ async fn referrer_pushed_before_its_subject() {
     )
     .await;
     push_artifact(&reg, repo, &sig, &s).await;
-    let (_, list) = referrers(&reg, repo, &s, "").await;
+    let (_, list) = referrers(&reg, repo, &s, None).await;
     assert_descriptors(&list, &[&sig]);
 
     // Pushing the subject afterwards changes nothing about the list.
     reg.push_blob(repo, &config).await;
     reg.push_blob(repo, &layer).await;
-    reg.push_manifest(repo, "v1", OCI_MANIFEST, &subject_body)
-        .await;
-    let (_, list) = referrers(&reg, repo, &s, "").await;
+    reg.push_manifest(repo, "v1", OCI_MANIFEST, &subject_body).await;
+    let (_, list) = referrers(&reg, repo, &s, None).await;
     assert_descriptors(&list, &[&sig]);
 }
 

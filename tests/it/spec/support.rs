@@ -171,11 +171,7 @@ impl Reg {
 
     /// Single-request monolithic push: `POST /v2/<repo>/blobs/uploads/?digest=D`.
     pub async fn post_blob(&self, repo: &str, digest: &str, data: &[u8]) -> Response {
-        let url = with_query(
-            self.url(&format!("/v2/{repo}/blobs/uploads/")),
-            "digest",
-            digest,
-        );
+        let url = with_query(self.url(&format!("/v2/{repo}/blobs/uploads/")), "digest", digest);
         send(
             self.req_url(Method::POST, url)
                 .header("Content-Type", "application/octet-stream")
@@ -185,10 +181,7 @@ impl Reg {
     }
 
     pub async fn blob_status(&self, repo: &str, digest: &str) -> u16 {
-        self.head(&format!("/v2/{repo}/blobs/{digest}"))
-            .await
-            .status()
-            .as_u16()
+        self.head(&format!("/v2/{repo}/blobs/{digest}")).await.status().as_u16()
     }
 
     /// GETs a blob, following one redirect if the registry answers with one
@@ -214,11 +207,7 @@ impl Reg {
     /// Asserts that `repo` serves exactly `data` under `digest`.
     pub async fn assert_blob(&self, repo: &str, digest: &str, data: &[u8]) {
         let (h, body) = check(self.get_blob(repo, digest, None).await, 200).await;
-        assert_eq!(
-            body.len(),
-            data.len(),
-            "blob {digest} in {repo}: wrong length"
-        );
+        assert_eq!(body.len(), data.len(), "blob {digest} in {repo}: wrong length");
         assert!(body[..] == data[..], "blob {digest} in {repo}: wrong bytes");
         if let Some(d) = header_opt(&h, "docker-content-digest") {
             assert_eq!(d, digest);
@@ -227,13 +216,7 @@ impl Reg {
 
     // ----- manifests -----------------------------------------------------
 
-    pub async fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> Response {
+    pub async fn put_manifest(&self, repo: &str, reference: &str, content_type: &str, body: &[u8]) -> Response {
         send(
             self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
                 .header("Content-Type", content_type)
@@ -244,13 +227,7 @@ impl Reg {
 
     /// PUTs a manifest, asserting 201 and the `Docker-Content-Digest`;
     /// returns the digest.
-    pub async fn push_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> String {
+    pub async fn push_manifest(&self, repo: &str, reference: &str, content_type: &str, body: &[u8]) -> String {
         let digest = sha256_digest(body);
         let resp = self.put_manifest(repo, reference, content_type, body).await;
         let (h, _) = check(resp, 201).await;
@@ -279,13 +256,7 @@ impl Reg {
     }
 
     /// Asserts `repo:reference` serves exactly `body` with `content_type`.
-    pub async fn assert_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        content_type: &str,
-        body: &[u8],
-    ) {
+    pub async fn assert_manifest(&self, repo: &str, reference: &str, content_type: &str, body: &[u8]) {
         let (h, got) = check(self.get_manifest(repo, reference).await, 200).await;
         assert!(
             got[..] == body[..],
@@ -344,10 +315,7 @@ impl Reg {
     pub async fn catalog_page(&self, query: &str) -> (Vec<String>, Option<String>) {
         let (h, body) = check(self.get(&format!("/v2/_catalog{query}")).await, 200).await;
         let v: Value = json_body(&h, &body);
-        (
-            string_list(&v["repositories"], "repositories"),
-            header_opt(&h, "link"),
-        )
+        (string_list(&v["repositories"], "repositories"), header_opt(&h, "link"))
     }
 
     pub async fn catalog(&self) -> Vec<String> {
@@ -359,10 +327,7 @@ impl Drop for Reg {
     fn drop(&mut self) {
         // A failing test shows what the server logged.
         if std::thread::panicking() {
-            eprintln!(
-                "---- berth node log (tail) ----\n{}",
-                self.node.log_tail(60)
-            );
+            eprintln!("---- berth node log (tail) ----\n{}", self.node.log_tail(60));
         }
     }
 }
@@ -384,13 +349,19 @@ pub async fn check(resp: Response, status: u16) -> (HeaderMap, Bytes) {
     let url = resp.url().clone();
     let got = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.expect("read body");
+    let (body, body_err) = match resp.bytes().await {
+        Ok(b) => (b, None),
+        Err(e) => (Bytes::new(), Some(e)),
+    };
     assert_eq!(
         got,
         status,
         "{url}: expected status {status}, got {got}; headers {headers:?}; body {}",
         String::from_utf8_lossy(&body[..body.len().min(2000)])
     );
+    if let Some(e) = body_err {
+        panic!("{url}: status {got} as expected, but the body could not be read ({e:?}); headers {headers:?}");
+    }
     (headers, body)
 }
 
@@ -416,19 +387,11 @@ pub async fn expect_error(resp: Response, status: u16, codes: &[&str]) -> Value 
         .unwrap_or_else(|| panic!("{url}: error body has no errors array: {v}"));
     assert!(!errors.is_empty(), "{url}: empty errors array");
     for e in errors {
-        assert!(
-            e["code"].is_string(),
-            "{url}: error entry without code: {e}"
-        );
-        assert!(
-            e["message"].is_string(),
-            "{url}: error entry without message: {e}"
-        );
+        assert!(e["code"].is_string(), "{url}: error entry without code: {e}");
+        assert!(e["message"].is_string(), "{url}: error entry without message: {e}");
     }
     assert!(
-        errors
-            .iter()
-            .any(|e| codes.contains(&e["code"].as_str().unwrap_or(""))),
+        errors.iter().any(|e| codes.contains(&e["code"].as_str().unwrap_or(""))),
         "{url}: expected error code in {codes:?}, got {v}"
     );
     v
@@ -454,8 +417,7 @@ pub fn json_body(h: &HeaderMap, body: &[u8]) -> Value {
         ct == "application/json" || ct.ends_with("+json"),
         "expected a JSON Content-Type, got {ct:?}"
     );
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 fn string_list(v: &Value, field: &str) -> Vec<String> {
@@ -480,13 +442,8 @@ pub fn with_query(mut url: Url, key: &str, value: &str) -> Url {
 /// may be relative or absolute).
 pub fn parse_next_link(reg: &Reg, link: &str) -> (String, Vec<(String, String)>, Url) {
     let link = link.trim();
-    assert!(
-        link.starts_with('<'),
-        "Link must start with <url>: {link:?}"
-    );
-    let close = link
-        .find('>')
-        .unwrap_or_else(|| panic!("Link without '>': {link:?}"));
+    assert!(link.starts_with('<'), "Link must start with <url>: {link:?}");
+    let close = link.find('>').unwrap_or_else(|| panic!("Link without '>': {link:?}"));
     let target = &link[1..close];
     let params = link[close + 1..].replace(' ', "");
     assert!(
@@ -502,10 +459,7 @@ pub fn parse_next_link(reg: &Reg, link: &str) -> (String, Vec<(String, String)>,
 }
 
 pub fn query_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 /// Polls `f` until it returns `Some`, at most `limit`; panics with `what`
@@ -520,10 +474,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {limit:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "gave up after {limit:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -558,12 +509,7 @@ pub fn odd_json(v: &Value) -> Vec<u8> {
 /// An image manifest (OCI or Docker schema 2, by `media_type`), with the
 /// `mediaType` field set to it; `extra` fields are merged in (use
 /// `Value::Null` entries to remove a field).
-pub fn image_manifest(
-    media_type: &str,
-    config: &Value,
-    layers: &[Value],
-    extra: Option<Value>,
-) -> Vec<u8> {
+pub fn image_manifest(media_type: &str, config: &Value, layers: &[Value], extra: Option<Value>) -> Vec<u8> {
     let mut m = json!({
         "schemaVersion": 2,
         "mediaType": media_type,
@@ -575,11 +521,7 @@ pub fn image_manifest(
 }
 
 /// An OCI index or Docker manifest list over `children` (media type, body).
-pub fn index_manifest(
-    media_type: &str,
-    children: &[(&str, &[u8])],
-    extra: Option<Value>,
-) -> Vec<u8> {
+pub fn index_manifest(media_type: &str, children: &[(&str, &[u8])], extra: Option<Value>) -> Vec<u8> {
     let archs = ["amd64", "arm64", "s390x", "ppc64le"];
     let manifests: Vec<Value> = children
         .iter()

@@ -79,11 +79,7 @@ async fn chunked_upload_in_order_and_out_of_order() {
 
     // A gap, then a replay of the first chunk: both out of order. The 416
     // carries the current range so the client can resume.
-    for (start, chunk) in [
-        (500u64, &data[300..400]),
-        (0, &data[0..100]),
-        (150, &data[150..250]),
-    ] {
+    for (start, chunk) in [(500u64, &data[300..400]), (0, &data[0..100]), (150, &data[150..250])] {
         let (h, _) = check(reg.patch_chunk(&loc, start, chunk).await, 416).await;
         assert_range(&h, 199);
     }
@@ -118,12 +114,7 @@ async fn chunked_upload_in_order_and_out_of_order() {
 
     // The session is gone once closed.
     expect_error(reg.get(&loc).await, 404, &["BLOB_UPLOAD_UNKNOWN"]).await;
-    expect_error(
-        reg.patch_chunk(&loc, 400, b"more").await,
-        404,
-        &["BLOB_UPLOAD_UNKNOWN"],
-    )
-    .await;
+    expect_error(reg.patch_chunk(&loc, 400, b"more").await, 404, &["BLOB_UPLOAD_UNKNOWN"]).await;
     expect_error(
         reg.finish_upload(&loc, &digest, b"").await,
         404,
@@ -162,8 +153,7 @@ async fn streamed_patch_without_content_range() {
 
     let mut loc = loc;
     for part in [&data[..200_000], &data[200_000..]] {
-        let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
-            part.chunks(16_384).map(|c| Ok(c.to_vec())).collect();
+        let pieces: Vec<Result<Vec<u8>, std::io::Error>> = part.chunks(16_384).map(|c| Ok(c.to_vec())).collect();
         let resp = send(
             reg.req(Method::PATCH, &loc)
                 .header("Content-Type", "application/octet-stream")
@@ -172,11 +162,7 @@ async fn streamed_patch_without_content_range() {
         .await;
         let (h, _) = check(resp, 202).await;
         loc = upload_location(&reg, &h, repo);
-        let end = if part.len() == 200_000 {
-            199_999
-        } else {
-            299_999
-        };
+        let end = if part.len() == 200_000 { 199_999 } else { 299_999 };
         assert_range(&h, end);
     }
     assert_range(&upload_status(&reg, &loc, repo).await, 299_999);
@@ -217,11 +203,7 @@ async fn bad_content_range_leaves_session_unchanged() {
 
     let (h, _) = check(reg.patch_chunk(&loc, 100, &data[100..]).await, 202).await;
     let loc = upload_location(&reg, &h, repo);
-    check(
-        reg.finish_upload(&loc, &sha256_digest(&data), b"").await,
-        201,
-    )
-    .await;
+    check(reg.finish_upload(&loc, &sha256_digest(&data), b"").await, 201).await;
     reg.assert_blob(repo, &sha256_digest(&data), &data).await;
 }
 
@@ -238,12 +220,7 @@ async fn cancel_upload() {
     assert!(body.is_empty());
 
     expect_error(reg.get(&loc).await, 404, &["BLOB_UPLOAD_UNKNOWN"]).await;
-    expect_error(
-        reg.patch_chunk(&loc, 100, b"x").await,
-        404,
-        &["BLOB_UPLOAD_UNKNOWN"],
-    )
-    .await;
+    expect_error(reg.patch_chunk(&loc, 100, b"x").await, 404, &["BLOB_UPLOAD_UNKNOWN"]).await;
     expect_error(
         reg.finish_upload(&loc, &sha256_digest(&data), b"").await,
         404,
@@ -259,10 +236,7 @@ async fn unknown_upload_session() {
     let reg = Reg::start().await;
     reg.push_blob("unk/app", b"repo exists").await;
     let d = sha256_digest(b"x");
-    for id in [
-        uuid::Uuid::new_v4().to_string(),
-        "not-a-session".to_string(),
-    ] {
+    for id in [uuid::Uuid::new_v4().to_string(), "not-a-session".to_string()] {
         // For a repository that does not exist either, naming the missing
         // repository (NAME_UNKNOWN) is an equally correct 404.
         for (repo, codes) in [
@@ -291,40 +265,20 @@ async fn put_with_wrong_or_malformed_digest() {
     let loc = reg.start_upload(repo).await;
     let (h, _) = check(reg.patch_chunk(&loc, 0, &data).await, 202).await;
     let loc = upload_location(&reg, &h, repo);
-    expect_error(
-        reg.finish_upload(&loc, &wrong, b"").await,
-        400,
-        &["DIGEST_INVALID"],
-    )
-    .await;
+    expect_error(reg.finish_upload(&loc, &wrong, b"").await, 400, &["DIGEST_INVALID"]).await;
     assert_eq!(reg.blob_status(repo, &wrong).await, 404);
     assert_eq!(reg.blob_status(repo, &actual).await, 404);
 
     // Same with the data in the PUT itself.
     let loc = reg.start_upload(repo).await;
-    expect_error(
-        reg.finish_upload(&loc, &wrong, &data).await,
-        400,
-        &["DIGEST_INVALID"],
-    )
-    .await;
+    expect_error(reg.finish_upload(&loc, &wrong, &data).await, 400, &["DIGEST_INVALID"]).await;
     assert_eq!(reg.blob_status(repo, &wrong).await, 404);
     assert_eq!(reg.blob_status(repo, &actual).await, 404);
 
     // Malformed digests.
-    for bad in [
-        "sha256:xyz",
-        "garbage",
-        "sha256:",
-        &actual[..actual.len() - 1],
-    ] {
+    for bad in ["sha256:xyz", "garbage", "sha256:", &actual[..actual.len() - 1]] {
         let loc = reg.start_upload(repo).await;
-        expect_error(
-            reg.finish_upload(&loc, bad, &data).await,
-            400,
-            &["DIGEST_INVALID"],
-        )
-        .await;
+        expect_error(reg.finish_upload(&loc, bad, &data).await, 400, &["DIGEST_INVALID"]).await;
     }
     assert_eq!(reg.blob_status(repo, &actual).await, 404);
 
@@ -378,4 +332,37 @@ async fn upload_cannot_be_continued_through_another_repository() {
     check(reg.finish_upload(&loc, &digest, &data[100..]).await, 201).await;
     reg.assert_blob("xa/app", &digest, &data).await;
     assert_eq!(reg.blob_status("xb/app", &digest).await, 404);
+}
+
+#[tokio::test]
+async fn large_blob_in_chunks_with_ranged_reads() {
+    let reg = Reg::start().await;
+    let repo = "large/app";
+    let size = 12 * 1024 * 1024 + 123;
+    let data = random_bytes(size, 17);
+    let digest = sha256_digest(&data);
+    let mut loc = reg.start_upload(repo).await;
+    let chunk = 4 * 1024 * 1024;
+    for (i, part) in data.chunks(chunk).enumerate() {
+        let start = (i * chunk) as u64;
+        let (h, _) = check(reg.patch_chunk(&loc, start, part).await, 202).await;
+        loc = upload_location(&reg, &h, repo);
+        assert_range(&h, start + part.len() as u64 - 1);
+    }
+    check(reg.finish_upload(&loc, &digest, b"").await, 201).await;
+    reg.assert_blob(repo, &digest, &data).await;
+
+    // A range that spans the boundary between two uploaded chunks.
+    let (first, last) = (chunk - 10, chunk + 9);
+    let (h, body) = check(
+        reg.get_blob(repo, &digest, Some(&format!("bytes={first}-{last}")))
+            .await,
+        206,
+    )
+    .await;
+    assert_eq!(
+        header_opt(&h, "content-range"),
+        Some(format!("bytes {first}-{last}/{size}"))
+    );
+    assert!(body[..] == data[first..=last]);
 }
