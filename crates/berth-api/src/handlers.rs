@@ -77,40 +77,25 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
 }
 
 fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        ErrorCode::Unsupported,
-        "method not allowed on this endpoint",
-    )
-    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+    ApiError::new(ErrorCode::Unsupported, "method not allowed on this endpoint")
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
 
 async fn route(state: AppState, endpoint: Endpoint, req: Request) -> ApiResult {
     let m = req.method().clone();
     match (endpoint, m) {
-        (Endpoint::Base, Method::GET | Method::HEAD) => {
-            Ok((StatusCode::OK, axum::Json(json!({}))).into_response())
-        }
+        (Endpoint::Base, Method::GET | Method::HEAD) => Ok((StatusCode::OK, axum::Json(json!({}))).into_response()),
         (Endpoint::Catalog, Method::GET) => catalog(state, req).await,
         (Endpoint::Tags { repo }, Method::GET) => tags(state, repo, req).await,
-        (Endpoint::Manifest { repo, reference }, Method::GET) => {
-            get_manifest(state, repo, reference, false).await
-        }
-        (Endpoint::Manifest { repo, reference }, Method::HEAD) => {
-            get_manifest(state, repo, reference, true).await
-        }
-        (Endpoint::Manifest { repo, reference }, Method::PUT) => {
-            put_manifest(state, repo, reference, req).await
-        }
+        (Endpoint::Manifest { repo, reference }, Method::GET) => get_manifest(state, repo, reference, false).await,
+        (Endpoint::Manifest { repo, reference }, Method::HEAD) => get_manifest(state, repo, reference, true).await,
+        (Endpoint::Manifest { repo, reference }, Method::PUT) => put_manifest(state, repo, reference, req).await,
         (Endpoint::Manifest { repo, reference }, Method::DELETE) => {
             state.registry.delete_manifest(&repo, &reference).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
-        (Endpoint::Blob { repo, digest }, Method::GET) => {
-            get_blob(state, repo, digest, req, false).await
-        }
-        (Endpoint::Blob { repo, digest }, Method::HEAD) => {
-            get_blob(state, repo, digest, req, true).await
-        }
+        (Endpoint::Blob { repo, digest }, Method::GET) => get_blob(state, repo, digest, req, false).await,
+        (Endpoint::Blob { repo, digest }, Method::HEAD) => get_blob(state, repo, digest, req, true).await,
         (Endpoint::Blob { repo, digest }, Method::DELETE) => {
             state.registry.delete_blob(&repo, &digest).await?;
             Ok(StatusCode::ACCEPTED.into_response())
@@ -126,9 +111,7 @@ async fn route(state: AppState, endpoint: Endpoint, req: Request) -> ApiResult {
             state.registry.cancel_upload(&repo, &id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        (Endpoint::Referrers { repo, digest }, Method::GET) => {
-            referrers(state, repo, digest, req).await
-        }
+        (Endpoint::Referrers { repo, digest }, Method::GET) => referrers(state, repo, digest, req).await,
         _ => Err(method_not_allowed()),
     }
 }
@@ -154,21 +137,15 @@ fn docker_content_digest() -> header::HeaderName {
 /// `n` and `last` of a paginated listing.
 fn page_params(q: &Query) -> ApiResult<(usize, Option<String>)> {
     let n = match q.get("n") {
-        Some(n) => n.parse::<usize>().map_err(|_| {
-            ApiError::new(ErrorCode::SizeInvalid, "n must be a non-negative integer")
-        })?,
+        Some(n) => n
+            .parse::<usize>()
+            .map_err(|_| ApiError::new(ErrorCode::SizeInvalid, "n must be a non-negative integer"))?,
         None => DEFAULT_PAGE,
     };
     Ok((n, q.get("last").cloned()))
 }
 
-fn paginated(
-    path: &str,
-    key: &str,
-    name: Option<&RepoName>,
-    page: berth_meta::Page,
-    n: usize,
-) -> Response {
+fn paginated(path: &str, key: &str, name: Option<&RepoName>, page: berth_meta::Page, n: usize) -> Response {
     let mut body = serde_json::Map::new();
     if let Some(name) = name {
         body.insert("name".into(), json!(name.as_str()));
@@ -206,19 +183,12 @@ async fn tags(state: AppState, repo: RepoName, req: Request) -> ApiResult {
 
 // ---- manifests ----------------------------------------------------------------------
 
-async fn get_manifest(
-    state: AppState,
-    repo: RepoName,
-    reference: Reference,
-    head: bool,
-) -> ApiResult {
+async fn get_manifest(state: AppState, repo: RepoName, reference: Reference, head: bool) -> ApiResult {
     let m = state.registry.get_manifest(&repo, &reference).await?;
     let mut resp = if head {
         let mut r = StatusCode::OK.into_response();
-        r.headers_mut().insert(
-            header::CONTENT_LENGTH,
-            HeaderValue::from(m.bytes.len() as u64),
-        );
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len() as u64));
         r
     } else {
         (StatusCode::OK, m.bytes).into_response()
@@ -230,12 +200,7 @@ async fn get_manifest(
     Ok(resp)
 }
 
-async fn put_manifest(
-    state: AppState,
-    repo: RepoName,
-    reference: Reference,
-    req: Request,
-) -> ApiResult {
+async fn put_manifest(state: AppState, repo: RepoName, reference: Reference, req: Request) -> ApiResult {
     let limit = berth_oci::MAX_MANIFEST_SIZE;
     let too_large = |size: String| {
         ApiError::new(
@@ -254,10 +219,17 @@ async fn put_manifest(
         Err(body::Oversized::TooLarge { drained }) => {
             let size = declared.map_or_else(|| format!("more than {limit}"), |n| n.to_string());
             let err = too_large(size);
-            return Err(if drained { err } else { err.with_header(header::CONNECTION, "close") });
+            return Err(if drained {
+                err
+            } else {
+                err.with_header(header::CONNECTION, "close")
+            });
         }
         Err(body::Oversized::Broken(e)) => {
-            return Err(ApiError::new(ErrorCode::ManifestInvalid, format!("reading the manifest failed: {e}")));
+            return Err(ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("reading the manifest failed: {e}"),
+            ));
         }
     };
     let res = state
@@ -265,17 +237,11 @@ async fn put_manifest(
         .put_manifest(&repo, &reference, content_type.as_deref(), bytes.to_vec())
         .await?;
     let mut headers = vec![
-        (
-            header::LOCATION,
-            format!("/v2/{repo}/manifests/{}", res.digest),
-        ),
+        (header::LOCATION, format!("/v2/{repo}/manifests/{}", res.digest)),
         (docker_content_digest(), res.digest.to_string()),
     ];
     if let Some(subject) = res.subject {
-        headers.push((
-            header::HeaderName::from_static("oci-subject"),
-            subject.to_string(),
-        ));
+        headers.push((header::HeaderName::from_static("oci-subject"), subject.to_string()));
     }
     Ok(with_headers(StatusCode::CREATED, &headers))
 }
@@ -293,15 +259,11 @@ async fn referrers(state: AppState, repo: RepoName, digest: Digest, req: Request
         "manifests": manifests,
     });
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(media_types::OCI_INDEX),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_types::OCI_INDEX));
     if filter.is_some() {
-        resp.headers_mut().insert(
-            "oci-filters-applied",
-            HeaderValue::from_static("artifactType"),
-        );
+        resp.headers_mut()
+            .insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
     }
     Ok(resp)
 }
@@ -348,13 +310,7 @@ fn parse_range(h: &HeaderValue, size: u64) -> Result<Option<ByteRange>, ApiError
     Ok(Some(range))
 }
 
-async fn get_blob(
-    state: AppState,
-    repo: RepoName,
-    digest: Digest,
-    req: Request,
-    head: bool,
-) -> ApiResult {
+async fn get_blob(state: AppState, repo: RepoName, digest: Digest, req: Request, head: bool) -> ApiResult {
     let size = state.registry.stat_blob(&repo, &digest).await?;
     let range = match req.headers().get(header::RANGE) {
         Some(h) => parse_range(h, size)?,
@@ -370,10 +326,7 @@ async fn get_blob(
     ];
     let status = match range {
         Some(r) => {
-            headers.push((
-                header::CONTENT_RANGE,
-                format!("bytes {}-{}/{size}", r.start, r.end - 1),
-            ));
+            headers.push((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
             headers.push((header::CONTENT_LENGTH, r.len().to_string()));
             StatusCode::PARTIAL_CONTENT
         }
@@ -408,15 +361,9 @@ fn upload_response(status: StatusCode, repo: &RepoName, s: &UploadStatus) -> Res
     with_headers(
         status,
         &[
-            (
-                header::LOCATION,
-                format!("/v2/{repo}/blobs/uploads/{}", s.id),
-            ),
+            (header::LOCATION, format!("/v2/{repo}/blobs/uploads/{}", s.id)),
             (header::RANGE, format!("0-{end}")),
-            (
-                header::HeaderName::from_static("docker-upload-uuid"),
-                s.id.clone(),
-            ),
+            (header::HeaderName::from_static("docker-upload-uuid"), s.id.clone()),
             (header::CONTENT_LENGTH, "0".to_string()),
         ],
     )
@@ -450,24 +397,15 @@ async fn start_upload(state: AppState, repo: RepoName, req: Request) -> ApiResul
             Some(f) => Some(RepoName::parse(f)?),
             None => None,
         };
-        return Ok(
-            match state
-                .registry
-                .mount_blob(&repo, &digest, from.as_ref())
-                .await?
-            {
-                MountResult::Mounted(d) => blob_created(&repo, &d),
-                MountResult::Upload(s) => upload_response(StatusCode::ACCEPTED, &repo, &s),
-            },
-        );
+        return Ok(match state.registry.mount_blob(&repo, &digest, from.as_ref()).await? {
+            MountResult::Mounted(d) => blob_created(&repo, &d),
+            MountResult::Upload(s) => upload_response(StatusCode::ACCEPTED, &repo, &s),
+        });
     }
     if let Some(digest) = digest_param(&q, "digest")? {
         let length = body::content_length(req.headers());
         let stream = body::stream(req.into_body());
-        state
-            .registry
-            .put_blob(&repo, &digest, stream, length)
-            .await?;
+        state.registry.put_blob(&repo, &digest, stream, length).await?;
         return Ok(blob_created(&repo, &digest));
     }
     let status = state.registry.start_upload(&repo).await?;
@@ -534,11 +472,7 @@ async fn out_of_order(state: &AppState, repo: &RepoName, id: &str, err: ApiError
 async fn patch_upload(state: AppState, repo: RepoName, id: String, req: Request) -> ApiResult {
     let (start, length) = chunk_bounds(req.headers())?;
     let stream = body::stream(req.into_body());
-    match state
-        .registry
-        .append_chunk(&repo, &id, start, length, stream)
-        .await
-    {
+    match state.registry.append_chunk(&repo, &id, start, length, stream).await {
         Ok(status) => Ok(upload_response(StatusCode::ACCEPTED, &repo, &status)),
         Err(e) => {
             let err = ApiError::from(e);
@@ -552,22 +486,15 @@ async fn patch_upload(state: AppState, repo: RepoName, id: String, req: Request)
 
 async fn finish_upload(state: AppState, repo: RepoName, id: String, req: Request) -> ApiResult {
     let q = query(&req);
-    let digest = digest_param(&q, "digest")?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::DigestInvalid,
-            "the digest query parameter is required",
-        )
-    })?;
+    let digest = digest_param(&q, "digest")?
+        .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the digest query parameter is required"))?;
     let last = if body::has_body(req.headers()) {
         let (_, length) = chunk_bounds(req.headers())?;
         Some((body::stream(req.into_body()), length))
     } else {
         None
     };
-    state
-        .registry
-        .finish_upload(&repo, &id, &digest, last)
-        .await?;
+    state.registry.finish_upload(&repo, &id, &digest, last).await?;
     Ok(blob_created(&repo, &digest))
 }
 
@@ -584,26 +511,11 @@ mod tests {
         assert_eq!(range("bytes=0-9", 100), Ok(Some(ByteRange::new(0, 10))));
         assert_eq!(range("bytes=10-", 100), Ok(Some(ByteRange::new(10, 100))));
         assert_eq!(range("bytes=-5", 100), Ok(Some(ByteRange::new(95, 100))));
-        assert_eq!(
-            range("bytes=90-200", 100),
-            Ok(Some(ByteRange::new(90, 100)))
-        );
-        assert_eq!(
-            range("bytes=100-", 100),
-            Err(StatusCode::RANGE_NOT_SATISFIABLE)
-        );
-        assert_eq!(
-            range("bytes=abc", 100),
-            Err(StatusCode::RANGE_NOT_SATISFIABLE)
-        );
-        assert_eq!(
-            range("bytes=5-1", 100),
-            Err(StatusCode::RANGE_NOT_SATISFIABLE)
-        );
-        assert_eq!(
-            range("items=0-1", 100),
-            Err(StatusCode::RANGE_NOT_SATISFIABLE)
-        );
+        assert_eq!(range("bytes=90-200", 100), Ok(Some(ByteRange::new(90, 100))));
+        assert_eq!(range("bytes=100-", 100), Err(StatusCode::RANGE_NOT_SATISFIABLE));
+        assert_eq!(range("bytes=abc", 100), Err(StatusCode::RANGE_NOT_SATISFIABLE));
+        assert_eq!(range("bytes=5-1", 100), Err(StatusCode::RANGE_NOT_SATISFIABLE));
+        assert_eq!(range("items=0-1", 100), Err(StatusCode::RANGE_NOT_SATISFIABLE));
     }
 
     #[test]
@@ -613,10 +525,7 @@ mod tests {
         assert_eq!(chunk_bounds(&h).unwrap(), (Some(0), Some(100)));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("50"));
         assert!(chunk_bounds(&h).is_err());
-        h.insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_static("bytes 100-149/*"),
-        );
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 100-149/*"));
         assert_eq!(chunk_bounds(&h).unwrap(), (Some(100), Some(50)));
     }
 }

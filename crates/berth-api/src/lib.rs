@@ -1,12 +1,13 @@
 //! The HTTP face of a berth node.
 //!
 //! `berth-api` is an axum router: the OCI Distribution API under `/v2/`, health
-//! (`/healthz`, `/readyz`). Every `/v2/` request is parsed into a typed
+//! (`/healthz`, `/readyz`) and the admin JSON API (`/admin/…`). Every `/v2/` request is parsed into a typed
 //! [`endpoint::Endpoint`] first; handlers only translate HTTP to one
 //! `berth-registry` use-case and its result back to HTTP. This is the only crate that
 //! maps errors to HTTP statuses and the spec's error bodies. It knows nothing of
 //! storage: no handler touches RocksDB or the blob store.
 
+mod admin;
 mod body;
 mod endpoint;
 mod error;
@@ -38,13 +39,14 @@ pub fn router(registry: Registry) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/admin/cluster", get(admin::cluster_status))
+        .route("/admin/cluster/nodes", axum::routing::post(admin::add_node))
+        .route("/admin/cluster/nodes/{id}", axum::routing::delete(admin::remove_node))
         .fallback(handlers::dispatch)
         .layer(axum::middleware::from_fn(api_version_header))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &Request| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
+        ))
         .with_state(state)
 }
 

@@ -15,6 +15,7 @@ mod service;
 pub use error::ClusterError;
 pub use network::GrpcNetwork;
 pub use node::ClusterNode;
+pub use node::MembershipChange;
 pub use node::NodeStatus;
 pub use node::RaftOptions;
 pub use service::RaftGrpcService;

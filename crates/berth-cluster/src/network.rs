@@ -84,13 +84,12 @@ impl PeerClient {
         let client = match &self.client {
             Ok(c) => c.clone(),
             Err(e) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::other(e.clone()),
-                )));
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    e.clone(),
+                ))));
             }
         };
-        let data = encode(req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let mut client = client;
@@ -110,9 +109,7 @@ impl PeerClient {
             }
         };
         let result: Result<Resp, RaftError<NodeId, E>> = rmp_serde::from_slice(&reply.data)
-            .map_err(|e| {
-                RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
-            })?;
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string()))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -134,11 +131,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         self.call("install_snapshot", &rpc, &option).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
         self.call("vote", &rpc, &option).await
     }
 }

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,11 @@ use berth_meta::MetaStore;
 use berth_meta::NodeId;
 use berth_meta::NodeInfo;
 use berth_meta::TypeConfig;
+use berth_proto::cluster::v1::MembershipRequest;
 use berth_proto::cluster::v1::ProposeRequest;
 use berth_proto::cluster::v1::ReadIndexRequest;
 use berth_proto::cluster::v1::raft_service_client::RaftServiceClient;
+use openraft::ChangeMembers;
 use openraft::Config;
 use openraft::Raft;
 use openraft::ServerState;
@@ -22,10 +25,10 @@ use openraft::error::CheckIsLeaderError;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use serde::Deserialize;
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tracing::Instrument;
-use serde::Serialize;
 
 use crate::ClusterError;
 use crate::GrpcNetwork;
@@ -70,6 +73,16 @@ pub struct NodeStatus {
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub members: BTreeMap<NodeId, NodeInfo>,
+}
+
+/// A change of the cluster's members, made on the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node: it joins as a learner, catches up (through a snapshot when the log
+    /// was compacted), then becomes a voter.
+    Add { id: NodeId, info: NodeInfo },
+    /// Remove a node from the voters and from the cluster.
+    Remove { id: NodeId },
 }
 
 /// A proposal forwarded to the leader comes back with the log index it was applied at,
@@ -132,7 +145,16 @@ fn leader_info(raft: &Raft<TypeConfig>, leader: Option<NodeId>) -> Option<NodeIn
     let leader = leader?;
     let m = raft.metrics();
     let m = m.borrow();
-    m.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, n)| n.clone())
+    m.membership_config
+        .nodes()
+        .find(|(id, _)| **id == leader)
+        .map(|(_, n)| n.clone())
+}
+
+/// A membership change that must go to the leader, or failed here.
+pub(crate) enum ForwardOr {
+    Forward(Option<NodeInfo>),
+    Failed(ClusterError),
 }
 
 struct Inner {
@@ -156,11 +178,7 @@ fn unavailable(e: impl std::fmt::Display) -> ClusterError {
 impl ClusterNode {
     /// Open the metadata store under `dir` and start Raft on it. The node takes part
     /// in no cluster until [`ClusterNode::bootstrap`] or a leader adds it.
-    pub async fn open(
-        id: NodeId,
-        dir: &Path,
-        options: RaftOptions,
-    ) -> Result<ClusterNode, ClusterError> {
+    pub async fn open(id: NodeId, dir: &Path, options: RaftOptions) -> Result<ClusterNode, ClusterError> {
         let store = MetaStore::open(dir)?;
         let config = Config {
             cluster_name: "berth".to_string(),
@@ -171,21 +189,11 @@ impl ClusterNode {
             max_in_snapshot_log_to_keep: options.logs_to_keep,
             ..Default::default()
         };
-        let config = Arc::new(
-            config
-                .validate()
-                .map_err(|e| ClusterError::Config(e.to_string()))?,
-        );
+        let config = Arc::new(config.validate().map_err(|e| ClusterError::Config(e.to_string()))?);
         let network = GrpcNetwork::new(Duration::from_secs(2));
-        let raft = Raft::new(
-            id,
-            config,
-            network,
-            store.log_store(),
-            store.state_machine()?,
-        )
-        .await
-        .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        let raft = Raft::new(id, config, network, store.log_store(), store.state_machine()?)
+            .await
+            .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let (barrier, rx) = mpsc::unbounded_channel();
         tokio::spawn(
             run_barriers(raft.clone(), options.request_timeout, rx)
@@ -204,10 +212,7 @@ impl ClusterNode {
 
     /// Initialise a new cluster with `members`, unless this node already belongs to
     /// one: starting an initialised node with the same configuration is safe.
-    pub async fn bootstrap(
-        &self,
-        members: BTreeMap<NodeId, NodeInfo>,
-    ) -> Result<bool, ClusterError> {
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<bool, ClusterError> {
         let raft = &self.inner.raft;
         if raft
             .is_initialized()
@@ -276,11 +281,7 @@ impl ClusterNode {
             term: m.current_term,
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
-            members: m
-                .membership_config
-                .nodes()
-                .map(|(id, n)| (*id, n.clone()))
-                .collect(),
+            members: m.membership_config.nodes().map(|(id, n)| (*id, n.clone())).collect(),
         }
     }
 
@@ -311,11 +312,7 @@ impl ClusterNode {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: &NodeInfo,
-        cmd: Command,
-    ) -> Result<(u64, CommandResponse), ClusterError> {
+    async fn forward(&self, leader: &NodeInfo, cmd: Command) -> Result<(u64, CommandResponse), ClusterError> {
         tracing::debug!(leader = %leader.grpc_addr, command = cmd.kind(), "forwarding proposal to leader");
         let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
         let command = rmp_serde::to_vec_named(&cmd).map_err(unavailable)?;
@@ -329,10 +326,7 @@ impl ClusterNode {
     }
 
     /// Propose on this node only; used by the gRPC service for forwarded proposals.
-    pub(crate) async fn propose_as_leader(
-        &self,
-        cmd: Command,
-    ) -> Result<ForwardedReply, ClusterError> {
+    pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<ForwardedReply, ClusterError> {
         match self.inner.raft.client_write(cmd).await {
             Ok(r) => Ok(ForwardedReply {
                 index: r.log_id.index,
@@ -340,6 +334,58 @@ impl ClusterNode {
             }),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    /// Apply a membership change, forwarding it to the leader when this node is not.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ClusterError> {
+        match self.change_membership_here(change.clone()).await {
+            Err(ForwardOr::Forward(leader)) => {
+                let leader = leader.ok_or_else(|| unavailable("no leader known"))?;
+                tracing::info!(leader = %leader.grpc_addr, ?change, "forwarding membership change to the leader");
+                let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
+                let bytes = rmp_serde::to_vec_named(&change).map_err(unavailable)?;
+                RaftServiceClient::new(ch)
+                    .change_membership(MembershipRequest { change: bytes })
+                    .await
+                    .map_err(|s| unavailable(format!("leader {}: {}", leader.grpc_addr, s.message())))?;
+                Ok(())
+            }
+            Err(ForwardOr::Failed(e)) => Err(e),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// The change on this node, which must be the leader.
+    pub(crate) async fn change_membership_here(&self, change: MembershipChange) -> Result<(), ForwardOr> {
+        let raft = &self.inner.raft;
+        let to_forward = |e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                ForwardOr::Forward(f.leader_node.clone().or_else(|| leader_info(raft, f.leader_id)))
+            }
+            RaftError::APIError(e) => ForwardOr::Failed(ClusterError::Config(e.to_string())),
+            RaftError::Fatal(e) => ForwardOr::Failed(ClusterError::Fatal(e.to_string())),
+        };
+        match change {
+            MembershipChange::Add { id, info } => {
+                tracing::info!(node = id, grpc = %info.grpc_addr, "adding a learner");
+                raft.add_learner(id, info, true).await.map_err(to_forward)?;
+                tracing::info!(node = id, "learner caught up; promoting to voter");
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(to_forward)?;
+            }
+            MembershipChange::Remove { id } => {
+                tracing::info!(node = id, "removing a node");
+                let voters: BTreeSet<NodeId> = raft.metrics().borrow().membership_config.voter_ids().collect();
+                let change = if voters.contains(&id) {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                raft.change_membership(change, false).await.map_err(to_forward)?;
+            }
+        }
+        Ok(())
     }
 
     /// Wait until this node has applied the log up to `index`.
@@ -373,12 +419,7 @@ impl ClusterNode {
 
     /// The leader's read index (committed log index), for a follower's read barrier.
     pub(crate) async fn leader_read_index(&self) -> Result<u64, ClusterError> {
-        let read = self
-            .inner
-            .raft
-            .ensure_linearizable()
-            .await
-            .map_err(unavailable)?;
+        let read = self.inner.raft.ensure_linearizable().await.map_err(unavailable)?;
         Ok(read.map_or(0, |l| l.index))
     }
 

@@ -1,6 +1,8 @@
 use berth_meta::Command;
 use berth_meta::NodeId;
 use berth_meta::TypeConfig;
+use berth_proto::cluster::v1::MembershipReply;
+use berth_proto::cluster::v1::MembershipRequest;
 use berth_proto::cluster::v1::ProposeReply;
 use berth_proto::cluster::v1::ProposeRequest;
 use berth_proto::cluster::v1::RaftPayload;
@@ -19,6 +21,8 @@ use tonic::Status;
 
 use crate::ClusterError;
 use crate::ClusterNode;
+use crate::MembershipChange;
+use crate::node::ForwardOr;
 
 /// The internal gRPC service every member serves to its peers.
 pub struct RaftGrpcService {
@@ -32,8 +36,7 @@ impl RaftGrpcService {
 }
 
 fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
-    rmp_serde::from_slice(data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+    rmp_serde::from_slice(data).map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
 }
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
@@ -51,10 +54,7 @@ fn status(e: ClusterError) -> Status {
 
 #[tonic::async_trait]
 impl RaftService for RaftGrpcService {
-    async fn append_entries(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().data)?;
         reply(&self.node.raft().append_entries(rpc).await)
     }
@@ -64,29 +64,28 @@ impl RaftService for RaftGrpcService {
         reply(&self.node.raft().vote(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.into_inner().data)?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 
-    async fn propose(
-        &self,
-        req: Request<ProposeRequest>,
-    ) -> Result<Response<ProposeReply>, Status> {
+    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
         let cmd: Command = decode(&req.into_inner().command)?;
         let forwarded = self.node.propose_as_leader(cmd).await.map_err(status)?;
-        let response =
-            rmp_serde::to_vec_named(&forwarded).map_err(|e| Status::internal(e.to_string()))?;
+        let response = rmp_serde::to_vec_named(&forwarded).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ProposeReply { response }))
     }
 
-    async fn read_index(
-        &self,
-        _req: Request<ReadIndexRequest>,
-    ) -> Result<Response<ReadIndexReply>, Status> {
+    async fn change_membership(&self, req: Request<MembershipRequest>) -> Result<Response<MembershipReply>, Status> {
+        let change: MembershipChange = decode(&req.into_inner().change)?;
+        match self.node.change_membership_here(change).await {
+            Ok(()) => Ok(Response::new(MembershipReply {})),
+            Err(ForwardOr::Forward(_)) => Err(Status::unavailable("not the leader (leadership moved)")),
+            Err(ForwardOr::Failed(e)) => Err(status(e)),
+        }
+    }
+
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
         let index = self.node.leader_read_index().await.map_err(status)?;
         Ok(Response::new(ReadIndexReply { index }))
     }

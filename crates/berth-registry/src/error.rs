@@ -32,6 +32,9 @@ pub enum RegistryError {
     SizeInvalid(String),
     #[error(transparent)]
     Oci(#[from] OciError),
+    /// A membership change the cluster refused (e.g. removing the last voter).
+    #[error("membership change refused: {0}")]
+    Membership(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -52,6 +55,7 @@ impl RegistryError {
             RegistryError::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
             RegistryError::SizeInvalid(_) => ErrorCode::SizeInvalid,
             RegistryError::Oci(e) => e.code(),
+            RegistryError::Membership(_) => ErrorCode::Denied,
             RegistryError::Unavailable(_) => ErrorCode::Unavailable,
             RegistryError::Internal(_) => ErrorCode::Internal,
         }
@@ -92,18 +96,12 @@ impl From<BlobError> for RegistryError {
         match e {
             BlobError::NotFound(d) => RegistryError::BlobUnknown(d),
             BlobError::UploadNotFound(id) => RegistryError::UploadUnknown(id),
-            BlobError::OffsetMismatch { expected, .. } => {
-                RegistryError::ChunkOutOfOrder { offset: expected }
-            }
+            BlobError::OffsetMismatch { expected, .. } => RegistryError::ChunkOutOfOrder { offset: expected },
             BlobError::DigestMismatch { expected, actual } => {
                 RegistryError::DigestMismatch(format!("expected {expected}, got {actual}"))
             }
-            BlobError::RangeNotSatisfiable { size, .. } => {
-                RegistryError::RangeNotSatisfiable { size }
-            }
-            BlobError::Client(e) => {
-                RegistryError::UploadInvalid(format!("request body failed: {e}"))
-            }
+            BlobError::RangeNotSatisfiable { size, .. } => RegistryError::RangeNotSatisfiable { size },
+            BlobError::Client(e) => RegistryError::UploadInvalid(format!("request body failed: {e}")),
             BlobError::Unavailable(m) => RegistryError::Unavailable(m),
             BlobError::Io(e) => RegistryError::Internal(format!("blob storage: {e}")),
             BlobError::Backend(m) => RegistryError::Internal(format!("blob storage: {m}")),

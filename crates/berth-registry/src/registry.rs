@@ -127,11 +127,7 @@ fn now_ms() -> u64 {
 }
 
 impl Registry {
-    pub fn new(
-        blobs: Arc<dyn BlobStore>,
-        cluster: ClusterNode,
-        options: RegistryOptions,
-    ) -> Registry {
+    pub fn new(blobs: Arc<dyn BlobStore>, cluster: ClusterNode, options: RegistryOptions) -> Registry {
         Registry {
             inner: Arc::new(Inner {
                 blobs,
@@ -275,11 +271,7 @@ impl Registry {
     }
 
     /// The session, if it exists and belongs to `repo`.
-    fn check_session(
-        &self,
-        repo: &RepoName,
-        id: &str,
-    ) -> Result<berth_meta::UploadRecord, RegistryError> {
+    fn check_session(&self, repo: &RepoName, id: &str) -> Result<berth_meta::UploadRecord, RegistryError> {
         if !berth_blob::is_valid_upload_id(id) {
             return Err(RegistryError::UploadUnknown(id.to_string()));
         }
@@ -289,11 +281,7 @@ impl Registry {
         }
     }
 
-    pub async fn upload_status(
-        &self,
-        repo: &RepoName,
-        id: &str,
-    ) -> Result<UploadStatus, RegistryError> {
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus, RegistryError> {
         self.check_session(repo, id)?;
         let offset = self.inner.blobs.upload_len(id).await?;
         Ok(UploadStatus {
@@ -328,8 +316,7 @@ impl Registry {
         self.check_session(repo, id)?;
         let session = self.inner.sessions.get_or_unknown(id);
         let mut session = session.lock().await;
-        self.append_locked(id, &mut session, start, length, body)
-            .await?;
+        self.append_locked(id, &mut session, start, length, body).await?;
         Ok(UploadStatus {
             id: id.to_string(),
             offset: session.offset,
@@ -348,9 +335,7 @@ impl Registry {
         if let Some(start) = start
             && start != session.offset
         {
-            return Err(RegistryError::ChunkOutOfOrder {
-                offset: session.offset,
-            });
+            return Err(RegistryError::ChunkOutOfOrder { offset: session.offset });
         }
         let body = match length {
             Some(n) => exact_length(body, n),
@@ -387,8 +372,7 @@ impl Registry {
         let session = self.inner.sessions.get_or_unknown(id);
         let mut session = session.lock().await;
         if let Some((body, length)) = last_chunk {
-            self.append_locked(id, &mut session, None, length, body)
-                .await?;
+            self.append_locked(id, &mut session, None, length, body).await?;
         }
         self.ensure_hashed(id, &mut session).await?;
         let actual = match (&session.hasher, digest.algorithm()) {
@@ -428,8 +412,7 @@ impl Registry {
     }
 
     async fn discard_upload(&self, id: &str) -> Result<(), RegistryError> {
-        self.propose(Command::DeleteUpload { id: id.to_string() })
-            .await?;
+        self.propose(Command::DeleteUpload { id: id.to_string() }).await?;
         self.inner.sessions.remove(id);
         self.inner.blobs.upload_abort(id).await?;
         Ok(())
@@ -513,11 +496,7 @@ impl Registry {
         let referrer = subject
             .as_ref()
             .map(|_| parsed.referrer_descriptor(digest.clone(), size));
-        let blobs = parsed
-            .blob_references()
-            .into_iter()
-            .map(|d| d.digest.clone())
-            .collect();
+        let blobs = parsed.blob_references().into_iter().map(|d| d.digest.clone()).collect();
         let children = parsed
             .manifest_references()
             .into_iter()
@@ -539,11 +518,7 @@ impl Registry {
         Ok(PutManifestResult { digest, subject })
     }
 
-    pub async fn get_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<Manifest, RegistryError> {
+    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, RegistryError> {
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
             Reference::Tag(tag) => {
@@ -566,11 +541,7 @@ impl Registry {
         }
     }
 
-    fn manifest_unknown(
-        &self,
-        repo: &RepoName,
-        what: &str,
-    ) -> Result<RegistryError, RegistryError> {
+    fn manifest_unknown(&self, repo: &RepoName, what: &str) -> Result<RegistryError, RegistryError> {
         Ok(if self.meta().repo_exists(repo)? {
             RegistryError::ManifestUnknown(what.to_string())
         } else {
@@ -579,11 +550,7 @@ impl Registry {
     }
 
     /// Delete a manifest (by digest, with every tag on it) or only a tag.
-    pub async fn delete_manifest(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<(), RegistryError> {
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), RegistryError> {
         let at = now_ms();
         let cmd = match reference {
             Reference::Digest(d) => Command::DeleteManifest {
@@ -601,12 +568,7 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn list_tags(
-        &self,
-        repo: &RepoName,
-        last: Option<&str>,
-        n: usize,
-    ) -> Result<Page, RegistryError> {
+    pub async fn list_tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page, RegistryError> {
         if self.inner.options.tag_reads == TagReads::Linearizable {
             self.inner.cluster.read_barrier().await?;
         }
@@ -633,6 +595,20 @@ impl Registry {
             all.retain(|d| d.artifact_type.as_deref() == Some(at));
         }
         Ok(all)
+    }
+
+    // ---- cluster administration ---------------------------------------------------
+
+    pub fn cluster_status(&self) -> berth_cluster::NodeStatus {
+        self.inner.cluster.status()
+    }
+
+    /// Add a node (learner, catch-up, voter) or remove one; any node may be asked.
+    pub async fn change_membership(&self, change: berth_cluster::MembershipChange) -> Result<(), RegistryError> {
+        self.inner.cluster.change_membership(change).await.map_err(|e| match e {
+            berth_cluster::ClusterError::Config(m) => RegistryError::Membership(m),
+            other => other.into(),
+        })
     }
 
     /// Ready to serve: metadata has a leader and blob storage takes writes.

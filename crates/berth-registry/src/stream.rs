@@ -38,24 +38,15 @@ impl Stream for ExactLength {
                 if self.seen > self.expected {
                     self.done = true;
                     let msg = format!("body longer than the announced {} bytes", self.expected);
-                    return Poll::Ready(Some(Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        msg,
-                    ))));
+                    return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg))));
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(None) => {
                 self.done = true;
                 if self.seen != self.expected {
-                    let msg = format!(
-                        "body has {} bytes, {} were announced",
-                        self.seen, self.expected
-                    );
-                    return Poll::Ready(Some(Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        msg,
-                    ))));
+                    let msg = format!("body has {} bytes, {} were announced", self.seen, self.expected);
+                    return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg))));
                 }
                 Poll::Ready(None)
             }
@@ -71,8 +62,7 @@ mod tests {
     use super::*;
 
     fn body(chunks: &[&'static [u8]]) -> ByteStream {
-        let items: Vec<Result<Bytes, std::io::Error>> =
-            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let items: Vec<Result<Bytes, std::io::Error>> = chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
         Box::pin(futures::stream::iter(items))
     }
 
@@ -87,21 +77,12 @@ mod tests {
 
     #[tokio::test]
     async fn exact_body_passes() {
-        assert_eq!(
-            collect(exact_length(body(&[b"ab", b"cd"]), 4))
-                .await
-                .unwrap(),
-            4
-        );
+        assert_eq!(collect(exact_length(body(&[b"ab", b"cd"]), 4)).await.unwrap(), 4);
     }
 
     #[tokio::test]
     async fn short_and_long_bodies_fail() {
         assert!(collect(exact_length(body(&[b"ab"]), 4)).await.is_err());
-        assert!(
-            collect(exact_length(body(&[b"abc", b"de"]), 4))
-                .await
-                .is_err()
-        );
+        assert!(collect(exact_length(body(&[b"abc", b"de"]), 4)).await.is_err());
     }
 }

@@ -132,11 +132,11 @@ impl Dockerd {
     async fn wait_ready(&mut self, sock: &Path) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    self.child = None;
-                    bail!("dockerd exited with {status} while starting\n{}", self.log_tail(40));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!("dockerd exited with {status} while starting\n{}", self.log_tail(40));
             }
             if ping(sock).await {
                 return Ok(());
@@ -260,10 +260,10 @@ impl Dockerd {
 impl Drop for Dockerd {
     fn drop(&mut self) {
         self.stop_private();
-        if std::env::var_os("BERTH_KEEP_TEST_DIRS").is_some() {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("berth-testkit: kept dockerd dir {}", dir.keep().display());
-            }
+        if std::env::var_os("BERTH_KEEP_TEST_DIRS").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("berth-testkit: kept dockerd dir {}", dir.keep().display());
         }
     }
 }

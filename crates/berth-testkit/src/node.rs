@@ -381,11 +381,10 @@ impl BerthNode {
 impl Drop for BerthNode {
     fn drop(&mut self) {
         self.kill9();
-        if std::env::var_os("BERTH_KEEP_TEST_DIRS").is_some() {
-            if let Some(tmp) = self.tmp.take() {
-                let kept = tmp.keep();
-                eprintln!("berth-testkit: kept node dir {}", kept.display());
-            }
+        if std::env::var_os("BERTH_KEEP_TEST_DIRS").is_some()
+            && let Some(tmp) = self.tmp.take()
+        {
+            eprintln!("berth-testkit: kept node dir {}", tmp.keep().display());
         }
     }
 }

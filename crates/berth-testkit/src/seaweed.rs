@@ -3,8 +3,9 @@
 //! Every port is moved (master, volume, filer, S3, admin; each gRPC port is its
 //! HTTP port + 10000 and is checked free too), everything binds 127.0.0.1,
 //! telemetry is off, credentials come from an `s3.json` identity, and the bucket
-//! is created with `-bucket=`. Ready means a signed ListObjectsV2 on the bucket
-//! succeeds (polled, bounded by [`READY_TIMEOUT`]). Data, logs and the local
+//! is created with `-bucket=`. Ready means a signed ListObjectsV2 on the bucket and
+//! a put/get/delete of a probe object succeed (polled, bounded by
+//! [`READY_TIMEOUT`]). Data, logs and the local
 //! sockets live in a private temp dir; `weed` still writes its gRPC sockets to
 //! `/tmp/seaweedfs-*-grpc-<port>.sock`, which are removed after it stops.
 //!
@@ -475,18 +476,12 @@ impl SeaweedFs {
                     self.log_block()
                 );
             }
-            match client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .max_keys(1)
-                .send()
-                .await
-            {
-                Ok(_) => {
+            match self.probe(&client).await {
+                Ok(()) => {
                     tracing::debug!(elapsed = ?started.elapsed(), "SeaweedFS ready");
                     return Ok(());
                 }
-                Err(e) => last = DisplayErrorContext(&e).to_string(),
+                Err(e) => last = e,
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -498,6 +493,52 @@ impl SeaweedFs {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// One readiness probe: a signed ListObjectsV2 on the bucket, then a put, get
+    /// and delete of a small object (after a restart, listing answers before the
+    /// volume server has re-registered and data can be read).
+    async fn probe(&self, client: &aws_sdk_s3::Client) -> Result<(), String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| fail("ListObjectsV2", &DisplayErrorContext(&e)))?;
+        let key = format!("_testkit-ready/{}", random_hex());
+        client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"ready"))
+            .send()
+            .await
+            .map_err(|e| fail("PutObject", &DisplayErrorContext(&e)))?;
+        let got = client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| fail("GetObject", &DisplayErrorContext(&e)))?
+            .body
+            .collect()
+            .await
+            .map_err(|e| fail("GetObject body", &e))?
+            .into_bytes();
+        client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| fail("DeleteObject", &DisplayErrorContext(&e)))?;
+        if got.as_ref() != b"ready" {
+            return Err(format!("GetObject returned {} unexpected bytes", got.len()));
+        }
+        Ok(())
     }
 
     fn log_block(&self) -> String {

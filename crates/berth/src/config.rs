@@ -21,6 +21,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub uploads: UploadsConfig,
     pub metadata: MetadataConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -32,6 +33,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             uploads: UploadsConfig::default(),
             metadata: MetadataConfig::default(),
+            cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -147,6 +149,74 @@ impl Default for CacheConfig {
 pub struct FsConfig {
     /// Directory of blob bytes; defaults to `<data_dir>/blobs`.
     pub path: Option<PathBuf>,
+    /// The directory is shared by every node of the cluster (e.g. an NFS mount).
+    /// Required for the fs backend in a multi-node cluster.
+    pub shared: bool,
+}
+
+/// Membership of a multi-node cluster. Without `grpc_listen` the node is a
+/// stand-alone single-member cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster and never reused for another machine.
+    pub node_id: u64,
+    /// Address of the internal gRPC service (Raft, forwarded writes).
+    pub grpc_listen: Option<String>,
+    /// What peers dial to reach this node's gRPC service; defaults to `grpc_listen`.
+    pub advertise_grpc: Option<String>,
+    /// What clients are sent to for HTTP; defaults to `listen`.
+    pub advertise_http: Option<String>,
+    /// `"ID=GRPC_ADDR"` of every member of a NEW cluster. Only the member with the
+    /// lowest id initialises the cluster, once; an initialised node ignores this.
+    pub initial_members: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: 1,
+            grpc_listen: None,
+            advertise_grpc: None,
+            advertise_http: None,
+            initial_members: Vec::new(),
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Is this node (meant to be) part of a multi-node cluster?
+    pub fn is_clustered(&self) -> bool {
+        self.grpc_listen.is_some()
+    }
+
+    /// `initial_members` parsed into (id, gRPC address).
+    pub fn members(&self) -> anyhow::Result<Vec<(u64, String)>> {
+        self.initial_members
+            .iter()
+            .map(|m| {
+                let (id, addr) = m
+                    .split_once('=')
+                    .with_context(|| format!("cluster.initial_members: {m:?} is not ID=GRPC_ADDR"))?;
+                let id: u64 = id
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("cluster.initial_members: {id:?} is not a node id"))?;
+                let addr = addr.trim();
+                addr.parse::<SocketAddr>()
+                    .map(|_| ())
+                    .or_else(|_| addr.rsplit_once(':').map(|_| ()).ok_or(()))
+                    .map_err(|_| anyhow::anyhow!("cluster.initial_members: {addr:?} is not HOST:PORT"))?;
+                Ok((id, addr.to_string()))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,10 +301,7 @@ const ENV_PREFIX: &str = "BERTH_";
 /// `BERTH_UPLOADS__EXPIRE_AFTER=1h` sets `uploads.expire_after`: sections are
 /// separated by a double underscore. Values are read as TOML scalars when they parse
 /// as one (numbers, booleans), else as strings.
-fn apply_env(
-    table: &mut toml::Table,
-    vars: impl Iterator<Item = (String, String)>,
-) -> anyhow::Result<()> {
+fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
     for (key, value) in vars {
         let Some(path) = key.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -268,9 +335,7 @@ fn apply_env(
     Ok(())
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen", "data_dir", "storage", "uploads", "metadata", "log",
-];
+const TOP_LEVEL_KEYS: &[&str] = &["listen", "data_dir", "storage", "uploads", "metadata", "log"];
 
 impl Config {
     /// Load from an optional file, the process environment and flags, then validate.
@@ -285,8 +350,8 @@ impl Config {
     ) -> anyhow::Result<Config> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
                 text.parse::<toml::Table>()
                     .with_context(|| format!("parsing config file {}", path.display()))?
             }
@@ -333,7 +398,10 @@ impl Config {
                 bail!("storage.s3.access_key_id: static credentials need both the key id and the secret");
             }
             if s3.part_size.as_u64() < 5 * 1024 * 1024 {
-                bail!("storage.s3.part_size: S3 parts are at least 5 MiB, got {}", s3.part_size);
+                bail!(
+                    "storage.s3.part_size: S3 parts are at least 5 MiB, got {}",
+                    s3.part_size
+                );
             }
             if s3.redirect_expiry.is_zero() || s3.redirect_expiry > Duration::from_secs(7 * 24 * 3600) {
                 bail!("storage.s3.redirect_expiry: must be between 1s and 7 days");
@@ -347,6 +415,32 @@ impl Config {
                 bail!("storage.s3.endpoint: {e:?} must start with http:// or https://");
             }
         }
+        let cluster = &self.cluster;
+        if cluster.node_id == 0 {
+            bail!("cluster.node_id: must be at least 1");
+        }
+        if let Some(g) = &cluster.grpc_listen {
+            g.parse::<SocketAddr>()
+                .with_context(|| format!("cluster.grpc_listen: {g:?} is not an address like 10.0.0.1:7000"))?;
+        }
+        let members = cluster.members()?;
+        if !members.is_empty() {
+            if !cluster.is_clustered() {
+                bail!("cluster.initial_members: needs cluster.grpc_listen");
+            }
+            if !members.iter().any(|(id, _)| *id == cluster.node_id) {
+                bail!("cluster.initial_members: does not name this node ({})", cluster.node_id);
+            }
+        }
+        if cluster.is_clustered() && self.storage.backend == Backend::Fs && !self.storage.fs.shared {
+            bail!(
+                "storage.backend: a multi-node cluster needs blobs every node can read: use \"s3\", \
+                 or set storage.fs.shared = true on a directory shared by all nodes"
+            );
+        }
+        if cluster.heartbeat_interval.is_zero() || cluster.election_timeout <= cluster.heartbeat_interval * 2 {
+            bail!("cluster.election_timeout: must be more than twice cluster.heartbeat_interval");
+        }
         if self.metadata.snapshot_after_logs == 0 {
             bail!("metadata.snapshot_after_logs: must be greater than zero");
         }
@@ -354,12 +448,9 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.listen.parse().with_context(|| {
-            format!(
-                "listen: {:?} is not an address like 127.0.0.1:5000",
-                self.listen
-            )
-        })
+        self.listen
+            .parse()
+            .with_context(|| format!("listen: {:?} is not an address like 127.0.0.1:5000", self.listen))
     }
 
     pub fn blob_dir(&self) -> PathBuf {
@@ -371,7 +462,11 @@ impl Config {
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.storage.cache.path.clone().unwrap_or_else(|| self.data_dir.join("cache"))
+        self.storage
+            .cache
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cache"))
     }
 
     /// Local scratch space of the S3 backend (upload spools).
@@ -393,11 +488,7 @@ mod tests {
         let path = dir.path().join("berth.toml");
         std::fs::write(&path, toml_text)?;
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Config::load_from(
-            Some(&path),
-            env.collect::<Vec<_>>().into_iter(),
-            Overrides::default(),
-        )
+        Config::load_from(Some(&path), env.collect::<Vec<_>>().into_iter(), Overrides::default())
     }
 
     #[test]
@@ -413,10 +504,7 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = format!("{:#}", load("lisen = \"x\"", &[]).unwrap_err());
         assert!(err.contains("lisen"), "{err}");
-        let err = format!(
-            "{:#}",
-            load("[uploads]\nexpires = \"1h\"", &[]).unwrap_err()
-        );
+        let err = format!("{:#}", load("[uploads]\nexpires = \"1h\"", &[]).unwrap_err());
         assert!(err.contains("expires"), "{err}");
     }
 
@@ -424,18 +512,9 @@ mod tests {
     fn bad_values_are_named() {
         let err = format!("{:#}", load("listen = \"nowhere\"", &[]).unwrap_err());
         assert!(err.contains("listen"), "{err}");
-        let err = format!(
-            "{:#}",
-            load("[uploads]\nexpire_after = \"soon\"", &[]).unwrap_err()
-        );
-        assert!(
-            err.contains("soon") || err.contains("expire_after"),
-            "{err}"
-        );
-        let err = format!(
-            "{:#}",
-            load("[storage]\nbackend = \"tape\"", &[]).unwrap_err()
-        );
+        let err = format!("{:#}", load("[uploads]\nexpire_after = \"soon\"", &[]).unwrap_err());
+        assert!(err.contains("soon") || err.contains("expire_after"), "{err}");
+        let err = format!("{:#}", load("[storage]\nbackend = \"tape\"", &[]).unwrap_err());
         assert!(err.contains("tape"), "{err}");
     }
 
@@ -472,9 +551,15 @@ mod tests {
         let base = "[storage]\nbackend = \"s3\"\n[storage.s3]\n";
         let err = format!("{:#}", load(base, &[]).unwrap_err());
         assert!(err.contains("storage.s3.bucket"), "{err}");
-        let err = format!("{:#}", load(&format!("{base}bucket = \"b\"\npart_size = \"1MiB\""), &[]).unwrap_err());
+        let err = format!(
+            "{:#}",
+            load(&format!("{base}bucket = \"b\"\npart_size = \"1MiB\""), &[]).unwrap_err()
+        );
         assert!(err.contains("part_size"), "{err}");
-        let err = format!("{:#}", load(&format!("{base}bucket = \"b\"\naccess_key_id = \"k\""), &[]).unwrap_err());
+        let err = format!(
+            "{:#}",
+            load(&format!("{base}bucket = \"b\"\naccess_key_id = \"k\""), &[]).unwrap_err()
+        );
         assert!(err.contains("access_key_id"), "{err}");
         let c = load(
             &format!("{base}bucket = \"b\"\nendpoint = \"http://127.0.0.1:8333\"\nblob_delivery = \"redirect\""),
@@ -486,11 +571,36 @@ mod tests {
     }
 
     #[test]
-    fn unknown_environment_keys_under_our_sections_are_refused() {
+    fn cluster_settings_are_checked() {
+        let s3 = "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\n";
+        let fs_cluster = "[cluster]\nnode_id = 2\ngrpc_listen = \"127.0.0.1:7002\"\n";
+        let err = format!("{:#}", load(fs_cluster, &[]).unwrap_err());
+        assert!(err.contains("storage.fs.shared"), "{err}");
+        let c = load(
+            &format!("{s3}{fs_cluster}initial_members = [\"1=127.0.0.1:7001\", \"2=127.0.0.1:7002\"]"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.members().unwrap()[1], (2, "127.0.0.1:7002".to_string()));
         let err = format!(
             "{:#}",
-            load("", &[("BERTH_UPLOADS__NOPE", "1")]).unwrap_err()
+            load(
+                &format!("{s3}{fs_cluster}initial_members = [\"1=127.0.0.1:7001\"]"),
+                &[]
+            )
+            .unwrap_err()
         );
+        assert!(err.contains("does not name this node"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(&format!("{s3}{fs_cluster}initial_members = [\"x\"]"), &[]).unwrap_err()
+        );
+        assert!(err.contains("ID=GRPC_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn unknown_environment_keys_under_our_sections_are_refused() {
+        let err = format!("{:#}", load("", &[("BERTH_UPLOADS__NOPE", "1")]).unwrap_err());
         assert!(err.contains("nope"), "{err}");
     }
 }

@@ -10,19 +10,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use berth_blob::BlobStore;
+use berth_blob::CachedBlobStore;
 use berth_blob::FsBlobStore;
+use berth_blob::S3BlobStore;
 use berth_cluster::ClusterNode;
+use berth_cluster::RaftGrpcService;
 use berth_cluster::RaftOptions;
 use berth_meta::NodeInfo;
+use berth_registry::BlobDelivery;
 use berth_registry::Registry;
 use berth_registry::RegistryOptions;
 use clap::Parser;
 use clap::Subcommand;
+use config::Backend;
 use config::Config;
+use config::Delivery;
 use config::LogFormat;
 use config::Overrides;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 /// berth: a distributed container-image registry (OCI Distribution API).
@@ -48,11 +55,36 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Inspect and change the members of a cluster, through any node's admin API.
+    Cluster {
+        /// HTTP address of any node.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:5000", value_name = "URL")]
+        node: String,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Load and validate a configuration, print the effective values, and exit.
     CheckConfig {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, roles, leader, term, log and applied indexes.
+    Status,
+    /// Add a node: it joins as a learner, catches up, then becomes a voter.
+    AddNode {
+        id: u64,
+        /// The new node's gRPC address (its cluster.advertise_grpc).
+        grpc_addr: String,
+        /// The new node's HTTP address (its cluster.advertise_http).
+        #[arg(long, default_value = "")]
+        http_addr: String,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode { id: u64 },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +102,10 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("berth")
                 .build()?;
             rt.block_on(serve(config))
+        }
+        Command::Cluster { node, command } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(cluster_command(&node, command))
         }
         Command::CheckConfig { config } => {
             let config = Config::load(config.as_deref(), Overrides::default())?;
@@ -100,31 +136,80 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
 
-    let blobs: Arc<dyn BlobStore> = Arc::new(
-        FsBlobStore::open(config.blob_dir())
-            .await
-            .with_context(|| {
-                format!(
-                    "storage.fs.path: cannot use {}",
-                    config.blob_dir().display()
-                )
-            })?,
-    );
+    let (blobs, delivery) = open_blob_store(&config).await?;
 
+    let cc = &config.cluster;
+    let node_id = cc.node_id;
     let raft_options = RaftOptions {
         snapshot_after_logs: config.metadata.snapshot_after_logs,
+        heartbeat_interval: cc.heartbeat_interval,
+        election_timeout_min: cc.election_timeout,
+        election_timeout_max: cc.election_timeout * 2,
         ..RaftOptions::default()
     };
-    let node_id = 1;
     let cluster = ClusterNode::open(node_id, &config.meta_dir(), raft_options)
         .await
         .with_context(|| format!("opening metadata store in {}", config.meta_dir().display()))?;
     let me = NodeInfo {
-        grpc_addr: String::new(),
-        http_addr: config.listen.clone(),
+        grpc_addr: cc
+            .advertise_grpc
+            .clone()
+            .or_else(|| cc.grpc_listen.clone())
+            .unwrap_or_default(),
+        http_addr: cc.advertise_http.clone().unwrap_or_else(|| config.listen.clone()),
     };
-    cluster.bootstrap(BTreeMap::from([(node_id, me)])).await?;
-    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    if let Some(grpc) = &cc.grpc_listen {
+        let grpc_listener = tokio::net::TcpListener::bind(grpc)
+            .await
+            .with_context(|| format!("cluster.grpc_listen: cannot bind {grpc}"))?;
+        let service = RaftGrpcService::new(cluster.clone());
+        let grpc_stop = stop.clone();
+        tracing::info!(addr = %grpc, "serving the cluster gRPC service");
+        tasks.spawn(
+            async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+                let served = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "cluster gRPC service failed");
+                }
+            }
+            .instrument(tracing::info_span!("grpc_server")),
+        );
+    }
+    if !cc.is_clustered() {
+        cluster.bootstrap(BTreeMap::from([(node_id, me)])).await?;
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    } else {
+        let members = cc.members()?;
+        // One member initialises a new cluster; the others are reached by its leader.
+        if members.iter().map(|(id, _)| *id).min() == Some(node_id) {
+            let map = members
+                .into_iter()
+                .map(|(id, grpc_addr)| {
+                    let info = if id == node_id {
+                        me.clone()
+                    } else {
+                        NodeInfo {
+                            grpc_addr,
+                            http_addr: String::new(),
+                        }
+                    };
+                    (id, info)
+                })
+                .collect();
+            cluster.bootstrap(map).await?;
+        }
+        match cluster.wait_for_leader(Duration::from_secs(10)).await {
+            Ok(leader) => tracing::info!(leader, "cluster has a leader"),
+            Err(_) => tracing::warn!("no leader yet: serving, not ready until this node is part of a cluster"),
+        }
+    }
 
     let registry = Registry::new(
         blobs,
@@ -136,12 +221,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 config::TagReads::Linearizable => berth_registry::TagReads::Linearizable,
                 config::TagReads::Local => berth_registry::TagReads::Local,
             },
+            delivery,
             ..RegistryOptions::default()
         },
     );
 
-    let stop = CancellationToken::new();
-    let tasks = TaskTracker::new();
     tasks.spawn(registry.clone().run_upload_sweeper(stop.clone()));
 
     let listener = tokio::net::TcpListener::bind(addr)
@@ -173,6 +257,81 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     cluster.shutdown().await;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+/// Run a `berth cluster …` command against a node's admin API and print its answer.
+async fn cluster_command(node: &str, command: ClusterCommand) -> anyhow::Result<()> {
+    let base = node.trim_end_matches('/');
+    let base = if base.starts_with("http://") || base.starts_with("https://") {
+        base.to_string()
+    } else {
+        format!("http://{base}")
+    };
+    let client = reqwest::Client::new();
+    let request = match command {
+        ClusterCommand::Status => client.get(format!("{base}/admin/cluster")),
+        ClusterCommand::AddNode {
+            id,
+            grpc_addr,
+            http_addr,
+        } => client
+            .post(format!("{base}/admin/cluster/nodes"))
+            .json(&serde_json::json!({"id": id, "grpc_addr": grpc_addr, "http_addr": http_addr})),
+        ClusterCommand::RemoveNode { id } => client.delete(format!("{base}/admin/cluster/nodes/{id}")),
+    };
+    let resp = request.send().await.with_context(|| format!("cannot reach {base}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("reading the node's answer")?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if !status.is_success() {
+        anyhow::bail!("the node answered {status}");
+    }
+    Ok(())
+}
+
+/// The blob store the configuration asks for, with the cache wrapped around S3.
+async fn open_blob_store(config: &Config) -> anyhow::Result<(Arc<dyn BlobStore>, BlobDelivery)> {
+    match config.storage.backend {
+        Backend::Fs => {
+            let dir = config.blob_dir();
+            let store = FsBlobStore::open(&dir)
+                .await
+                .with_context(|| format!("storage.fs.path: cannot use {}", dir.display()))?;
+            Ok((Arc::new(store), BlobDelivery::Proxy))
+        }
+        Backend::S3 => {
+            let s3 = &config.storage.s3;
+            let mut s3_config = berth_blob::S3Config::new(s3.bucket.clone(), config.spool_dir());
+            s3_config.endpoint = s3.endpoint.clone();
+            s3_config.region = s3.region.clone();
+            s3_config.path_style = s3.path_style;
+            s3_config.prefix = s3.prefix.clone();
+            s3_config.access_key_id = s3.access_key_id.clone();
+            s3_config.secret_access_key = s3.secret()?;
+            s3_config.part_size = s3.part_size.as_u64();
+            s3_config.request_timeout = s3.request_timeout;
+            s3_config.max_attempts = s3.max_attempts;
+            let store = S3BlobStore::connect(s3_config).await.with_context(|| {
+                let endpoint = s3.endpoint.as_deref().unwrap_or("AWS");
+                format!("storage.s3: bucket {:?} at {endpoint} is not usable", s3.bucket)
+            })?;
+            let store: Arc<dyn BlobStore> = Arc::new(store);
+            let delivery = match s3.blob_delivery {
+                Delivery::Redirect => BlobDelivery::Redirect {
+                    expires: s3.redirect_expiry,
+                },
+                Delivery::Proxy => BlobDelivery::Proxy,
+            };
+            if !config.storage.cache.enabled || delivery != BlobDelivery::Proxy {
+                return Ok((store, delivery));
+            }
+            let dir = config.cache_dir();
+            let cached = CachedBlobStore::open(store, dir.clone(), config.storage.cache.max_bytes.as_u64())
+                .await
+                .with_context(|| format!("storage.cache.path: cannot use {}", dir.display()))?;
+            Ok((Arc::new(cached), delivery))
+        }
+    }
 }
 
 async fn shutdown_signal() {
