@@ -1,4 +1,3 @@
-use axum::http::HeaderMap;
 use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header;
@@ -17,7 +16,7 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub detail: serde_json::Value,
-    pub headers: HeaderMap,
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -27,7 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             detail: serde_json::Value::Null,
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -43,7 +42,7 @@ impl ApiError {
 
     pub fn with_header(mut self, name: header::HeaderName, value: &str) -> Self {
         if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.insert(name, v);
+            self.headers.push((name, v));
         }
         self
     }

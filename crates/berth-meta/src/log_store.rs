@@ -1,3 +1,6 @@
+// openraft's storage traits fix the error type (`StorageError`, which is large).
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 

@@ -527,7 +527,7 @@ impl Registry {
                 }
                 match self.meta().tag(repo, tag)? {
                     Some(t) => t.digest,
-                    None => return Err(self.manifest_unknown(repo, &tag.to_string())?),
+                    None => return Err(self.manifest_unknown(repo, tag.as_str())?),
                 }
             }
         };

@@ -78,6 +78,10 @@ impl NodeOptions {
 }
 
 /// A running (or stopped) `berth serve` child. Dropping it SIGKILLs the child.
+///
+/// The child also gets SIGKILL when the thread that started it exits (so a test
+/// process killed by its runner leaves no server behind): start and restart nodes
+/// from the test's own task or a runtime worker, not from `spawn_blocking`.
 pub struct BerthNode {
     binary: PathBuf,
     data_dir: PathBuf,

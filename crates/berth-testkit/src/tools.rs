@@ -15,8 +15,9 @@ use anyhow::bail;
 use tempfile::TempDir;
 use tokio::process::Command;
 
-/// Default bound for one client command.
-pub const CMD_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default bound for one client command (below nextest's 300 s hard bound, so a hung
+/// client fails with its own output rather than a runner kill).
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub const SKOPEO: &str = "/usr/bin/skopeo";
 pub const PODMAN: &str = "/usr/bin/podman";

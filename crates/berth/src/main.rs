@@ -4,6 +4,7 @@
 mod config;
 
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,6 +115,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+/// How long in-flight requests may run on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn init_tracing(config: &Config) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
@@ -241,10 +245,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     let server_stop = stop.clone();
-    axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { server_stop.cancelled().await })
-        .await
-        .context("http server")?;
+        .into_future();
+    tokio::pin!(server);
+    // After the signal, requests get a grace period; a stalled client must not
+    // keep the node from shutting down.
+    let grace = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = &mut server => served.context("http server")?,
+        _ = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still running after the grace period: cancelling them"),
+    }
 
     // Requests are done: stop background work, then Raft (which closes RocksDB).
     tasks.close();
