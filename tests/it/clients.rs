@@ -1,5 +1,6 @@
 //! Real clients against a real node: skopeo, podman, oras-py and docker push, pull,
-//! list and delete; referrers built by hand on top of a skopeo push.
+//! list and delete; referrers built by hand on top of a skopeo push. Each flow runs on
+//! every blob backend: the local disk, and S3 (SeaweedFS) proxied and redirected.
 
 use std::path::Path;
 
@@ -21,7 +22,17 @@ use berth_testkit::tools::remove_blob_info_cache;
 use serde_json::Value;
 use serde_json::json;
 
-use crate::start_node;
+use crate::Setup;
+use crate::start_node_on;
+
+crate::on_every_backend!(
+    skopeo_oci_push_inspect_pull_list_delete,
+    skopeo_v2s2_push_and_pull,
+    podman_push_pull_oci_and_v2s2,
+    oras_chunked_push_pull_tags,
+    docker_push_rmi_pull,
+    referrers_for_an_sbom
+);
 
 const ACCEPT_ALL_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.image.index.v1+json, \
@@ -91,9 +102,8 @@ fn ok<T>(what: &str, r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e:#}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skopeo_oci_push_inspect_pull_list_delete() {
-    let node = start_node().await;
+async fn skopeo_oci_push_inspect_pull_list_delete(setup: Setup) {
+    let node = start_node_on(setup).await;
     let hp = node.host_port();
     let skopeo = Skopeo::new().expect("skopeo");
     let work = tempfile::tempdir().unwrap();
@@ -203,9 +213,8 @@ async fn skopeo_oci_push_inspect_pull_list_delete() {
     assert_eq!(resp.status(), 404, "manifest after delete: {}", describe(resp).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skopeo_v2s2_push_and_pull() {
-    let node = start_node().await;
+async fn skopeo_v2s2_push_and_pull(setup: Setup) {
+    let node = start_node_on(setup).await;
     let hp = node.host_port();
     let skopeo = Skopeo::new().expect("skopeo");
     let work = tempfile::tempdir().unwrap();
@@ -272,9 +281,8 @@ async fn skopeo_v2s2_push_and_pull() {
     assert_eq!(files[0].0, "data/big.bin");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn podman_push_pull_oci_and_v2s2() {
-    let node = start_node().await;
+async fn podman_push_pull_oci_and_v2s2(setup: Setup) {
+    let node = start_node_on(setup).await;
     let hp = node.host_port();
     let podman = berth_testkit::Podman::new().expect("podman");
     let ctx = podman.scratch_dir("ctx").unwrap();
@@ -415,9 +423,8 @@ files = client.pull(target=f"{target}:v1", outdir="out")
 print(json.dumps({"tags": tags, "manifest": manifest, "files": files}))
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oras_chunked_push_pull_tags() {
-    let node = start_node().await;
+async fn oras_chunked_push_pull_tags(setup: Setup) {
+    let node = start_node_on(setup).await;
     let oras = berth_testkit::Oras::new().expect("oras-py");
     let chunk = 1024 * 1024;
     // Five full chunks and a partial one: six PATCHes with Content-Range.
@@ -454,9 +461,8 @@ async fn oras_chunked_push_pull_tags() {
     assert!(blob == data);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_push_rmi_pull() {
-    let node = start_node().await;
+async fn docker_push_rmi_pull(setup: Setup) {
+    let node = start_node_on(setup).await;
     let hp = node.host_port();
     let dockerd = berth_testkit::Dockerd::start().await.expect("dockerd");
     let busybox =
@@ -555,9 +561,8 @@ async fn docker_push_rmi_pull() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn referrers_for_an_sbom() {
-    let node = start_node().await;
+async fn referrers_for_an_sbom(setup: Setup) {
+    let node = start_node_on(setup).await;
     let hp = node.host_port();
     let skopeo = Skopeo::new().expect("skopeo");
     let work = tempfile::tempdir().unwrap();

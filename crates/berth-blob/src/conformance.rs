@@ -185,18 +185,8 @@ pub async fn put_get_stat_delete_roundtrip(store: &Arc<dyn BlobStore>) {
         "{what}: blob must start absent"
     );
 
-    let n = put_ok(
-        &**store,
-        &digest,
-        stream_chunks(&data, &[1, 4096, 65_537, 7]),
-        what,
-    )
-    .await;
-    assert_eq!(
-        n,
-        data.len() as u64,
-        "{what}: put must return the blob size"
-    );
+    let n = put_ok(&**store, &digest, stream_chunks(&data, &[1, 4096, 65_537, 7]), what).await;
+    assert_eq!(n, data.len() as u64, "{what}: put must return the blob size");
     assert_eq!(
         stat_of(&**store, &digest, what).await,
         Some(data.len() as u64),
@@ -296,11 +286,7 @@ pub async fn ranges(store: &Arc<dyn BlobStore>) {
                 end: e,
                 size: z,
             }) => {
-                assert_eq!(
-                    (s, e, z),
-                    (start, end, size),
-                    "{what}: {name}: error fields"
-                );
+                assert_eq!((s, e, z), (start, end, size), "{what}: {name}: error fields");
             }
             other => panic!(
                 "{what}: {name} ({start}..{end}) must be RangeNotSatisfiable, got {:?}",
@@ -323,11 +309,7 @@ pub async fn put_wrong_digest(store: &Arc<dyn BlobStore>) {
     match res {
         Err(BlobError::DigestMismatch { expected, actual }) => {
             assert_eq!(expected, claimed.to_string(), "{what}: expected field");
-            assert_eq!(
-                actual,
-                Digest::sha256_of(&data).to_string(),
-                "{what}: actual field"
-            );
+            assert_eq!(actual, Digest::sha256_of(&data).to_string(), "{what}: actual field");
         }
         other => panic!("{what}: expected DigestMismatch, got {other:?}"),
     }
@@ -359,11 +341,7 @@ pub async fn put_existing_still_verifies(store: &Arc<dyn BlobStore>) {
         res => panic!("{what}: expected DigestMismatch, got {res:?}"),
     }
     let same = store.put(&digest, stream_chunks(&data, &[7 * KIB])).await;
-    assert_eq!(
-        same.ok(),
-        Some(data.len() as u64),
-        "{what}: a correct re-put succeeds"
-    );
+    assert_eq!(same.ok(), Some(data.len() as u64), "{what}: a correct re-put succeeds");
     let stored = collect(
         store
             .get(&digest, None)
@@ -384,9 +362,7 @@ pub async fn put_client_stream_error(store: &Arc<dyn BlobStore>) {
     let what = "put client error";
     let data = pseudo_random(6, 3 * MIB);
     let digest = Digest::sha256_of(&data);
-    let res = store
-        .put(&digest, failing_stream(&data[..2 * MIB], 64 * KIB))
-        .await;
+    let res = store.put(&digest, failing_stream(&data[..2 * MIB], 64 * KIB)).await;
     assert!(
         matches!(res, Err(BlobError::Client(_))),
         "{what}: expected Client error, got {res:?}"
@@ -411,11 +387,7 @@ pub async fn empty_blob(store: &Arc<dyn BlobStore>) {
     let digest = Digest::sha256_of(b"");
     let n = put_ok(&**store, &digest, stream_once(b""), what).await;
     assert_eq!(n, 0, "{what}: size");
-    assert_eq!(
-        stat_of(&**store, &digest, what).await,
-        Some(0),
-        "{what}: stat"
-    );
+    assert_eq!(stat_of(&**store, &digest, what).await, Some(0), "{what}: stat");
     assert!(
         get_bytes(&**store, &digest, None).await.is_empty(),
         "{what}: get must be empty"
@@ -470,10 +442,7 @@ pub async fn sha512_blob(store: &Arc<dyn BlobStore>) {
         Some(data.len() as u64),
         "{what}: stat"
     );
-    assert!(
-        get_bytes(&**store, &digest, None).await == data,
-        "{what}: content"
-    );
+    assert!(get_bytes(&**store, &digest, None).await == data, "{what}: content");
     let part = get_bytes(&**store, &digest, Some(ByteRange::new(10, 20))).await;
     assert!(part == data[10..20], "{what}: range content");
 
@@ -486,10 +455,7 @@ pub async fn sha512_blob(store: &Arc<dyn BlobStore>) {
     );
 
     let wrong = store
-        .put(
-            &Digest::of(DigestAlgorithm::Sha512, b"other"),
-            stream_once(&data),
-        )
+        .put(&Digest::of(DigestAlgorithm::Sha512, b"other"), stream_once(&data))
         .await;
     assert!(
         matches!(wrong, Err(BlobError::DigestMismatch { .. })),
@@ -503,15 +469,7 @@ pub async fn sha512_blob(store: &Arc<dyn BlobStore>) {
 
     let id = create_upload(&**store, what).await;
     let mut hasher = Hasher::new(DigestAlgorithm::Sha512);
-    append_ok(
-        &**store,
-        &id,
-        0,
-        stream_chunks(&data, &[50 * KIB]),
-        &mut hasher,
-        what,
-    )
-    .await;
+    append_ok(&**store, &id, 0, stream_chunks(&data, &[50 * KIB]), &mut hasher, what).await;
     assert_eq!(hasher.finalize(), digest, "{what}: on_chunk hash");
     let n = store
         .upload_commit(&id, &digest)
@@ -559,10 +517,7 @@ pub async fn upload_chunks_and_commit(store: &Arc<dyn BlobStore>) {
         .upload_append(&id, 0, stream_chunks(&tiny, &[1]), &mut on_chunk)
         .await
         .unwrap_or_else(|e| panic!("{what}: append 1-byte chunks: {e:?}"));
-    assert!(
-        seen == tiny,
-        "{what}: on_chunk must see every chunk in order"
-    );
+    assert!(seen == tiny, "{what}: on_chunk must see every chunk in order");
     all.extend_from_slice(&tiny);
     assert_eq!(len, all.len() as u64, "{what}: length after 1-byte chunks");
 
@@ -571,11 +526,7 @@ pub async fn upload_chunks_and_commit(store: &Arc<dyn BlobStore>) {
         let off = all.len() as u64;
         let len = append_ok(&**store, &id, off, stream_once(&[*b]), &mut hasher, what).await;
         all.push(*b);
-        assert_eq!(
-            len,
-            all.len() as u64,
-            "{what}: length after 1-byte append #{i}"
-        );
+        assert_eq!(len, all.len() as u64, "{what}: length after 1-byte append #{i}");
     }
 
     // 3. one 8 MiB chunk.
@@ -612,11 +563,7 @@ pub async fn upload_chunks_and_commit(store: &Arc<dyn BlobStore>) {
     );
 
     let digest = hasher.finalize();
-    assert_eq!(
-        digest,
-        Digest::sha256_of(&all),
-        "{what}: hash of on_chunk bytes"
-    );
+    assert_eq!(digest, Digest::sha256_of(&all), "{what}: hash of on_chunk bytes");
     assert_eq!(
         stat_of(&**store, &digest, what).await,
         None,
@@ -652,10 +599,7 @@ pub async fn upload_chunks_and_commit(store: &Arc<dyn BlobStore>) {
         .upload_list()
         .await
         .unwrap_or_else(|e| panic!("{what}: list: {e:?}"));
-    assert!(
-        !listed.contains(&id),
-        "{what}: committed upload must not be listed"
-    );
+    assert!(!listed.contains(&id), "{what}: committed upload must not be listed");
     store
         .delete(&digest)
         .await
@@ -674,9 +618,7 @@ pub async fn upload_offset_mismatch(store: &Arc<dyn BlobStore>) {
     for got in [len + 1, len - 1, 0, u64::MAX] {
         let mut called = false;
         let mut on_chunk = |_: &[u8]| called = true;
-        let res = store
-            .upload_append(&id, got, stream_once(b"xyz"), &mut on_chunk)
-            .await;
+        let res = store.upload_append(&id, got, stream_once(b"xyz"), &mut on_chunk).await;
         match res {
             Err(BlobError::OffsetMismatch { expected, got: g }) => {
                 assert_eq!((expected, g), (len, got), "{what}: error fields");
@@ -685,10 +627,7 @@ pub async fn upload_offset_mismatch(store: &Arc<dyn BlobStore>) {
                 panic!("{what}: append at {got} (len {len}) must be OffsetMismatch, got {other:?}")
             }
         }
-        assert!(
-            !called,
-            "{what}: on_chunk must not be called on OffsetMismatch"
-        );
+        assert!(!called, "{what}: on_chunk must not be called on OffsetMismatch");
         assert_eq!(
             store
                 .upload_len(&id)
@@ -698,18 +637,10 @@ pub async fn upload_offset_mismatch(store: &Arc<dyn BlobStore>) {
             "{what}: length must be unchanged after a rejected append"
         );
     }
-    assert!(
-        read_upload(&**store, &id).await == data,
-        "{what}: content unchanged"
-    );
+    assert!(read_upload(&**store, &id).await == data, "{what}: content unchanged");
 
     let res = store
-        .upload_append(
-            "0a1b2c3d-no-such-upload",
-            0,
-            stream_once(b"x"),
-            &mut ignore_chunk,
-        )
+        .upload_append("0a1b2c3d-no-such-upload", 0, stream_once(b"x"), &mut ignore_chunk)
         .await;
     assert!(
         matches!(res, Err(BlobError::UploadNotFound(_))),
@@ -759,15 +690,7 @@ pub async fn upload_client_stream_error(store: &Arc<dyn BlobStore>) {
     );
 
     // The upload stays usable: append at the old offset and commit.
-    let new_len = append_ok(
-        &**store,
-        &id,
-        len,
-        stream_chunks(&second, &[MIB]),
-        &mut hasher,
-        what,
-    )
-    .await;
+    let new_len = append_ok(&**store, &id, len, stream_chunks(&second, &[MIB]), &mut hasher, what).await;
     assert_eq!(
         new_len,
         (first.len() + second.len()) as u64,
@@ -818,9 +741,7 @@ pub async fn upload_abort_idempotent(store: &Arc<dyn BlobStore>) {
         "{what}: upload_read after abort must be UploadNotFound, got {:?}",
         res.err()
     );
-    let res = store
-        .upload_append(&id, 0, stream_once(b"x"), &mut ignore_chunk)
-        .await;
+    let res = store.upload_append(&id, 0, stream_once(b"x"), &mut ignore_chunk).await;
     assert!(
         matches!(res, Err(BlobError::UploadNotFound(_))),
         "{what}: append after abort must be UploadNotFound, got {res:?}"
@@ -839,10 +760,7 @@ pub async fn upload_abort_idempotent(store: &Arc<dyn BlobStore>) {
         .upload_list()
         .await
         .unwrap_or_else(|e| panic!("{what}: list: {e:?}"));
-    assert!(
-        !listed.contains(&id),
-        "{what}: aborted upload must not be listed"
-    );
+    assert!(!listed.contains(&id), "{what}: aborted upload must not be listed");
 
     // Aborting an upload that never existed is fine too.
     let never = uuid::Uuid::new_v4().to_string();
@@ -861,15 +779,7 @@ pub async fn upload_commit_when_blob_exists(store: &Arc<dyn BlobStore>) {
 
     let id = create_upload(&**store, what).await;
     let mut hasher = Hasher::new(DigestAlgorithm::Sha256);
-    append_ok(
-        &**store,
-        &id,
-        0,
-        stream_chunks(&data, &[4 * KIB]),
-        &mut hasher,
-        what,
-    )
-    .await;
+    append_ok(&**store, &id, 0, stream_chunks(&data, &[4 * KIB]), &mut hasher, what).await;
     let n = store
         .upload_commit(&id, &digest)
         .await
@@ -880,10 +790,7 @@ pub async fn upload_commit_when_blob_exists(store: &Arc<dyn BlobStore>) {
         matches!(res, Err(BlobError::UploadNotFound(_))),
         "{what}: upload must be gone, got {res:?}"
     );
-    assert!(
-        get_bytes(&**store, &digest, None).await == data,
-        "{what}: blob intact"
-    );
+    assert!(get_bytes(&**store, &digest, None).await == data, "{what}: blob intact");
     store
         .delete(&digest)
         .await
@@ -917,10 +824,7 @@ pub async fn concurrent_identical_puts(store: &Arc<dyn BlobStore>) {
         Some(data.len() as u64),
         "{what}: stat"
     );
-    assert!(
-        get_bytes(&**store, &digest, None).await == *data,
-        "{what}: content"
-    );
+    assert!(get_bytes(&**store, &digest, None).await == *data, "{what}: content");
     store
         .delete(&digest)
         .await
@@ -947,14 +851,8 @@ pub async fn upload_list_lists_uploads(store: &Arc<dyn BlobStore>) {
         .upload_list()
         .await
         .unwrap_or_else(|e| panic!("{what}: list: {e:?}"));
-    assert!(
-        listed.contains(&a),
-        "{what}: empty upload {a} missing from {listed:?}"
-    );
-    assert!(
-        listed.contains(&b),
-        "{what}: upload {b} missing from {listed:?}"
-    );
+    assert!(listed.contains(&a), "{what}: empty upload {a} missing from {listed:?}");
+    assert!(listed.contains(&b), "{what}: upload {b} missing from {listed:?}");
 
     store
         .upload_abort(&a)
@@ -964,14 +862,8 @@ pub async fn upload_list_lists_uploads(store: &Arc<dyn BlobStore>) {
         .upload_list()
         .await
         .unwrap_or_else(|e| panic!("{what}: list: {e:?}"));
-    assert!(
-        !listed.contains(&a),
-        "{what}: aborted upload {a} still listed"
-    );
-    assert!(
-        listed.contains(&b),
-        "{what}: upload {b} missing after aborting another"
-    );
+    assert!(!listed.contains(&a), "{what}: aborted upload {a} still listed");
+    assert!(listed.contains(&b), "{what}: upload {b} missing after aborting another");
     store
         .upload_abort(&b)
         .await
@@ -1002,10 +894,7 @@ pub async fn invalid_upload_ids(store: &Arc<dyn BlobStore>) {
         );
         check(store.upload_len(id).await.map(drop), "upload_len");
         check(store.upload_read(id).await.map(drop), "upload_read");
-        check(
-            store.upload_commit(id, &digest).await.map(drop),
-            "upload_commit",
-        );
+        check(store.upload_commit(id, &digest).await.map(drop), "upload_commit");
         check(store.upload_abort(id).await, "upload_abort");
     }
     // The longest valid id is accepted.

@@ -121,20 +121,13 @@ impl FsBlobStore {
     /// Path of the blob file for `digest` (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> Result<PathBuf, BlobError> {
         let hex = digest.hex();
-        let canonical = hex.len() >= 2
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let canonical = hex.len() >= 2 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !canonical {
             return Err(BlobError::Backend(format!(
                 "digest {digest} has a non-canonical hex part"
             )));
         }
-        Ok(self
-            .blobs
-            .join(digest.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex))
+        Ok(self.blobs.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex))
     }
 
     fn upload_path(&self, id: &str) -> Result<PathBuf, BlobError> {
@@ -209,11 +202,7 @@ impl BlobStore for FsBlobStore {
         }
     }
 
-    async fn get(
-        &self,
-        digest: &Digest,
-        range: Option<ByteRange>,
-    ) -> Result<ByteStream, BlobError> {
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, BlobError> {
         let path = self.blob_path(digest)?;
         let opened = blocking(move || {
             let file = File::open(&path)?;
@@ -261,8 +250,7 @@ impl BlobStore for FsBlobStore {
 
         let tmp_path = self.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
         let p = tmp_path.clone();
-        let file =
-            blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
+        let file = blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
         let mut temp = TempFile::new(tmp_path.clone());
         let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()));
 
@@ -422,9 +410,7 @@ impl BlobStore for FsBlobStore {
         match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => Ok(m.len()),
             Ok(_) => Err(BlobError::UploadNotFound(id.to_owned())),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                Err(BlobError::UploadNotFound(id.to_owned()))
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(BlobError::UploadNotFound(id.to_owned())),
             Err(e) => Err(e.into()),
         }
     }
@@ -439,9 +425,7 @@ impl BlobStore for FsBlobStore {
         .await;
         match opened {
             Ok((file, len)) => Ok(read_stream(file, 0, len).await?),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                Err(BlobError::UploadNotFound(id.to_owned()))
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(BlobError::UploadNotFound(id.to_owned())),
             Err(e) => Err(e.into()),
         }
     }
@@ -466,10 +450,7 @@ impl BlobStore for FsBlobStore {
                     return Ok(Commit::Existed(m.len()));
                 }
                 Ok(_) => {
-                    return Err(io::Error::other(format!(
-                        "{} exists and is not a file",
-                        blob.display()
-                    )));
+                    return Err(io::Error::other(format!("{} exists and is not a file", blob.display())));
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -607,9 +588,7 @@ pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-pub(crate) fn read_dir_if_exists(
-    dir: &Path,
-) -> io::Result<Box<dyn Iterator<Item = io::Result<std::fs::DirEntry>>>> {
+pub(crate) fn read_dir_if_exists(dir: &Path) -> io::Result<Box<dyn Iterator<Item = io::Result<std::fs::DirEntry>>>> {
     match std::fs::read_dir(dir) {
         Ok(rd) => Ok(Box::new(rd)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(Box::new(std::iter::empty())),
@@ -643,10 +622,7 @@ pub(crate) async fn read_stream(file: File, start: u64, len: u64) -> io::Result<
     if start > 0 {
         file.seek(SeekFrom::Start(start)).await?;
     }
-    Ok(Box::pin(ReaderStream::with_capacity(
-        file.take(len),
-        READ_CHUNK,
-    )))
+    Ok(Box::pin(ReaderStream::with_capacity(file.take(len), READ_CHUNK)))
 }
 
 /// A batch on the blocking pool; gives the hasher back when done.
@@ -703,8 +679,7 @@ impl FileWriter {
         }
         self.buf.extend_from_slice(&chunk);
         if self.buf.len() >= WRITE_BATCH {
-            let full =
-                std::mem::replace(&mut self.buf, BytesMut::with_capacity(WRITE_BATCH * 2)).freeze();
+            let full = std::mem::replace(&mut self.buf, BytesMut::with_capacity(WRITE_BATCH * 2)).freeze();
             self.dispatch(full).await?;
         }
         Ok(())

@@ -38,8 +38,7 @@ pub use cache::{CacheStats, CachedBlobStore};
 /// A stream of blob bytes. Input streams that yield `Err` are treated as a
 /// failed client ([`BlobError::Client`]); output streams yield `Err` on
 /// storage read failures.
-pub type ByteStream =
-    Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static>>;
+pub type ByteStream = Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static>>;
 
 /// A byte range of a blob: `start` inclusive, `end` **exclusive**.
 ///
@@ -125,8 +124,7 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Stream the blob (or the byte range, validated against the size ->
     /// [`BlobError::RangeNotSatisfiable`]). [`BlobError::NotFound`] if absent.
     /// Streams in bounded chunks; memory use is independent of blob size.
-    async fn get(&self, digest: &Digest, range: Option<ByteRange>)
-    -> Result<ByteStream, BlobError>;
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, BlobError>;
 
     /// Store a whole blob, verifying its digest while streaming
     /// ([`BlobError::DigestMismatch`] -> nothing visible). Atomic. Idempotent
@@ -183,7 +181,11 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// A URL from which a client can fetch the blob directly for `expires`, when the
     /// backend can hand one out (S3 presigned GET). `None`: the node must stream it.
-    async fn presigned_get(&self, _digest: &Digest, _expires: std::time::Duration) -> Result<Option<String>, BlobError> {
+    async fn presigned_get(
+        &self,
+        _digest: &Digest,
+        _expires: std::time::Duration,
+    ) -> Result<Option<String>, BlobError> {
         Ok(None)
     }
 

@@ -51,10 +51,7 @@ impl Drop for KeyedGuard {
         let mut map = self.locks.map.lock().unwrap_or_else(|e| e.into_inner());
         // Clones are only made under the map lock, so a count of 1 (the map's
         // own) means nobody holds or waits for this key.
-        if map
-            .get(&self.key)
-            .is_some_and(|e| Arc::strong_count(e) == 1)
-        {
+        if map.get(&self.key).is_some_and(|e| Arc::strong_count(e) == 1) {
             map.remove(&self.key);
         }
     }

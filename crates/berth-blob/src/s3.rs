@@ -92,10 +92,8 @@ mod error;
 mod plan;
 
 use error::{classify, to_blob_error};
-pub use plan::{
-    MAX_OBJECT_PART, MAX_PARTS, MIN_PART_SIZE, PARTS_PER_DOUBLING, copy_ranges, part_size_for,
-};
 use plan::{Keys, encode_copy_source, parse_content_range, parse_spool_name, spool_name};
+pub use plan::{MAX_OBJECT_PART, MAX_PARTS, MIN_PART_SIZE, PARTS_PER_DOUBLING, copy_ranges, part_size_for};
 
 const MIB: u64 = plan::MIB;
 /// Largest chunk yielded by the streams this backend returns.
@@ -189,9 +187,7 @@ impl S3Config {
         if let Some(ep) = &self.endpoint
             && !(ep.starts_with("http://") || ep.starts_with("https://"))
         {
-            return bad(format!(
-                "`endpoint` {ep:?} must start with http:// or https://"
-            ));
+            return bad(format!("`endpoint` {ep:?} must start with http:// or https://"));
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return bad(
@@ -320,12 +316,7 @@ impl S3BlobStore {
             clean_dir(&t)
         })
         .await
-        .map_err(|e| {
-            BlobError::Backend(format!(
-                "cannot prepare `spool_dir` {}: {e}",
-                cfg.spool_dir.display()
-            ))
-        })?;
+        .map_err(|e| BlobError::Backend(format!("cannot prepare `spool_dir` {}: {e}", cfg.spool_dir.display())))?;
         if removed > 0 {
             info!(dir = %tmp.display(), removed, "removed stale S3 put temp files");
         }
@@ -455,9 +446,7 @@ async fn check_bucket(client: &Client, cfg: &S3Config) -> Result<(), BlobError> 
                 "S3 bucket {bucket:?} is not reachable at {at} (check setting `endpoint`): {failure}"
             )));
         }
-        Some(404) => format!(
-            "S3 bucket {bucket:?} does not exist at {at} (check setting `bucket`): {failure}"
-        ),
+        Some(404) => format!("S3 bucket {bucket:?} does not exist at {at} (check setting `bucket`): {failure}"),
         Some(401 | 403) => format!(
             "S3 denied access to bucket {bucket:?} at {at} (check settings `access_key_id` / \
              `secret_access_key`, or the AWS credential chain): {failure}"
@@ -480,11 +469,7 @@ async fn check_bucket(client: &Client, cfg: &S3Config) -> Result<(), BlobError> 
 /// Where a multipart part comes from.
 enum PartSource {
     /// Bytes `offset..offset+len` of a local file.
-    File {
-        path: PathBuf,
-        offset: u64,
-        len: u64,
-    },
+    File { path: PathBuf, offset: u64, len: u64 },
     /// Inclusive byte range of an existing object.
     Copy { key: String, start: u64, end: u64 },
 }
@@ -506,11 +491,7 @@ impl Inner {
     }
 
     fn get_state(&self, id: &str) -> Option<UploadState> {
-        self.uploads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
     /// Replace the state of `id` if it is still the load `epoch` (not aborted).
@@ -600,8 +581,12 @@ impl Inner {
                     n += 1;
                 }
                 if in_s3.len() > parts.len() {
-                    warn!(upload = id, contiguous = parts.len(), stored = in_s3.len(),
-                        "ignoring upload parts after a gap");
+                    warn!(
+                        upload = id,
+                        contiguous = parts.len(),
+                        stored = in_s3.len(),
+                        "ignoring upload parts after a gap"
+                    );
                 }
                 let mut spool_len = 0;
                 if let Some(&last) = parts.last() {
@@ -639,25 +624,31 @@ impl Inner {
             spool_len,
             epoch: self.epochs.fetch_add(1, Ordering::SeqCst),
         };
-        debug!(upload = id, parts = state.parts.len(), spool = state.spool_len,
-            len = state.len(), "rebuilt upload state");
+        debug!(
+            upload = id,
+            parts = state.parts.len(),
+            spool = state.spool_len,
+            len = state.len(),
+            "rebuilt upload state"
+        );
         Ok(Some(state))
     }
 
     /// Download part `n` of `id` into local spool file `n`.
     async fn pull_part_into_spool(&self, id: &str, n: u32, size: u64) -> Result<(), BlobError> {
         let key = self.keys.part(id, n);
-        debug!(upload = id, part = n, size, "pulling short last part into the local spool");
+        debug!(
+            upload = id,
+            part = n,
+            size,
+            "pulling short last part into the local spool"
+        );
         let mut body = self.get_object_stream(&key, size).await?;
         let dir = self.spool_dir(id);
         let path = dir.join(spool_name(n));
         let file = blocking(move || {
             std::fs::create_dir_all(&dir)?;
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
+            OpenOptions::new().write(true).create(true).truncate(true).open(&path)
         })
         .await?;
         let mut writer = SpoolWriter::new(file, 0);
@@ -672,9 +663,7 @@ impl Inner {
         .await;
         match res {
             Ok(len) if len == size => Ok(()),
-            Ok(len) => Err(BlobError::Backend(format!(
-                "{key}: read {len} bytes, S3 listed {size}"
-            ))),
+            Ok(len) => Err(BlobError::Backend(format!("{key}: read {len} bytes, S3 listed {size}"))),
             Err(e) => {
                 writer.wait_quiet().await;
                 Err(e)
@@ -777,14 +766,7 @@ impl Inner {
 
     /// Size of `key`, `None` if absent.
     async fn head(&self, key: &str) -> Result<Option<u64>, BlobError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
             Ok(out) => Ok(Some(object_len("HeadObject", key, out.content_length())?)),
             Err(e) => {
                 let failure = classify("HeadObject", key, &e);
@@ -851,9 +833,7 @@ impl Inner {
             .map_err(|e| to_blob_error("CreateMultipartUpload", key, &e))?;
         let upload_id = created
             .upload_id()
-            .ok_or_else(|| {
-                BlobError::Backend(format!("CreateMultipartUpload {key}: S3 returned no upload id"))
-            })?
+            .ok_or_else(|| BlobError::Backend(format!("CreateMultipartUpload {key}: S3 returned no upload id")))?
             .to_owned();
         let mut guard = MultipartGuard {
             inner: Some(Arc::clone(self)),
@@ -876,11 +856,7 @@ impl Inner {
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
                 .map_err(|e| to_blob_error("CompleteMultipartUpload", key, &e))?;
@@ -961,18 +937,11 @@ impl Inner {
                     .send()
                     .await
                     .map_err(|e| to_blob_error("UploadPartCopy", key, &e))?;
-                out.copy_part_result()
-                    .and_then(|r| r.e_tag())
-                    .map(str::to_owned)
+                out.copy_part_result().and_then(|r| r.e_tag()).map(str::to_owned)
             }
         };
-        let etag = etag.ok_or_else(|| {
-            BlobError::Backend(format!("{key}: S3 returned no ETag for part {number}"))
-        })?;
-        Ok(CompletedPart::builder()
-            .part_number(number)
-            .e_tag(etag)
-            .build())
+        let etag = etag.ok_or_else(|| BlobError::Backend(format!("{key}: S3 returned no ETag for part {number}")))?;
+        Ok(CompletedPart::builder().part_number(number).e_tag(etag).build())
     }
 
     /// Store `size` bytes of the file `path` as `key`: one PutObject up to
@@ -1058,15 +1027,17 @@ impl Drop for MultipartGuard {
                 inner.abort_multipart(&key, &upload_id).await;
             });
         } else {
-            warn!(key, upload_id, "multipart upload cancelled outside a runtime; not aborted");
+            warn!(
+                key,
+                upload_id, "multipart upload cancelled outside a runtime; not aborted"
+            );
         }
     }
 }
 
 fn object_len(op: &str, key: &str, len: Option<i64>) -> Result<u64, BlobError> {
-    len.and_then(|l| u64::try_from(l).ok()).ok_or_else(|| {
-        BlobError::Backend(format!("{op} {key}: S3 sent no valid Content-Length"))
-    })
+    len.and_then(|l| u64::try_from(l).ok())
+        .ok_or_else(|| BlobError::Backend(format!("{op} {key}: S3 sent no valid Content-Length")))
 }
 
 /// Request body: `len` bytes of `path` from `offset`, re-readable for retries.
@@ -1081,12 +1052,7 @@ async fn file_body(path: &Path, offset: u64, len: u64) -> Result<SdkByteStream, 
         .buffer_size(FILE_BODY_BUFFER)
         .build()
         .await
-        .map_err(|e| {
-            BlobError::Io(io::Error::other(format!(
-                "reading {} for upload: {e}",
-                path.display()
-            )))
-        })
+        .map_err(|e| BlobError::Io(io::Error::other(format!("reading {} for upload: {e}", path.display()))))
 }
 
 /// Our stream over an SDK response body: chunks of at most `STREAM_CHUNK`,
@@ -1135,10 +1101,7 @@ fn sdk_body_stream(body: SdkByteStream, expected: u64, what: String, idle: Durat
                     let n = bytes.len() as u64;
                     if n > st.remaining {
                         st.done = true;
-                        let e = io::Error::other(format!(
-                            "{}: S3 sent more bytes than announced",
-                            st.what
-                        ));
+                        let e = io::Error::other(format!("{}: S3 sent more bytes than announced", st.what));
                         return Some((Err(e), st));
                     }
                     st.remaining -= n;
@@ -1266,9 +1229,7 @@ impl SpoolWriter {
         let file = Arc::clone(&self.file);
         let pos = self.dispatched;
         self.dispatched += data.len() as u64;
-        self.inflight = Some(tokio::task::spawn_blocking(move || {
-            file.write_all_at(&data, pos)
-        }));
+        self.inflight = Some(tokio::task::spawn_blocking(move || file.write_all_at(&data, pos)));
         Ok(())
     }
 
@@ -1347,9 +1308,7 @@ impl AppendTx {
                 let cap = part_size_for(self.inner.part_size, k);
                 let writer = self.writer_mut()?;
                 let room = cap.saturating_sub(writer.len());
-                let n = usize::try_from(room)
-                    .unwrap_or(usize::MAX)
-                    .min(chunk.len());
+                let n = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
                 writer.write(chunk.split_to(n)).await?;
                 if writer.len() >= cap {
                     let size = writer.flush().await?;
@@ -1363,15 +1322,9 @@ impl AppendTx {
                     // Fails if the upload was aborted meanwhile (its dir is gone).
                     let next = self.dir.join(spool_name(k));
                     self.last = k;
-                    let file = blocking(move || {
-                        OpenOptions::new()
-                            .write(true)
-                            .create(true)
-                            .truncate(true)
-                            .open(&next)
-                    })
-                    .await
-                    .map_err(|e| self.missing_upload(e))?;
+                    let file = blocking(move || OpenOptions::new().write(true).create(true).truncate(true).open(&next))
+                        .await
+                        .map_err(|e| self.missing_upload(e))?;
                     self.writer = Some(SpoolWriter::new(file, 0));
                     if k - 1 != self.k0 {
                         // The spool of `offset` stays until the end: it is the undo.
@@ -1484,11 +1437,7 @@ impl BlobStore for S3BlobStore {
         self.inner.head(&key).await
     }
 
-    async fn get(
-        &self,
-        digest: &Digest,
-        range: Option<ByteRange>,
-    ) -> Result<ByteStream, BlobError> {
+    async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, BlobError> {
         let inner = &self.inner;
         let key = inner.keys.blob(digest)?;
         if let Some(r) = range
@@ -1531,8 +1480,7 @@ impl BlobStore for S3BlobStore {
         };
         let len = object_len("GetObject", &key, out.content_length())?;
         if let Some(r) = range {
-            let Some((first, last, total)) = out.content_range().and_then(parse_content_range)
-            else {
+            let Some((first, last, total)) = out.content_range().and_then(parse_content_range) else {
                 return Err(BlobError::Backend(format!(
                     "GetObject {key}: S3 ignored the Range header (no Content-Range)"
                 )));
@@ -1574,8 +1522,7 @@ impl BlobStore for S3BlobStore {
 
             let tmp_path = inner.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
             let p = tmp_path.clone();
-            let file =
-                blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
+            let file = blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
             let mut temp = TempFile::new(tmp_path.clone());
             let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()));
             let written: Result<u64, BlobError> = async {
@@ -1710,11 +1657,7 @@ impl BlobStore for S3BlobStore {
         let (d, p) = (dir.clone(), dir.join(spool_name(k0)));
         let file = blocking(move || {
             std::fs::create_dir_all(&d)?;
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&p)
+            OpenOptions::new().write(true).create(true).truncate(false).open(&p)
         })
         .await?;
         let mut tx = AppendTx {
@@ -1800,17 +1743,15 @@ impl BlobStore for S3BlobStore {
             })
             .flatten();
         // Stop at the first error.
-        let all = part_streams
-            .chain(spool_stream)
-            .scan(false, |failed, item| {
-                let out = if *failed {
-                    None
-                } else {
-                    *failed = item.is_err();
-                    Some(item)
-                };
-                futures::future::ready(out)
-            });
+        let all = part_streams.chain(spool_stream).scan(false, |failed, item| {
+            let out = if *failed {
+                None
+            } else {
+                *failed = item.is_err();
+                Some(item)
+            };
+            futures::future::ready(out)
+        });
         Ok(Box::pin(all))
     }
 
@@ -1851,8 +1792,7 @@ impl BlobStore for S3BlobStore {
                     let mut sources = Vec::new();
                     for (i, size) in sizes.into_iter().enumerate() {
                         let part_key = inner.keys.part(id, u32::try_from(i + 1).unwrap_or(u32::MAX));
-                        for (start, end) in copy_ranges(size, inner.copy_part_limit, i + 1 == count)
-                        {
+                        for (start, end) in copy_ranges(size, inner.copy_part_limit, i + 1 == count) {
                             sources.push(PartSource::Copy {
                                 key: part_key.clone(),
                                 start,
@@ -1915,16 +1855,12 @@ impl BlobStore for S3BlobStore {
         Ok(ids.into_iter().collect())
     }
 
-    async fn presigned_get(
-        &self,
-        digest: &Digest,
-        expires: Duration,
-    ) -> Result<Option<String>, BlobError> {
+    async fn presigned_get(&self, digest: &Digest, expires: Duration) -> Result<Option<String>, BlobError> {
         let inner = &self.inner;
         let key = inner.keys.blob(digest)?;
         let expires = expires.clamp(Duration::from_secs(1), MAX_PRESIGN);
-        let config = PresigningConfig::expires_in(expires)
-            .map_err(|e| BlobError::Backend(format!("presigning {key}: {e}")))?;
+        let config =
+            PresigningConfig::expires_in(expires).map_err(|e| BlobError::Backend(format!("presigning {key}: {e}")))?;
         let req = inner
             .client
             .get_object()

@@ -70,15 +70,8 @@ async fn layout_is_content_addressed() {
     assert_eq!(store.blob_path(&digest).expect("path"), path);
 
     let d512 = Digest::of(berth_blob::DigestAlgorithm::Sha512, &data);
-    store
-        .put(&d512, stream_once(&data))
-        .await
-        .expect("put sha512");
-    let p512 = dir
-        .path()
-        .join("blobs/sha512")
-        .join(&d512.hex()[..2])
-        .join(d512.hex());
+    store.put(&d512, stream_once(&data)).await.expect("put sha512");
+    let p512 = dir.path().join("blobs/sha512").join(&d512.hex()[..2]).join(d512.hex());
     assert!(p512.is_file());
 
     let mut listed = store.list_blobs().await.expect("list_blobs");
@@ -99,25 +92,18 @@ async fn stale_temp_files_are_removed_on_open() {
     let kept_digest = Digest::sha256_of(&kept);
     {
         let store = open(dir.path()).await;
-        store
-            .put(&kept_digest, stream_once(&kept))
-            .await
-            .expect("put");
+        store.put(&kept_digest, stream_once(&kept)).await.expect("put");
     }
     // Simulate a crash mid-put: a full-looking temp file plus junk.
     let partial = pseudo_random(102, 64 * 1024);
     let partial_digest = Digest::sha256_of(&partial);
     std::fs::write(dir.path().join("tmp/put-deadbeef"), &partial).expect("write temp");
-    std::fs::write(dir.path().join("tmp").join(partial_digest.hex()), &partial)
-        .expect("write temp");
+    std::fs::write(dir.path().join("tmp").join(partial_digest.hex()), &partial).expect("write temp");
     std::fs::create_dir(dir.path().join("tmp/stale-dir")).expect("mkdir");
     std::fs::write(dir.path().join("tmp/stale-dir/x"), b"x").expect("write");
 
     let store = open(dir.path()).await;
-    assert!(
-        tmp_entries(dir.path()).is_empty(),
-        "tmp/ must be empty after open"
-    );
+    assert!(tmp_entries(dir.path()).is_empty(), "tmp/ must be empty after open");
     assert_eq!(store.stat(&partial_digest).await.expect("stat"), None);
     assert!(matches!(
         store.get(&partial_digest, None).await,
@@ -170,10 +156,7 @@ async fn failed_puts_leave_no_temp_files() {
     let digest = Digest::sha256_of(&data);
     assert!(matches!(
         store
-            .put(
-                &digest,
-                conformance::failing_stream(&data[..2_000_000], 300_000)
-            )
+            .put(&digest, conformance::failing_stream(&data[..2_000_000], 300_000))
             .await,
         Err(BlobError::Client(_))
     ));
@@ -193,16 +176,10 @@ async fn cancelled_put_leaves_nothing() {
         let head = data[..2 * 1024 * 1024].to_vec();
         tokio::spawn(async move { store.put(&digest, stalling_stream(head)).await })
     };
-    eventually("temp file appears", async || {
-        !tmp_entries(dir.path()).is_empty()
-    })
-    .await;
+    eventually("temp file appears", async || !tmp_entries(dir.path()).is_empty()).await;
     task.abort();
     assert!(task.await.is_err_and(|e| e.is_cancelled()));
-    eventually("temp file removed", async || {
-        tmp_entries(dir.path()).is_empty()
-    })
-    .await;
+    eventually("temp file removed", async || tmp_entries(dir.path()).is_empty()).await;
     assert_eq!(store.stat(&digest).await.expect("stat"), None);
 }
 
@@ -250,10 +227,7 @@ async fn cancelled_append_is_rolled_back() {
     let mut all = first.clone();
     all.extend_from_slice(&second);
     let digest = Digest::sha256_of(&all);
-    assert_eq!(
-        store.upload_commit(&id, &digest).await.expect("commit"),
-        6000
-    );
+    assert_eq!(store.upload_commit(&id, &digest).await.expect("commit"), 6000);
     assert_eq!(store.stat(&digest).await.expect("stat"), Some(6000));
 }
 
@@ -279,10 +253,7 @@ async fn check_writable_fails_without_tmp_dir() {
     let store = open(dir.path()).await;
     store.check_writable().await.expect("writable");
     std::fs::remove_dir(dir.path().join("tmp")).expect("rm tmp");
-    assert!(matches!(
-        store.check_writable().await,
-        Err(BlobError::Unavailable(_))
-    ));
+    assert!(matches!(store.check_writable().await, Err(BlobError::Unavailable(_))));
 }
 
 #[tokio::test]

@@ -62,9 +62,7 @@ async fn read_upload(store: &dyn BlobStore, id: &str) -> Vec<u8> {
         .upload_read(id)
         .await
         .unwrap_or_else(|e| panic!("upload_read: {e:?}"));
-    collect(s)
-        .await
-        .unwrap_or_else(|e| panic!("upload_read stream: {e:?}"))
+    collect(s).await.unwrap_or_else(|e| panic!("upload_read stream: {e:?}"))
 }
 
 async fn get_all(store: &dyn BlobStore, digest: &Digest, range: Option<ByteRange>) -> Vec<u8> {
@@ -394,20 +392,12 @@ async fn failed_append_rolls_back_across_part_boundaries() {
         let id = id.clone();
         let head = stream_chunks(&pseudo_random(502, 7 * MIB), &[256 * KIB]);
         let stalled: ByteStream = Box::pin(head.chain(futures::stream::pending()));
-        tokio::spawn(async move {
-            store
-                .upload_append(&id, 3 * MIB as u64, stalled, &mut ignore)
-                .await
-        })
+        tokio::spawn(async move { store.upload_append(&id, 3 * MIB as u64, stalled, &mut ignore).await })
     };
     // Wait (bounded) until the append has stored part 1 and started spool 2,
     // then cancel it.
     let prefix = store.upload_prefix(&id).expect("prefix");
-    let spool2 = fs
-        .dir()
-        .join("spool/rollback/uploads")
-        .join(&id)
-        .join("spool-00002");
+    let spool2 = fs.dir().join("spool/rollback/uploads").join(&id).join("spool-00002");
     assert!(!spool2.exists(), "the failed append removed its spool files");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !spool2.exists() {
@@ -444,18 +434,12 @@ async fn abort_leaves_nothing() {
     store.upload_abort(&id).await.expect("abort");
     assert!(keys_under(&fs, &prefix).await.is_empty(), "no part objects left");
     assert!(!spool.exists(), "local spool removed");
-    assert!(matches!(
-        store.upload_len(&id).await,
-        Err(BlobError::UploadNotFound(_))
-    ));
+    assert!(matches!(store.upload_len(&id).await, Err(BlobError::UploadNotFound(_))));
     assert!(!store.upload_list().await.expect("list").contains(&id));
     store.upload_abort(&id).await.expect("second abort");
     // A new instance does not resurrect it either.
     let again = connect(small_parts(fs.s3_config("abort"))).await;
-    assert!(matches!(
-        again.upload_len(&id).await,
-        Err(BlobError::UploadNotFound(_))
-    ));
+    assert!(matches!(again.upload_len(&id).await, Err(BlobError::UploadNotFound(_))));
 }
 
 /// Runs `fut`, failing the test if it does not finish within [`OUTAGE_BOUND`].
@@ -491,10 +475,7 @@ async fn outage_is_unavailable_and_the_same_store_recovers() {
     fs.stop().await.expect("stop SeaweedFS");
     let started = Instant::now();
     assert_unavailable("stat", bounded("stat", store.stat(&kept_digest)).await);
-    assert_unavailable(
-        "get",
-        bounded("get", store.get(&kept_digest, None)).await.map(|_| ()),
-    );
+    assert_unavailable("get", bounded("get", store.get(&kept_digest, None)).await.map(|_| ()));
     let other = pseudo_random(702, 64 * KIB);
     assert_unavailable(
         "put",
@@ -521,10 +502,7 @@ async fn outage_is_unavailable_and_the_same_store_recovers() {
     let mut all = first.clone();
     all.extend_from_slice(&small);
     let digest = Digest::sha256_of(&all);
-    assert_unavailable(
-        "commit",
-        bounded("commit", store.upload_commit(&id, &digest)).await,
-    );
+    assert_unavailable("commit", bounded("commit", store.upload_commit(&id, &digest)).await);
     // Presigning is local.
     assert!(
         store
@@ -549,6 +527,84 @@ async fn outage_is_unavailable_and_the_same_store_recovers() {
         all.len() as u64
     );
     assert!(get_all(&store, &digest, None).await == all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hung_s3_is_unavailable_not_a_hang() {
+    let fs = seaweed().await;
+    let mut cfg = small_parts(fs.s3_config("hung"));
+    cfg.request_timeout = Duration::from_secs(1);
+    cfg.max_attempts = 2;
+    let store = connect(cfg).await;
+    let data = pseudo_random(860, 8 * MIB);
+    let digest = Digest::sha256_of(&data);
+    store.put(&digest, stream_once(&data)).await.expect("put");
+    let id = new_id();
+    store.upload_create(&id).await.expect("create");
+    append(&store, &id, 0, &data[..4 * MIB], MIB).await;
+
+    // A download in progress when S3 stops answering ends with an error.
+    let mut s = store.get(&digest, None).await.expect("get");
+    let first = s.next().await.expect("chunk").expect("chunk ok");
+    assert!(!first.is_empty());
+    fs.freeze();
+    let mut got = first.len();
+    let res = bounded("reading a body from a hung S3", async {
+        while let Some(c) = s.next().await {
+            got += c?.len();
+        }
+        Ok::<usize, std::io::Error>(got)
+    })
+    .await;
+    // The kernel may have buffered the rest of a small body already; otherwise
+    // the read must fail instead of hanging.
+    match res {
+        Ok(n) => assert_eq!(n, data.len(), "a body that completed must be whole"),
+        Err(e) => tracing::info!(error = %e, "read from hung S3 failed as expected"),
+    }
+    assert_unavailable("stat", bounded("stat", store.stat(&digest)).await);
+    let res = bounded(
+        "append",
+        store.upload_append(&id, 4 * MIB as u64, stream_chunks(&data[4 * MIB..], &[MIB]), &mut ignore),
+    )
+    .await;
+    assert_unavailable("append across a part", res);
+    assert_unavailable("check_writable", bounded("check", store.check_writable()).await);
+    fs.thaw();
+
+    assert_eq!(store.stat(&digest).await.expect("stat"), Some(data.len() as u64));
+    append(&store, &id, 4 * MIB as u64, &data[4 * MIB..], MIB).await;
+    let other = Digest::sha256_of(&data);
+    assert_eq!(
+        store.upload_commit(&id, &other).await.expect("commit"),
+        data.len() as u64
+    );
+    assert!(get_all(&store, &digest, None).await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_not_cut_off() {
+    // A consumer that pauses longer than the request timeout (a slow pulling
+    // client) must not trip the idle/stall protection, which is about S3.
+    let fs = seaweed().await;
+    let mut cfg = fs.s3_config("slow");
+    cfg.request_timeout = Duration::from_secs(1);
+    let store = connect(cfg).await;
+    let data = pseudo_random(850, 6 * MIB + 11);
+    let digest = Digest::sha256_of(&data);
+    store.put(&digest, stream_once(&data)).await.expect("put");
+    let mut s = store.get(&digest, None).await.expect("get");
+    let mut got = Vec::new();
+    let first = s.next().await.expect("first chunk").expect("first chunk ok");
+    got.extend_from_slice(&first);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Some(c) = s.next().await {
+        got.extend_from_slice(&c.expect("chunk after a pause"));
+        if got.len() < 3 * MIB {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert!(got == data, "content after pauses");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -643,9 +699,7 @@ async fn connect_errors_name_the_setting() {
     }
 
     // Something accepts but never answers: the attempt timeout ends it.
-    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = blackhole.local_addr().expect("addr").port();
     let holder = tokio::spawn(async move {
         let mut held = Vec::new();

@@ -40,7 +40,12 @@ impl Fixture {
         let store = MetaStore::open(dir.path()).expect("open store");
         let sm = store.state_machine().expect("state machine");
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        Fixture { _dir: dir, sm, next: 1, rt }
+        Fixture {
+            _dir: dir,
+            sm,
+            next: 1,
+            rt,
+        }
     }
 
     fn entry(&mut self, cmd: Command) -> Entry<TypeConfig> {
@@ -64,7 +69,9 @@ fn repo() -> RepoName {
 }
 
 fn layer_digests() -> Vec<Digest> {
-    (0..LAYERS).map(|i| Digest::sha256_of(format!("layer-{i}").as_bytes())).collect()
+    (0..LAYERS)
+        .map(|i| Digest::sha256_of(format!("layer-{i}").as_bytes()))
+        .collect()
 }
 
 /// A real-looking 10-layer OCI manifest; `n` makes each one distinct.

@@ -97,10 +97,18 @@ fn bench_names(c: &mut Criterion) {
     g.bench_function("repo_name", |b| {
         b.iter(|| RepoName::parse(black_box("library/team-a/app.server_v2")).expect("valid"))
     });
-    g.bench_function("tag", |b| b.iter(|| Tag::parse(black_box("v1.2.3-alpine3.19")).expect("valid")));
-    g.bench_function("reference_tag", |b| b.iter(|| Reference::parse(black_box("latest")).expect("valid")));
-    g.bench_function("reference_digest", |b| b.iter(|| Reference::parse(black_box(&digest)).expect("valid")));
-    g.bench_function("digest", |b| b.iter(|| Digest::parse(black_box(&digest)).expect("valid")));
+    g.bench_function("tag", |b| {
+        b.iter(|| Tag::parse(black_box("v1.2.3-alpine3.19")).expect("valid"))
+    });
+    g.bench_function("reference_tag", |b| {
+        b.iter(|| Reference::parse(black_box("latest")).expect("valid"))
+    });
+    g.bench_function("reference_digest", |b| {
+        b.iter(|| Reference::parse(black_box(&digest)).expect("valid"))
+    });
+    g.bench_function("digest", |b| {
+        b.iter(|| Digest::parse(black_box(&digest)).expect("valid"))
+    });
     g.finish();
 }
 

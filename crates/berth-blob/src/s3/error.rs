@@ -77,11 +77,7 @@ where
             detail: format!("S3 {op} {target}: timed out (after retries): {context}"),
         },
         SdkError::DispatchFailure(d) => Failure {
-            kind: if d.is_user() {
-                Kind::Rejected
-            } else {
-                Kind::Unavailable
-            },
+            kind: if d.is_user() { Kind::Rejected } else { Kind::Unavailable },
             status: None,
             code: None,
             detail: format!("S3 {op} {target}: no answer from S3 (after retries): {context}"),
@@ -102,9 +98,7 @@ where
             );
             let kind = if status == 429 || status >= 500 || throttled {
                 Kind::Unavailable
-            } else if matches!(code.as_deref(), Some("NoSuchKey" | "NotFound"))
-                || (status == 404 && code.is_none())
-            {
+            } else if matches!(code.as_deref(), Some("NoSuchKey" | "NotFound")) || (status == 404 && code.is_none()) {
                 Kind::NotFound
             } else {
                 Kind::Rejected

@@ -135,10 +135,7 @@ impl Keys {
     /// `<prefix>blobs/<algo>/<2 hex>/<hex>`.
     pub fn blob(&self, digest: &Digest) -> Result<String, BlobError> {
         let hex = digest.hex();
-        let canonical = hex.len() >= 2
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let canonical = hex.len() >= 2 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !canonical {
             return Err(BlobError::Backend(format!(
                 "digest {digest} has a non-canonical hex part"
