@@ -7,6 +7,7 @@
 //! test uses its own node, temp dirs and repository names.
 
 mod clients;
+mod cluster;
 mod persistence;
 mod s3;
 mod spec;
@@ -74,11 +75,18 @@ pub fn s3_toml(s3: &SeaweedFs, delivery: &str) -> String {
 /// A fresh node on `setup`.
 pub async fn start_node_on(setup: Setup) -> TestNode {
     let delivery = match setup {
-        Setup::Fs => return TestNode { node: start_node().await, s3: None },
+        Setup::Fs => {
+            return TestNode {
+                node: start_node().await,
+                s3: None,
+            };
+        }
         Setup::S3Proxy => "proxy",
         Setup::S3Redirect => "redirect",
     };
-    let s3 = SeaweedFs::start().await.unwrap_or_else(|e| panic!("starting SeaweedFS: {e:#}"));
+    let s3 = SeaweedFs::start()
+        .await
+        .unwrap_or_else(|e| panic!("starting SeaweedFS: {e:#}"));
     let opts = NodeOptions {
         binary: berth_binary().into(),
         extra_toml: s3_toml(&s3, delivery),

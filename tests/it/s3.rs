@@ -19,7 +19,9 @@ use crate::s3_toml;
 
 /// A node on a fresh SeaweedFS with short S3 timeouts, so an outage shows quickly.
 async fn node_on_s3(delivery: &str) -> (BerthNode, SeaweedFs) {
-    let s3 = SeaweedFs::start().await.unwrap_or_else(|e| panic!("starting SeaweedFS: {e:#}"));
+    let s3 = SeaweedFs::start()
+        .await
+        .unwrap_or_else(|e| panic!("starting SeaweedFS: {e:#}"));
     let mut toml = s3_toml(&s3, delivery);
     toml.push_str("request_timeout = \"3s\"\nmax_attempts = 2\n");
     let opts = NodeOptions {
@@ -60,7 +62,10 @@ async fn blobs_are_content_addressed_in_the_bucket() {
     let hex = digest.trim_start_matches("sha256:");
     let keys = s3.list_keys("blobs/").await.expect("list");
     let want = format!("blobs/sha256/{}/{hex}", &hex[..2]);
-    assert!(keys.iter().any(|(k, size)| k == &want && *size == data.len() as i64), "{want} not in {keys:?}");
+    assert!(
+        keys.iter().any(|(k, size)| k == &want && *size == data.len() as i64),
+        "{want} not in {keys:?}"
+    );
     let uploads = s3.list_keys("uploads/").await.expect("list uploads");
     assert!(uploads.is_empty(), "upload parts left behind: {uploads:?}");
     assert_eq!(reg.get_blob("team/s3keys", &digest).await.expect("pull"), data);
@@ -80,7 +85,12 @@ async fn redirect_delivery_hands_out_presigned_urls() {
     let direct = http.get(&location).send().await.expect("presigned GET");
     assert_eq!(direct.status(), StatusCode::OK);
     assert_eq!(direct.bytes().await.expect("body").as_ref(), data.as_slice());
-    let ranged = http.get(&location).header("Range", "bytes=10-19").send().await.expect("ranged");
+    let ranged = http
+        .get(&location)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .expect("ranged");
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(ranged.bytes().await.expect("body").as_ref(), &data[10..20]);
     // HEAD is answered from the node's own index.
@@ -104,14 +114,27 @@ async fn s3_outage_gives_503_and_the_node_recovers() {
 
     s3.stop().await.expect("stopping SeaweedFS");
 
-    let ready = http.get(format!("{}/readyz", node.base_url())).send().await.expect("readyz");
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "readyz while S3 is down");
+    let ready = http
+        .get(format!("{}/readyz", node.base_url()))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(
+        ready.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readyz while S3 is down"
+    );
 
     let data = random_bytes(6 * 1024 * 1024, 35);
     let digest = sha256_digest(&data);
     let started = Instant::now();
     let url = format!("{}/v2/{repo}/blobs/uploads/?digest={digest}", node.base_url());
-    let push = http.post(&url).body(data.clone()).send().await.expect("monolithic push");
+    let push = http
+        .post(&url)
+        .body(data.clone())
+        .send()
+        .await
+        .expect("monolithic push");
     assert_unavailable(push, "push during the outage").await;
     let loc = reg.start_upload(repo).await.expect("starting an upload needs no S3");
     let patch = http
@@ -128,13 +151,21 @@ async fn s3_outage_gives_503_and_the_node_recovers() {
         .await
         .expect("pull");
     assert_unavailable(pull, "pull of an uncached blob during the outage").await;
-    assert!(started.elapsed() < Duration::from_secs(60), "answers took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "answers took {:?}",
+        started.elapsed()
+    );
     // HEAD is local and the cache still serves what it holds.
     let head = reg.head_blob(repo, &uncached_digest).await.expect("HEAD");
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(reg.get_blob(repo, &cached_digest).await.expect("cached pull"), cached);
     let failed = reg.head_blob(repo, &digest).await.expect("HEAD of the failed push");
-    assert_eq!(failed.status(), StatusCode::NOT_FOUND, "nothing half-written is visible");
+    assert_eq!(
+        failed.status(),
+        StatusCode::NOT_FOUND,
+        "nothing half-written is visible"
+    );
 
     s3.start_again().await.expect("restarting SeaweedFS");
 
@@ -144,11 +175,19 @@ async fn s3_outage_gives_503_and_the_node_recovers() {
     assert_eq!(reg.get_blob(repo, &uncached_digest).await.expect("pull"), uncached);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = http.get(format!("{}/readyz", node.base_url())).send().await.expect("readyz");
+        let ready = http
+            .get(format!("{}/readyz", node.base_url()))
+            .send()
+            .await
+            .expect("readyz");
         if ready.status() == StatusCode::OK {
             break;
         }
-        assert!(Instant::now() < deadline, "readyz stayed {} after S3 came back", ready.status());
+        assert!(
+            Instant::now() < deadline,
+            "readyz stayed {} after S3 came back",
+            ready.status()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The cancelled chunk left no parts in the bucket; only content-addressed blobs.

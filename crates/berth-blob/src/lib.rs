@@ -5,7 +5,8 @@
 //! **What it owns.** The raw bytes of content-addressed blobs (layers, configs,
 //! manifests-as-bytes) and the bytes of in-progress upload sessions. All
 //! backends sit behind one trait, [`BlobStore`]; this crate ships the local
-//! filesystem backend [`FsBlobStore`] (the embedded default). With the
+//! filesystem backend [`FsBlobStore`] (the embedded default) and the S3 backend
+//! [`S3BlobStore`] (aws-sdk-s3; AWS or S3-compatible stores). With the
 //! `testing` feature it also exports [`conformance`], a suite every backend
 //! must pass.
 //!

@@ -12,8 +12,8 @@
 //! Local layout under `spool_dir`:
 //!
 //! ```text
-//! uploads/<id>/                              exists from upload_create on
 //! uploads/<id>/spool-NNNNN                   bytes that will become part NNNNN
+//!                                            (upload_create writes spool-00001)
 //! tmp/put-<uuid>                             body of an in-flight put
 //! ```
 //!
@@ -30,7 +30,8 @@
 //! **Recovery.** The state is rebuilt when absent (after a restart): the
 //! highest-numbered local spool file `j` is the tail and parts `1..j` must be
 //! in S3 (a spool file is only started after the previous part was stored,
-//! and lower-numbered spool files left by a crash are stale). Without a local
+//! and lower-numbered spool files left by a crash are stale); parts `≥ j` are
+//! leftovers of a failed append and are ignored. Without a local
 //! spool (another node resumes) the contiguous parts in S3 are the upload; a
 //! short last part is pulled back into a local spool so later parts keep S3's
 //! 5 MiB minimum.
@@ -45,7 +46,9 @@
 //! **Failures.** The SDK retries with exponential backoff and jitter
 //! (`max_attempts`); attempts are bounded by `request_timeout` (plus time
 //! for the bytes of large transfers at 1 MiB/s), and stalled bodies are
-//! cut off by the SDK's stalled-stream protection. What is left after the
+//! cut off by the SDK's stalled-stream protection (and response bodies by
+//! an idle bound of `request_timeout` while we wait for S3, not while the
+//! consumer is slow). What is left after the
 //! retries — no connection, timeouts, 5xx, throttling — is
 //! [`BlobError::Unavailable`]; `NoSuchKey` is `NotFound`.
 //!

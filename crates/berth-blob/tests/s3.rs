@@ -565,7 +565,12 @@ async fn hung_s3_is_unavailable_not_a_hang() {
     assert_unavailable("stat", bounded("stat", store.stat(&digest)).await);
     let res = bounded(
         "append",
-        store.upload_append(&id, 4 * MIB as u64, stream_chunks(&data[4 * MIB..], &[MIB]), &mut ignore),
+        store.upload_append(
+            &id,
+            4 * MIB as u64,
+            stream_chunks(&data[4 * MIB..], &[MIB]),
+            &mut ignore,
+        ),
     )
     .await;
     assert_unavailable("append across a part", res);

@@ -8,11 +8,15 @@
 //! are opaque to it.
 
 mod error;
+mod handover;
 mod network;
 mod node;
 mod service;
 
 pub use error::ClusterError;
+pub use handover::BodyStream;
+pub use handover::HandOverHandler;
+pub use handover::OwnerChannel;
 pub use network::GrpcNetwork;
 pub use node::ClusterNode;
 pub use node::MembershipChange;

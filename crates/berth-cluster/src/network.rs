@@ -54,6 +54,16 @@ pub(crate) fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, 
         .connect_lazy())
 }
 
+/// A channel to `addr` that is connected now (or an error saying why not).
+pub(crate) async fn connect(addr: String, connect_timeout: Duration) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    let endpoint = endpoint.connect_timeout(connect_timeout).tcp_nodelay(true);
+    tokio::time::timeout(connect_timeout, endpoint.connect())
+        .await
+        .map_err(|_| format!("{addr}: connect timed out"))?
+        .map_err(|e| format!("{addr}: {e}"))
+}
+
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerClient;
 

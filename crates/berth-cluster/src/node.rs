@@ -32,6 +32,9 @@ use tracing::Instrument;
 
 use crate::ClusterError;
 use crate::GrpcNetwork;
+use crate::handover::HandOverHandler;
+use crate::handover::OwnerChannel;
+use crate::handover::SharedHandler;
 use crate::network::channel;
 
 /// Raft timing and log-compaction settings.
@@ -163,6 +166,7 @@ struct Inner {
     reader: MetaReader,
     options: RaftOptions,
     barrier: mpsc::UnboundedSender<BarrierWaiter>,
+    hand_over: SharedHandler,
 }
 
 /// This node's member of the Raft group, shared by every request handler.
@@ -206,6 +210,7 @@ impl ClusterNode {
                 reader: store.reader(),
                 options,
                 barrier,
+                hand_over: SharedHandler::default(),
             }),
         })
     }
@@ -386,6 +391,34 @@ impl ClusterNode {
             }
         }
         Ok(())
+    }
+
+    /// Register what runs upload requests handed over to this node (once).
+    pub fn set_hand_over_handler(&self, handler: Arc<dyn HandOverHandler>) {
+        if self.inner.hand_over.set(handler).is_err() {
+            tracing::warn!("hand-over handler already set");
+        }
+    }
+
+    pub(crate) fn hand_over_handler(&self) -> Option<Arc<dyn HandOverHandler>> {
+        self.inner.hand_over.get().cloned()
+    }
+
+    /// A connection to `node`, the owner of an upload session; an error means it
+    /// cannot be reached now.
+    pub async fn connect_owner(&self, node: NodeId) -> Result<OwnerChannel, String> {
+        let addr = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .nodes()
+                .find(|(id, _)| **id == node)
+                .map(|(_, n)| n.grpc_addr.clone())
+        };
+        match addr {
+            Some(a) if !a.is_empty() => OwnerChannel::connect(a, self.inner.options.request_timeout).await,
+            _ => Err(format!("node {node} is not a member")),
+        }
     }
 
     /// Wait until this node has applied the log up to `index`.

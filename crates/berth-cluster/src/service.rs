@@ -1,6 +1,8 @@
 use berth_meta::Command;
 use berth_meta::NodeId;
 use berth_meta::TypeConfig;
+use berth_proto::cluster::v1::HandOverFrame;
+use berth_proto::cluster::v1::HandOverReply;
 use berth_proto::cluster::v1::MembershipReply;
 use berth_proto::cluster::v1::MembershipRequest;
 use berth_proto::cluster::v1::ProposeReply;
@@ -8,6 +10,7 @@ use berth_proto::cluster::v1::ProposeRequest;
 use berth_proto::cluster::v1::RaftPayload;
 use berth_proto::cluster::v1::ReadIndexReply;
 use berth_proto::cluster::v1::ReadIndexRequest;
+use berth_proto::cluster::v1::hand_over_frame::Kind;
 use berth_proto::cluster::v1::raft_service_server::RaftService;
 use berth_proto::cluster::v1::raft_service_server::RaftServiceServer;
 use openraft::raft::AppendEntriesRequest;
@@ -22,6 +25,7 @@ use tonic::Status;
 use crate::ClusterError;
 use crate::ClusterNode;
 use crate::MembershipChange;
+use crate::handover;
 use crate::node::ForwardOr;
 
 /// The internal gRPC service every member serves to its peers.
@@ -83,6 +87,27 @@ impl RaftService for RaftGrpcService {
             Err(ForwardOr::Forward(_)) => Err(Status::unavailable("not the leader (leadership moved)")),
             Err(ForwardOr::Failed(e)) => Err(status(e)),
         }
+    }
+
+    async fn hand_over(
+        &self,
+        req: Request<tonic::Streaming<HandOverFrame>>,
+    ) -> Result<Response<HandOverReply>, Status> {
+        let Some(handler) = self.node.hand_over_handler() else {
+            return Err(Status::unavailable("this node does not take upload hand-overs yet"));
+        };
+        let mut frames = req.into_inner();
+        let header = match frames.message().await? {
+            Some(HandOverFrame {
+                kind: Some(Kind::Header(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("a hand-over starts with its header")),
+        };
+        let reply = handler
+            .handle(header, handover::body_of(frames))
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(HandOverReply { reply }))
     }
 
     async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {

@@ -23,6 +23,8 @@ pub enum Command {
     },
     /// Record that an upload has durably received `offset` bytes.
     UploadProgress { id: String, offset: u64, at: u64 },
+    /// Make `node` the owner of an upload whose owner cannot be reached.
+    ClaimUpload { id: String, node: u64, at: u64 },
     /// Forget an upload session (cancelled, expired, or its bytes are gone).
     DeleteUpload { id: String },
     /// A blob's bytes are in the blob store under `digest`: record it, link it to
@@ -72,6 +74,7 @@ impl Command {
         match self {
             Command::CreateUpload { .. } => "create_upload",
             Command::UploadProgress { .. } => "upload_progress",
+            Command::ClaimUpload { .. } => "claim_upload",
             Command::DeleteUpload { .. } => "delete_upload",
             Command::CommitBlob { .. } => "commit_blob",
             Command::MountBlob { .. } => "mount_blob",

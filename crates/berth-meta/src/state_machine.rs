@@ -293,6 +293,14 @@ impl Txn<'_> {
                 rec.updated_at = *at;
                 self.put(CF_UPLOADS, id.as_bytes(), &rec)?;
             }
+            Command::ClaimUpload { id, node, at } => {
+                let Some(mut rec) = self.store.get::<UploadRecord>(CF_UPLOADS, id.as_bytes())? else {
+                    return Ok(Err(Rejection::UploadUnknown(id.clone())));
+                };
+                rec.node = *node;
+                rec.updated_at = *at;
+                self.put(CF_UPLOADS, id.as_bytes(), &rec)?;
+            }
             Command::DeleteUpload { id } => self.delete(CF_UPLOADS, id.as_bytes())?,
             Command::CommitBlob {
                 upload_id,

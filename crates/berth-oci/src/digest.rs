@@ -166,10 +166,7 @@ string_serde!(Digest, "a digest string such as \"sha256:<64 hex>\"");
 fn is_valid_algorithm(s: &str) -> bool {
     !s.is_empty()
         && s.split(['+', '.', '_', '-']).all(|component| {
-            !component.is_empty()
-                && component
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            !component.is_empty() && component.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
 }
 
@@ -328,10 +325,7 @@ mod tests {
         assert_eq!(Digest::sha256_of(b"").hex(), EMPTY_SHA256);
         assert_eq!(Digest::sha256_of(b"abc").hex(), ABC_SHA256);
         assert_eq!(Digest::of(DigestAlgorithm::Sha512, b"").hex(), EMPTY_SHA512);
-        assert_eq!(
-            Digest::of(DigestAlgorithm::Sha512, b"abc").hex(),
-            ABC_SHA512
-        );
+        assert_eq!(Digest::of(DigestAlgorithm::Sha512, b"abc").hex(), ABC_SHA512);
         assert!(Digest::sha256_of(b"abc").verify(b"abc"));
         assert!(!Digest::sha256_of(b"abc").verify(b"abd"));
     }
@@ -357,10 +351,7 @@ mod tests {
         assert_eq!(DigestAlgorithm::Sha512.as_str(), "sha512");
         assert_eq!(DigestAlgorithm::Sha256.hex_len(), 64);
         assert_eq!(DigestAlgorithm::Sha512.hex_len(), 128);
-        assert_eq!(
-            DigestAlgorithm::from_name("sha512"),
-            Some(DigestAlgorithm::Sha512)
-        );
+        assert_eq!(DigestAlgorithm::from_name("sha512"), Some(DigestAlgorithm::Sha512));
         assert_eq!(DigestAlgorithm::from_name("md5"), None);
     }
 

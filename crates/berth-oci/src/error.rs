@@ -132,9 +132,7 @@ impl ErrorCode {
             ErrorCode::BlobUploadInvalid => "blob upload invalid",
             ErrorCode::BlobUploadUnknown => "blob upload unknown to registry",
             ErrorCode::DigestInvalid => "provided digest did not match uploaded content",
-            ErrorCode::ManifestBlobUnknown => {
-                "manifest references a manifest or blob unknown to registry"
-            }
+            ErrorCode::ManifestBlobUnknown => "manifest references a manifest or blob unknown to registry",
             ErrorCode::ManifestInvalid => "manifest invalid",
             ErrorCode::ManifestUnknown => "manifest unknown to registry",
             ErrorCode::NameInvalid => "invalid repository name",
@@ -253,10 +251,7 @@ mod tests {
             assert!(!code.default_message().is_empty());
         }
         assert_eq!(ErrorCode::ALL.len(), expected.len());
-        assert_eq!(
-            ErrorCode::BlobUnknown.default_message(),
-            "blob unknown to registry"
-        );
+        assert_eq!(ErrorCode::BlobUnknown.default_message(), "blob unknown to registry");
     }
 
     #[test]
@@ -276,14 +271,8 @@ mod tests {
 
     #[test]
     fn code_lookup() {
-        assert_eq!(
-            ErrorCode::from_code_str("SIZE_INVALID"),
-            Some(ErrorCode::SizeInvalid)
-        );
-        assert_eq!(
-            ErrorCode::from_code_str("INTERNAL_ERROR"),
-            Some(ErrorCode::Internal)
-        );
+        assert_eq!(ErrorCode::from_code_str("SIZE_INVALID"), Some(ErrorCode::SizeInvalid));
+        assert_eq!(ErrorCode::from_code_str("INTERNAL_ERROR"), Some(ErrorCode::Internal));
         assert_eq!(
             ErrorCode::from_code_str("MANIFEST_TOO_LARGE"),
             Some(ErrorCode::ManifestTooLarge)
@@ -294,28 +283,13 @@ mod tests {
     #[test]
     fn oci_error_codes() {
         let s = || "x".to_string();
-        assert_eq!(
-            OciError::InvalidDigest(s()).code(),
-            ErrorCode::DigestInvalid
-        );
-        assert_eq!(
-            OciError::UnsupportedDigestAlgorithm(s()).code(),
-            ErrorCode::Unsupported
-        );
+        assert_eq!(OciError::InvalidDigest(s()).code(), ErrorCode::DigestInvalid);
+        assert_eq!(OciError::UnsupportedDigestAlgorithm(s()).code(), ErrorCode::Unsupported);
         assert_eq!(OciError::InvalidName(s()).code(), ErrorCode::NameInvalid);
         assert_eq!(OciError::InvalidTag(s()).code(), ErrorCode::ManifestInvalid);
-        assert_eq!(
-            OciError::InvalidReference(s()).code(),
-            ErrorCode::ManifestInvalid
-        );
-        assert_eq!(
-            OciError::InvalidManifest(s()).code(),
-            ErrorCode::ManifestInvalid
-        );
-        assert_eq!(
-            OciError::UnsupportedManifest(s()).code(),
-            ErrorCode::ManifestInvalid
-        );
+        assert_eq!(OciError::InvalidReference(s()).code(), ErrorCode::ManifestInvalid);
+        assert_eq!(OciError::InvalidManifest(s()).code(), ErrorCode::ManifestInvalid);
+        assert_eq!(OciError::UnsupportedManifest(s()).code(), ErrorCode::ManifestInvalid);
         let too_large = OciError::ManifestTooLarge { size: 10, limit: 5 };
         assert_eq!(too_large.code(), ErrorCode::ManifestTooLarge);
         assert_eq!(

@@ -32,9 +32,7 @@ macro_rules! string_serde {
         }
 
         impl<'de> ::serde::Deserialize<'de> for $ty {
-            fn deserialize<D: ::serde::Deserializer<'de>>(
-                deserializer: D,
-            ) -> Result<Self, D::Error> {
+            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct StrVisitor;
 
                 impl ::serde::de::Visitor<'_> for StrVisitor {

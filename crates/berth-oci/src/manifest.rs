@@ -95,10 +95,7 @@ impl ManifestKind {
 
     /// Whether this kind is an index / manifest list.
     pub fn is_index(&self) -> bool {
-        matches!(
-            self,
-            ManifestKind::OciIndex | ManifestKind::DockerManifestList
-        )
+        matches!(self, ManifestKind::OciIndex | ManifestKind::DockerManifestList)
     }
 
     /// Whether this is an OCI (as opposed to Docker) type; only OCI types
@@ -132,12 +129,7 @@ pub struct ParsedManifest {
 
 /// `Content-Type` values that carry no manifest type information; with these
 /// (and no body `mediaType`) the kind is inferred from the body.
-const GENERIC_CONTENT_TYPES: [&str; 4] = [
-    "application/json",
-    "application/octet-stream",
-    "text/plain",
-    "*/*",
-];
+const GENERIC_CONTENT_TYPES: [&str; 4] = ["application/json", "application/octet-stream", "text/plain", "*/*"];
 
 fn invalid(msg: impl Into<String>) -> OciError {
     OciError::InvalidManifest(msg.into())
@@ -145,8 +137,7 @@ fn invalid(msg: impl Into<String>) -> OciError {
 
 fn schema1_unsupported() -> OciError {
     OciError::UnsupportedManifest(
-        "Docker schema 1 manifests are not supported; push a Docker schema 2 or OCI manifest"
-            .into(),
+        "Docker schema 1 manifests are not supported; push a Docker schema 2 or OCI manifest".into(),
     )
 }
 
@@ -172,15 +163,13 @@ impl ParsedManifest {
                 limit,
             });
         }
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| invalid(format!("body is not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("body is not valid JSON: {e}")))?;
         let Value::Object(obj) = value else {
             return Err(invalid("manifest must be a JSON object"));
         };
 
-        let content_type = content_type
-            .map(normalize_media_type)
-            .filter(|ct| !ct.is_empty());
+        let content_type = content_type.map(normalize_media_type).filter(|ct| !ct.is_empty());
 
         let schema_version = match non_null(&obj, "schemaVersion") {
             None => None,
@@ -194,10 +183,7 @@ impl ParsedManifest {
         // Docker schema 1 is recognised and rejected explicitly.
         if schema_version == Some(1)
             || body_media_type.is_some_and(media_types::is_schema1_media_type)
-            || (body_media_type.is_none()
-                && content_type
-                    .as_deref()
-                    .is_some_and(media_types::is_schema1_media_type))
+            || (body_media_type.is_none() && content_type.as_deref().is_some_and(media_types::is_schema1_media_type))
         {
             return Err(schema1_unsupported());
         }
@@ -207,9 +193,7 @@ impl ParsedManifest {
         match schema_version {
             Some(2) => {}
             Some(v) => {
-                return Err(invalid(format!(
-                    "unsupported schemaVersion {v}, expected 2"
-                )));
+                return Err(invalid(format!("unsupported schemaVersion {v}, expected 2")));
             }
             None => return Err(invalid("missing required field schemaVersion")),
         }
@@ -228,8 +212,8 @@ impl ParsedManifest {
         if kind.is_index() {
             parsed.manifests = descriptor_array(&obj, "manifests")?;
         } else {
-            let config = non_null(&obj, "config")
-                .ok_or_else(|| invalid("image manifest is missing required field config"))?;
+            let config =
+                non_null(&obj, "config").ok_or_else(|| invalid("image manifest is missing required field config"))?;
             parsed.config = Some(parse_descriptor(config, "config")?);
             parsed.layers = descriptor_array(&obj, "layers")?;
         }
@@ -244,10 +228,7 @@ impl ParsedManifest {
                     if media_types::is_valid_media_type(s) {
                         Ok(s.to_owned())
                     } else {
-                        Err(invalid(format!(
-                            "artifactType {} is not a valid media type",
-                            quote(s)
-                        )))
+                        Err(invalid(format!("artifactType {} is not a valid media type", quote(s))))
                     }
                 })
                 .transpose()?;
@@ -307,15 +288,10 @@ fn determine_kind(
     content_type: Option<&str>,
 ) -> Result<ManifestKind, OciError> {
     if let Some(body_mt) = body_media_type {
-        let kind = ManifestKind::from_media_type(body_mt).ok_or_else(|| {
-            invalid(format!(
-                "unsupported manifest media type {}",
-                quote(body_mt)
-            ))
-        })?;
+        let kind = ManifestKind::from_media_type(body_mt)
+            .ok_or_else(|| invalid(format!("unsupported manifest media type {}", quote(body_mt))))?;
         if let Some(ct) = content_type {
-            let ct_known = ManifestKind::from_media_type(ct).is_some()
-                || media_types::is_schema1_media_type(ct);
+            let ct_known = ManifestKind::from_media_type(ct).is_some() || media_types::is_schema1_media_type(ct);
             if ct_known && ct != normalize_media_type(body_mt) {
                 return Err(invalid(format!(
                     "media type mismatch: Content-Type is {} but the manifest's mediaType is {}",
@@ -355,11 +331,7 @@ fn non_null<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
-fn optional_string<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'a str>, OciError> {
+fn optional_string<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a str>, OciError> {
     match non_null(obj, key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -368,8 +340,7 @@ fn optional_string<'a>(
 }
 
 fn descriptor_array(obj: &Map<String, Value>, key: &str) -> Result<Vec<Descriptor>, OciError> {
-    let value =
-        non_null(obj, key).ok_or_else(|| invalid(format!("missing required field {key}")))?;
+    let value = non_null(obj, key).ok_or_else(|| invalid(format!("missing required field {key}")))?;
     let Value::Array(items) = value else {
         return Err(invalid(format!("{key} must be an array")));
     };
@@ -380,10 +351,7 @@ fn descriptor_array(obj: &Map<String, Value>, key: &str) -> Result<Vec<Descripto
         .collect()
 }
 
-fn parse_annotations(
-    value: Option<&Value>,
-    path: &str,
-) -> Result<Option<BTreeMap<String, String>>, OciError> {
+fn parse_annotations(value: Option<&Value>, path: &str) -> Result<Option<BTreeMap<String, String>>, OciError> {
     let Some(value) = value else {
         return Ok(None);
     };
@@ -418,9 +386,9 @@ fn parse_descriptor(value: &Value, path: &str) -> Result<Descriptor, OciError> {
     let digest_str = optional_string(obj, "digest", &format!("{path}.digest"))?
         .ok_or_else(|| invalid(format!("{path} is missing required field digest")))?;
     let digest = Digest::parse(digest_str).map_err(|e| match e {
-        OciError::UnsupportedDigestAlgorithm(msg) => invalid(format!(
-            "{path}.digest uses an unsupported digest algorithm: {msg}"
-        )),
+        OciError::UnsupportedDigestAlgorithm(msg) => {
+            invalid(format!("{path}.digest uses an unsupported digest algorithm: {msg}"))
+        }
         other => invalid(format!("{path}.digest is invalid: {other}")),
     })?;
 
@@ -431,11 +399,9 @@ fn parse_descriptor(value: &Value, path: &str) -> Result<Descriptor, OciError> {
             .ok_or_else(|| invalid(format!("{path}.size must be a non-negative integer")))?,
     };
 
-    let artifact_type =
-        optional_string(obj, "artifactType", &format!("{path}.artifactType"))?.map(str::to_owned);
+    let artifact_type = optional_string(obj, "artifactType", &format!("{path}.artifactType"))?.map(str::to_owned);
 
-    let annotations =
-        parse_annotations(non_null(obj, "annotations"), &format!("{path}.annotations"))?;
+    let annotations = parse_annotations(non_null(obj, "annotations"), &format!("{path}.annotations"))?;
 
     let platform = match non_null(obj, "platform") {
         None => None,
@@ -552,16 +518,10 @@ mod tests {
         assert!(m.subject.is_none());
         assert!(m.artifact_type.is_none());
         assert_eq!(
-            m.annotations
-                .as_ref()
-                .and_then(|a| a.get("com.example.key")),
+            m.annotations.as_ref().and_then(|a| a.get("com.example.key")),
             Some(&"value".to_string())
         );
-        let blobs: Vec<String> = m
-            .blob_references()
-            .iter()
-            .map(|b| b.digest.to_string())
-            .collect();
+        let blobs: Vec<String> = m.blob_references().iter().map(|b| b.digest.to_string()).collect();
         assert_eq!(blobs, [d("config"), d("l1"), d("l2")]);
         assert!(m.manifest_references().is_empty());
     }
@@ -589,16 +549,9 @@ mod tests {
         assert!(m.config.is_none());
         assert!(m.layers.is_empty());
         assert_eq!(m.manifests.len(), 2);
-        assert_eq!(
-            m.manifests[1].platform.as_ref().unwrap()["variant"],
-            json!("v8")
-        );
+        assert_eq!(m.manifests[1].platform.as_ref().unwrap()["variant"], json!("v8"));
         assert!(m.blob_references().is_empty());
-        let children: Vec<String> = m
-            .manifest_references()
-            .iter()
-            .map(|c| c.digest.to_string())
-            .collect();
+        let children: Vec<String> = m.manifest_references().iter().map(|c| c.digest.to_string()).collect();
         assert_eq!(children, [d("amd64"), d("arm64")]);
         assert_eq!(m.referrer_artifact_type(), None);
     }
@@ -626,11 +579,7 @@ mod tests {
             Some(&["https://example.com/layer.tar.gz".to_string()][..])
         );
         // Foreign layer is not required to exist as a blob.
-        let blobs: Vec<String> = m
-            .blob_references()
-            .iter()
-            .map(|b| b.digest.to_string())
-            .collect();
+        let blobs: Vec<String> = m.blob_references().iter().map(|b| b.digest.to_string()).collect();
         assert_eq!(blobs, [d("cfg"), d("a")]);
         // Docker types carry neither subject nor artifactType.
         assert!(m.subject.is_none());
@@ -641,15 +590,10 @@ mod tests {
     #[test]
     fn oci_nondistributable_layer_skipped() {
         let mut v = oci_manifest();
-        v["layers"][0]["mediaType"] =
-            json!("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip");
+        v["layers"][0]["mediaType"] = json!("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip");
         let m = parse(&v, None).unwrap();
         assert_eq!(m.layers.len(), 2);
-        let blobs: Vec<String> = m
-            .blob_references()
-            .iter()
-            .map(|b| b.digest.to_string())
-            .collect();
+        let blobs: Vec<String> = m.blob_references().iter().map(|b| b.digest.to_string()).collect();
         assert_eq!(blobs, [d("config"), d("l2")]);
     }
 
@@ -688,10 +632,7 @@ mod tests {
             "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"}
         });
         let m = parse(&v, Some(OCI_MANIFEST)).unwrap();
-        assert_eq!(
-            m.artifact_type.as_deref(),
-            Some("application/vnd.example.sbom.v1")
-        );
+        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.example.sbom.v1"));
         let subject = m.subject.as_ref().unwrap();
         assert_eq!(subject.digest.to_string(), d("image"));
         assert_eq!(subject.size, 7682);
@@ -707,19 +648,13 @@ mod tests {
         assert_eq!(desc.media_type, OCI_MANIFEST);
         assert_eq!(desc.digest, own);
         assert_eq!(desc.size, 999);
-        assert_eq!(
-            desc.artifact_type.as_deref(),
-            Some("application/vnd.example.sbom.v1")
-        );
+        assert_eq!(desc.artifact_type.as_deref(), Some("application/vnd.example.sbom.v1"));
         assert_eq!(desc.annotations, m.annotations);
         assert!(desc.platform.is_none() && desc.urls.is_none());
 
         let json = serde_json::to_value(&desc).unwrap();
         assert_eq!(json["mediaType"], json!(OCI_MANIFEST));
-        assert_eq!(
-            json["artifactType"],
-            json!("application/vnd.example.sbom.v1")
-        );
+        assert_eq!(json["artifactType"], json!("application/vnd.example.sbom.v1"));
         assert!(json.get("platform").is_none());
         assert!(json.get("urls").is_none());
     }
@@ -777,11 +712,7 @@ mod tests {
 
         let mut idx = oci_index();
         idx.as_object_mut().unwrap().remove("mediaType");
-        let m = parse(
-            &idx,
-            Some("application/vnd.oci.image.index.v1+json; charset=utf-8"),
-        )
-        .unwrap();
+        let m = parse(&idx, Some("application/vnd.oci.image.index.v1+json; charset=utf-8")).unwrap();
         assert_eq!(m.kind, ManifestKind::OciIndex);
 
         // Content-Type says index but body is an image manifest.
@@ -815,18 +746,9 @@ mod tests {
 
     #[test]
     fn media_type_mismatch() {
-        assert_invalid(
-            parse(&oci_manifest(), Some(OCI_INDEX)),
-            "media type mismatch",
-        );
-        assert_invalid(
-            parse(&oci_manifest(), Some(DOCKER_MANIFEST)),
-            "media type mismatch",
-        );
-        assert_invalid(
-            parse(&oci_index(), Some(DOCKER_MANIFEST_LIST)),
-            "media type mismatch",
-        );
+        assert_invalid(parse(&oci_manifest(), Some(OCI_INDEX)), "media type mismatch");
+        assert_invalid(parse(&oci_manifest(), Some(DOCKER_MANIFEST)), "media type mismatch");
+        assert_invalid(parse(&oci_index(), Some(DOCKER_MANIFEST_LIST)), "media type mismatch");
         assert_invalid(
             parse(&oci_manifest(), Some(DOCKER_SCHEMA1_SIGNED)),
             "media type mismatch",
@@ -870,10 +792,7 @@ mod tests {
         // schema1 media type in the body, even with schemaVersion 2.
         let mut v = oci_manifest();
         v["mediaType"] = json!(DOCKER_SCHEMA1);
-        assert!(matches!(
-            parse(&v, None),
-            Err(OciError::UnsupportedManifest(_))
-        ));
+        assert!(matches!(parse(&v, None), Err(OciError::UnsupportedManifest(_))));
         // schema1 Content-Type, no body media type.
         v.as_object_mut().unwrap().remove("mediaType");
         assert!(matches!(
@@ -902,14 +821,8 @@ mod tests {
             "not valid JSON",
         );
         assert_invalid(ParsedManifest::parse(b"", None), "not valid JSON");
-        assert_invalid(
-            ParsedManifest::parse(b"[1,2,3]", Some(OCI_MANIFEST)),
-            "JSON object",
-        );
-        assert_invalid(
-            ParsedManifest::parse(b"\"str\"", Some(OCI_MANIFEST)),
-            "JSON object",
-        );
+        assert_invalid(ParsedManifest::parse(b"[1,2,3]", Some(OCI_MANIFEST)), "JSON object");
+        assert_invalid(ParsedManifest::parse(b"\"str\"", Some(OCI_MANIFEST)), "JSON object");
         assert_invalid(
             ParsedManifest::parse(&[0xff, 0xfe, 0x00], Some(OCI_MANIFEST)),
             "not valid JSON",
@@ -968,10 +881,7 @@ mod tests {
 
         let mut v = oci_manifest();
         v["layers"][0].as_object_mut().unwrap().remove("digest");
-        assert_invalid(
-            parse(&v, None),
-            "layers[0] is missing required field digest",
-        );
+        assert_invalid(parse(&v, None), "layers[0] is missing required field digest");
 
         let mut v = oci_manifest();
         v["layers"][0]["mediaType"] = json!("not a media type");
@@ -979,10 +889,7 @@ mod tests {
 
         let mut v = oci_manifest();
         v["config"].as_object_mut().unwrap().remove("mediaType");
-        assert_invalid(
-            parse(&v, None),
-            "config is missing required field mediaType",
-        );
+        assert_invalid(parse(&v, None), "config is missing required field mediaType");
 
         let mut v = oci_manifest();
         v["config"]["mediaType"] = json!(5);
@@ -1074,10 +981,8 @@ mod tests {
         let back: Descriptor = serde_json::from_value(json).unwrap();
         assert_eq!(back, desc);
         assert!(
-            serde_json::from_value::<Descriptor>(
-                json!({"mediaType": OCI_MANIFEST, "digest": "sha256:bad", "size": 5})
-            )
-            .is_err()
+            serde_json::from_value::<Descriptor>(json!({"mediaType": OCI_MANIFEST, "digest": "sha256:bad", "size": 5}))
+                .is_err()
         );
     }
 

@@ -22,12 +22,7 @@ pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json"
 pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 
 /// The manifest media types berth accepts.
-pub const SUPPORTED_MANIFEST_TYPES: [&str; 4] = [
-    OCI_MANIFEST,
-    OCI_INDEX,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-];
+pub const SUPPORTED_MANIFEST_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
 
 /// Strips parameters (`; charset=utf-8`) and surrounding whitespace from a
 /// media type / `Content-Type` value and lowercases it.
@@ -75,10 +70,7 @@ fn is_restricted_name(s: &str) -> bool {
                 && rest.len() <= 126
                 && rest.iter().all(|b| {
                     b.is_ascii_alphanumeric()
-                        || matches!(
-                            b,
-                            b'!' | b'#' | b'$' | b'&' | b'-' | b'^' | b'_' | b'.' | b'+'
-                        )
+                        || matches!(b, b'!' | b'#' | b'$' | b'&' | b'-' | b'^' | b'_' | b'.' | b'+')
                 })
         }
         None => false,
@@ -97,9 +89,7 @@ mod tests {
         assert!(is_manifest_media_type(
             "application/vnd.oci.image.manifest.v1+json; charset=utf-8"
         ));
-        assert!(is_manifest_media_type(
-            " Application/VND.oci.image.index.v1+json "
-        ));
+        assert!(is_manifest_media_type(" Application/VND.oci.image.index.v1+json "));
         assert!(!is_manifest_media_type(DOCKER_SCHEMA1));
         assert!(!is_manifest_media_type("application/json"));
         assert!(is_schema1_media_type(DOCKER_SCHEMA1_SIGNED));
@@ -134,8 +124,6 @@ mod tests {
         assert!(is_non_distributable(
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         ));
-        assert!(!is_non_distributable(
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        ));
+        assert!(!is_non_distributable("application/vnd.oci.image.layer.v1.tar+gzip"));
     }
 }

@@ -92,9 +92,7 @@ fn check_path_component(component: &str) -> Result<(), &'static str> {
                 return Err("invalid separator: use '.', '_', '__' or a run of '-'");
             }
             _ => {
-                return Err(
-                    "only lowercase letters, digits and the separators '.', '_', '__', '-' are allowed",
-                );
+                return Err("only lowercase letters, digits and the separators '.', '_', '__', '-' are allowed");
             }
         }
     }
@@ -204,9 +202,7 @@ impl Reference {
     /// errors are returned as-is), otherwise it is a tag.
     pub fn parse(s: &str) -> Result<Reference, OciError> {
         if s.is_empty() {
-            return Err(OciError::InvalidReference(
-                "reference must not be empty".into(),
-            ));
+            return Err(OciError::InvalidReference("reference must not be empty".into()));
         }
         if s.contains(':') {
             Digest::parse(s).map(Reference::Digest)
@@ -340,10 +336,7 @@ mod tests {
         let ok = "a".repeat(255);
         assert!(RepoName::parse(&ok).is_ok());
         let too_long = "a".repeat(256);
-        assert!(matches!(
-            RepoName::parse(&too_long),
-            Err(OciError::InvalidName(_))
-        ));
+        assert!(matches!(RepoName::parse(&too_long), Err(OciError::InvalidName(_))));
         let with_path = format!("{}/{}", "a".repeat(127), "b".repeat(127));
         assert_eq!(with_path.len(), 255);
         assert!(RepoName::parse(&with_path).is_ok());
@@ -352,10 +345,7 @@ mod tests {
     #[test]
     fn name_segments() {
         let n = RepoName::parse("org/team/app").unwrap();
-        assert_eq!(
-            n.namespace_segments().collect::<Vec<_>>(),
-            ["org", "team", "app"]
-        );
+        assert_eq!(n.namespace_segments().collect::<Vec<_>>(), ["org", "team", "app"]);
         let single = RepoName::parse("app").unwrap();
         assert_eq!(single.namespace_segments().collect::<Vec<_>>(), ["app"]);
     }
@@ -434,10 +424,7 @@ mod tests {
         assert_eq!(r.to_string(), d.to_string());
         assert_eq!(Reference::from(d.clone()), r);
 
-        assert!(matches!(
-            Reference::parse(""),
-            Err(OciError::InvalidReference(_))
-        ));
+        assert!(matches!(Reference::parse(""), Err(OciError::InvalidReference(_))));
         assert!(matches!(
             Reference::parse("sha256:abc"),
             Err(OciError::InvalidDigest(_))
@@ -446,10 +433,7 @@ mod tests {
             Reference::parse("md5:abc"),
             Err(OciError::UnsupportedDigestAlgorithm(_))
         ));
-        assert!(matches!(
-            Reference::parse(".bad"),
-            Err(OciError::InvalidTag(_))
-        ));
+        assert!(matches!(Reference::parse(".bad"), Err(OciError::InvalidTag(_))));
 
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Reference>(&json).unwrap(), r);

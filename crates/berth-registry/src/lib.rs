@@ -12,6 +12,7 @@
 //! [`RegistryError`], which carries the spec's error code.
 
 mod error;
+mod handover;
 mod registry;
 mod stream;
 mod uploads;

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::RegistryError;
+use crate::handover;
+use crate::handover::UploadReply;
+use crate::handover::UploadRequest;
 use crate::stream::exact_length;
 use crate::uploads::Session;
 use crate::uploads::Sessions;
@@ -110,10 +113,10 @@ pub struct PutManifestResult {
 /// The registry use-cases; one per node, shared by all requests.
 #[derive(Clone)]
 pub struct Registry {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     blobs: Arc<dyn BlobStore>,
     cluster: ClusterNode,
     sessions: Sessions,
@@ -128,14 +131,16 @@ fn now_ms() -> u64 {
 
 impl Registry {
     pub fn new(blobs: Arc<dyn BlobStore>, cluster: ClusterNode, options: RegistryOptions) -> Registry {
-        Registry {
-            inner: Arc::new(Inner {
-                blobs,
-                cluster,
-                sessions: Sessions::default(),
-                options,
-            }),
-        }
+        let inner = Arc::new(Inner {
+            blobs,
+            cluster,
+            sessions: Sessions::default(),
+            options,
+        });
+        inner
+            .cluster
+            .set_hand_over_handler(Arc::new(handover::Handler(Arc::downgrade(&inner))));
+        Registry { inner }
     }
 
     fn meta(&self) -> &MetaReader {
@@ -270,6 +275,112 @@ impl Registry {
         Ok(UploadStatus { id, offset: 0 })
     }
 
+    /// Where an upload request runs: here, when this node owns the session (or has
+    /// just taken it over from an owner that cannot be reached), or on the owner.
+    async fn route(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        request: UploadRequest,
+        body: ByteStream,
+    ) -> Result<Routed, RegistryError> {
+        let rec = self.check_session(repo, id)?;
+        let me = self.inner.cluster.id();
+        if rec.node == me {
+            return Ok(Routed::Here(body));
+        }
+        match self.inner.cluster.connect_owner(rec.node).await {
+            Ok(owner) => {
+                tracing::debug!(upload = %id, owner = rec.node, "handing the request to the session's owner");
+                let reply = owner.send(handover::encode(&request)?, body).await?;
+                Ok(Routed::Answered(handover::decode_reply(&reply)?))
+            }
+            Err(why) => {
+                tracing::warn!(upload = %id, owner = rec.node, %why, "upload owner unreachable: taking the session over");
+                self.propose(Command::ClaimUpload {
+                    id: id.to_string(),
+                    node: me,
+                    at: now_ms(),
+                })
+                .await?;
+                // Whatever this node remembered of the session is stale now.
+                self.inner.sessions.remove(id);
+                Ok(Routed::Here(body))
+            }
+        }
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus, RegistryError> {
+        let request = UploadRequest::Status {
+            repo: repo.clone(),
+            id: id.to_string(),
+        };
+        match self.route(repo, id, request, empty_body()).await? {
+            Routed::Here(_) => self.upload_status_here(repo, id).await,
+            Routed::Answered(reply) => reply.offset(id),
+        }
+    }
+
+    /// Append a chunk. `start` is where the client says the chunk begins (from
+    /// `Content-Range`); `length` is its announced size.
+    pub async fn append_chunk(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        length: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus, RegistryError> {
+        let request = UploadRequest::Append {
+            repo: repo.clone(),
+            id: id.to_string(),
+            start,
+            length,
+        };
+        match self.route(repo, id, request, body).await? {
+            Routed::Here(body) => self.append_chunk_here(repo, id, start, length, body).await,
+            Routed::Answered(reply) => reply.offset(id),
+        }
+    }
+
+    /// Finish an upload, with an optional last chunk, as blob `digest`.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        last_chunk: Option<(ByteStream, Option<u64>)>,
+    ) -> Result<(), RegistryError> {
+        let (body, length) = match last_chunk {
+            Some((body, length)) => (body, Some(length)),
+            None => (empty_body(), None),
+        };
+        let request = UploadRequest::Finish {
+            repo: repo.clone(),
+            id: id.to_string(),
+            digest: digest.clone(),
+            last_chunk: length,
+        };
+        match self.route(repo, id, request, body).await? {
+            Routed::Here(body) => {
+                self.finish_upload_here(repo, id, digest, length.map(|l| (body, l)))
+                    .await
+            }
+            Routed::Answered(reply) => reply.done(),
+        }
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), RegistryError> {
+        let request = UploadRequest::Cancel {
+            repo: repo.clone(),
+            id: id.to_string(),
+        };
+        match self.route(repo, id, request, empty_body()).await? {
+            Routed::Here(_) => self.cancel_upload_here(repo, id).await,
+            Routed::Answered(reply) => reply.done(),
+        }
+    }
+
     /// The session, if it exists and belongs to `repo`.
     fn check_session(&self, repo: &RepoName, id: &str) -> Result<berth_meta::UploadRecord, RegistryError> {
         if !berth_blob::is_valid_upload_id(id) {
@@ -281,7 +392,7 @@ impl Registry {
         }
     }
 
-    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus, RegistryError> {
+    pub(crate) async fn upload_status_here(&self, repo: &RepoName, id: &str) -> Result<UploadStatus, RegistryError> {
         self.check_session(repo, id)?;
         let offset = self.inner.blobs.upload_len(id).await?;
         Ok(UploadStatus {
@@ -305,7 +416,7 @@ impl Registry {
 
     /// Append a chunk. `start` is where the client says the chunk begins (from
     /// `Content-Range`); `length` is its announced size.
-    pub async fn append_chunk(
+    pub(crate) async fn append_chunk_here(
         &self,
         repo: &RepoName,
         id: &str,
@@ -361,7 +472,7 @@ impl Registry {
     }
 
     /// Finish an upload, with an optional last chunk, as blob `digest`.
-    pub async fn finish_upload(
+    pub(crate) async fn finish_upload_here(
         &self,
         repo: &RepoName,
         id: &str,
@@ -387,7 +498,7 @@ impl Registry {
             // The bytes can never become this blob: drop the session rather than
             // keep data nobody can use.
             drop(session);
-            self.cancel_upload(repo, id).await?;
+            self.cancel_upload_here(repo, id).await?;
             return Err(RegistryError::DigestMismatch(format!(
                 "expected {digest}, content is {actual}"
             )));
@@ -406,7 +517,7 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), RegistryError> {
+    pub(crate) async fn cancel_upload_here(&self, repo: &RepoName, id: &str) -> Result<(), RegistryError> {
         self.check_session(repo, id)?;
         self.discard_upload(id).await
     }
@@ -618,6 +729,40 @@ impl Registry {
         }
         self.inner.blobs.check_writable().await?;
         Ok(())
+    }
+}
+
+fn empty_body() -> ByteStream {
+    Box::pin(futures::stream::empty())
+}
+
+/// Where [`Registry::route`] sent a request.
+enum Routed {
+    /// Run it here, with this body.
+    Here(ByteStream),
+    /// The owner ran it and answered.
+    Answered(UploadReply),
+}
+
+impl UploadReply {
+    fn offset(self, id: &str) -> Result<UploadStatus, RegistryError> {
+        match self {
+            UploadReply::Offset(offset) => Ok(UploadStatus {
+                id: id.to_string(),
+                offset,
+            }),
+            UploadReply::Failed(e) => Err(e.into()),
+            UploadReply::Done => Err(RegistryError::Internal(
+                "upload owner answered without an offset".into(),
+            )),
+        }
+    }
+
+    fn done(self) -> Result<(), RegistryError> {
+        match self {
+            UploadReply::Failed(e) => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 }
 

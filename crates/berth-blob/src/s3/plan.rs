@@ -34,8 +34,8 @@ pub fn part_size_for(base: u64, n: u32) -> u64 {
 /// bytes is copied with UploadPartCopy when no range may exceed `limit`.
 ///
 /// A part object that is not the last one is split into equal ranges (so
-/// each stays at least [`MIN_PART_SIZE`] whenever that is possible; see
-/// [`validate_copy_limit`]); the last one greedily into `limit`-sized ranges
+/// each stays at least [`MIN_PART_SIZE`] whenever that is possible, which
+/// `S3BlobStore::connect` checks for the configured sizes); the last one greedily into `limit`-sized ranges
 /// plus a remainder, because only the very last range may be small.
 pub fn copy_ranges(size: u64, limit: u64, last: bool) -> Vec<(u64, u64)> {
     if size == 0 {

@@ -1,0 +1,253 @@
+//! Multi-process clusters of the real binary on loopback, sharing one SeaweedFS
+//! bucket: writes and reads through any node, and chunked uploads whose requests
+//! land on different nodes, also after the session's owner was killed.
+
+use std::time::Duration;
+
+use berth_testkit::BerthNode;
+use berth_testkit::NodeOptions;
+use berth_testkit::Registry;
+use berth_testkit::SeaweedFs;
+use berth_testkit::node::free_port;
+use berth_testkit::random_bytes;
+use berth_testkit::sha256_digest;
+use reqwest::StatusCode;
+
+use crate::berth_binary;
+use crate::s3_toml;
+
+struct Cluster {
+    nodes: Vec<BerthNode>,
+    _s3: SeaweedFs,
+}
+
+impl Cluster {
+    /// `n` nodes bootstrapped together, all ready (a leader is known everywhere).
+    async fn start(n: u64) -> Cluster {
+        let s3 = SeaweedFs::start()
+            .await
+            .unwrap_or_else(|e| panic!("starting SeaweedFS: {e:#}"));
+        let grpc: Vec<u16> = (0..n).map(|_| free_port().expect("free port")).collect();
+        let members: Vec<String> = (1..=n)
+            .map(|id| format!("\"{id}=127.0.0.1:{}\"", grpc[id as usize - 1]))
+            .collect();
+        let starts = (1..=n).map(|id| {
+            let toml = format!(
+                "{}[cluster]\nnode_id = {id}\ngrpc_listen = \"127.0.0.1:{}\"\ninitial_members = [{}]\n\
+                 heartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
+                s3_toml(&s3, "proxy"),
+                grpc[id as usize - 1],
+                members.join(", ")
+            );
+            BerthNode::start_with(NodeOptions {
+                binary: berth_binary().into(),
+                extra_toml: toml,
+                ready_timeout: Some(Duration::from_secs(60)),
+                ..Default::default()
+            })
+        });
+        let nodes = futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("starting a cluster node: {e:#}")))
+            .collect();
+        Cluster { nodes, _s3: s3 }
+    }
+
+    fn reg(&self, i: usize) -> Registry {
+        Registry::new(self.nodes[i].base_url())
+    }
+}
+
+/// The path of an absolute URL (what a load balancer would send to any node).
+fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/')
+        .map_or_else(|| "/".to_string(), |i| rest[i..].to_string())
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+fn range_end(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_through_each_node_are_pulled_through_every_other() {
+    let cluster = Cluster::start(3).await;
+    for writer in 0..3 {
+        let repo = format!("team/written-by-{writer}");
+        let data = random_bytes(256 * 1024 + writer, writer as u64 + 40);
+        let digest = cluster.reg(writer).push_blob(&repo, &data).await.expect("push blob");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": data.len()},
+            "layers": []
+        });
+        let bytes = serde_json::to_vec(&manifest).expect("json");
+        let put = http()
+            .put(format!("{}/v2/{repo}/manifests/v1", cluster.nodes[writer].base_url()))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("PUT manifest");
+        assert_eq!(put.status(), StatusCode::CREATED);
+        for reader in (0..3).filter(|r| *r != writer) {
+            // Tag reads are linearizable: the push is visible at once on every node.
+            let got = http()
+                .get(format!("{}/v2/{repo}/manifests/v1", cluster.nodes[reader].base_url()))
+                .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .expect("GET manifest");
+            assert_eq!(
+                got.status(),
+                StatusCode::OK,
+                "node {reader} reading node {writer}'s push"
+            );
+            assert_eq!(got.bytes().await.expect("body").as_ref(), bytes.as_slice());
+            assert_eq!(
+                cluster.reg(reader).get_blob(&repo, &digest).await.expect("pull blob"),
+                data
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_may_hit_a_different_node_every_time() {
+    let cluster = Cluster::start(3).await;
+    let repo = "team/round-robin";
+    let data = random_bytes(13 * 1024 * 1024 + 3, 41);
+    let chunk = 3 * 1024 * 1024;
+    let location = path_of(&cluster.reg(0).start_upload(repo).await.expect("POST"));
+    let mut offset = 0;
+    let mut node = 1;
+    while offset < data.len() {
+        let end = (offset + chunk).min(data.len());
+        let resp = http()
+            .patch(cluster.reg(node).url(&location))
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Range", format!("{offset}-{}", end - 1))
+            .body(data[offset..end].to_vec())
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(
+            resp.status(),
+            StatusCode::ACCEPTED,
+            "PATCH {offset}-{} on node {node}",
+            end - 1
+        );
+        assert_eq!(range_end(&resp), format!("0-{}", end - 1));
+        offset = end;
+        node = (node + 1) % 3;
+        // Every node reports the exact progress.
+        let status = http()
+            .get(cluster.reg(node).url(&location))
+            .send()
+            .await
+            .expect("GET status");
+        assert_eq!(status.status(), StatusCode::NO_CONTENT);
+        assert_eq!(range_end(&status), format!("0-{}", end - 1), "status on node {node}");
+    }
+    let digest = sha256_digest(&data);
+    let put = http()
+        .put(format!("{}?digest={digest}", cluster.reg(node).url(&location)))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(
+        put.status(),
+        StatusCode::CREATED,
+        "{}",
+        put.text().await.unwrap_or_default()
+    );
+    for i in 0..3 {
+        assert_eq!(
+            cluster.reg(i).get_blob(repo, &digest).await.expect("pull"),
+            data,
+            "node {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_survives_the_death_of_its_owner() {
+    let mut cluster = Cluster::start(3).await;
+    let repo = "team/orphaned-upload";
+    let part = 8 * 1024 * 1024;
+    let data = random_bytes(2 * part + 1234, 42);
+    // Node 2 (index 1) owns the session: it received the POST.
+    let location = path_of(&cluster.reg(1).start_upload(repo).await.expect("POST"));
+    let first = 2 * part;
+    let resp = http()
+        .patch(cluster.reg(1).url(&location))
+        .header("Content-Type", "application/octet-stream")
+        .body(data[..first].to_vec())
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    cluster.nodes[1].kill9();
+
+    // Another node takes the session over; the client resumes where it reports.
+    let survivor = cluster.reg(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let offset = loop {
+        let status = http().get(survivor.url(&location)).send().await.expect("GET status");
+        if status.status() == StatusCode::NO_CONTENT {
+            let range = range_end(&status);
+            let end: usize = range.trim_start_matches("0-").parse().expect("Range");
+            break if range == "0-0" { 0 } else { end + 1 };
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status stayed {}",
+            status.status()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        offset <= first,
+        "the new owner reports {offset} bytes, more than were sent"
+    );
+    let resp = http()
+        .patch(survivor.url(&location))
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", format!("{offset}-{}", data.len() - 1))
+        .body(data[offset..].to_vec())
+        .send()
+        .await
+        .expect("PATCH on the survivor");
+    assert_eq!(
+        resp.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let digest = sha256_digest(&data);
+    let put = http()
+        .put(format!("{}?digest={digest}", cluster.reg(0).url(&location)))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(
+        put.status(),
+        StatusCode::CREATED,
+        "{}",
+        put.text().await.unwrap_or_default()
+    );
+    assert_eq!(cluster.reg(0).get_blob(repo, &digest).await.expect("pull"), data);
+}
