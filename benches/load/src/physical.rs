@@ -1,0 +1,119 @@
+//! Physical references measured in the same run: what one core hashes per second
+//! and what one loopback TCP stream moves per second. The targets are ratios to these.
+
+use std::io::Read;
+use std::io::Write;
+use std::net::TcpListener;
+use std::net::TcpStream;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+use sha2::Digest as _;
+use sha2::Sha256;
+
+use crate::stats::median;
+
+/// Buffer size of the copy (writes and reads of 1 MiB, as the HTTP read client uses).
+pub const COPY_BUF: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Physical {
+    /// Bytes hashed / copied per repetition.
+    pub bytes: u64,
+    pub repetitions: usize,
+    /// Median sha256 throughput of one core, MiB/s.
+    pub sha256_mib_per_s: f64,
+    /// Median seconds to hash `bytes`.
+    pub sha256_s: f64,
+    /// Median loopback TCP copy throughput (one stream, 127.0.0.1), MiB/s.
+    pub loopback_mib_per_s: f64,
+    /// Median seconds to copy `bytes` over loopback.
+    pub loopback_s: f64,
+}
+
+/// Seconds to sha256 all of `data` on the calling thread (1 MiB updates).
+pub fn sha256_seconds(data: &[u8]) -> f64 {
+    let start = Instant::now();
+    let mut h = Sha256::new();
+    for chunk in data.chunks(1024 * 1024) {
+        h.update(chunk);
+    }
+    std::hint::black_box(h.finalize());
+    start.elapsed().as_secs_f64()
+}
+
+/// Seconds to move `bytes` from one thread to another through a TCP connection on
+/// 127.0.0.1 (1 MiB writes, 1 MiB reads, data discarded).
+pub fn loopback_seconds(bytes: u64) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let (mut sock, _) = listener.accept()?;
+        sock.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut total = 0u64;
+        while total < bytes {
+            let n = sock.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        Ok(total)
+    });
+    let mut sock = TcpStream::connect(addr).context("connecting the copy stream")?;
+    sock.set_nodelay(true)?;
+    sock.set_write_timeout(Some(Duration::from_secs(120)))?;
+    let buf = vec![0x5au8; COPY_BUF];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(COPY_BUF as u64) as usize;
+        sock.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    drop(sock);
+    let received = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("copy reader thread panicked"))??;
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(received == bytes, "loopback copy moved {received} of {bytes} bytes");
+    Ok(secs)
+}
+
+/// Both references, `reps` times each, medians. `data` is hashed whole each time.
+pub fn measure(data: &[u8], reps: usize) -> anyhow::Result<Physical> {
+    let reps = reps.max(1);
+    let bytes = data.len() as u64;
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    let mut sha: Vec<f64> = (0..reps).map(|_| sha256_seconds(data)).collect();
+    let mut copy = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        copy.push(loopback_seconds(bytes)?);
+    }
+    let sha_s = median(&mut sha).unwrap_or(f64::NAN);
+    let copy_s = median(&mut copy).unwrap_or(f64::NAN);
+    Ok(Physical {
+        bytes,
+        repetitions: reps,
+        sha256_mib_per_s: mib / sha_s,
+        sha256_s: sha_s,
+        loopback_mib_per_s: mib / copy_s,
+        loopback_s: copy_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_references_are_positive() {
+        let data = vec![1u8; 4 * 1024 * 1024];
+        let p = measure(&data, 1).unwrap();
+        assert_eq!(p.bytes, 4 * 1024 * 1024);
+        assert!(p.sha256_mib_per_s > 0.0 && p.loopback_mib_per_s > 0.0);
+    }
+}

@@ -1,0 +1,654 @@
+//! The report: a table per scenario and system, the target ratios, and the JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::physical::Physical;
+use crate::scenarios::Params;
+use crate::scenarios::Scenario;
+use crate::stats::Measurement;
+use crate::stats::Outcome;
+use crate::systems::SystemKind;
+
+/// 150 MB (the RSS bound) in MiB.
+pub const RSS_LIMIT_MIB: f64 = 150.0 * 1e6 / (1024.0 * 1024.0);
+/// Peak-RSS difference between small and big transfers still counted as "no growth".
+pub const RSS_GROWTH_SLACK_MIB: f64 = 16.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemInfo {
+    pub name: String,
+    pub description: String,
+    /// `ran`, `not_available` or `failed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub pids: Vec<u32>,
+    /// Run-wide peak RSS of the server process(es), MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub enum Verdict {
+    #[serde(rename = "PASS")]
+    Pass,
+    #[serde(rename = "MISS")]
+    Miss,
+    /// Not measurable in this run (a system or scenario missing).
+    #[serde(rename = "N/A")]
+    NotAvailable,
+    /// Shown for context; not one of the targets.
+    #[serde(rename = "info")]
+    Info,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetLine {
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub verdict: Verdict,
+    /// The printed line.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub generated_unix: u64,
+    pub generated_utc: String,
+    pub machine: serde_json::Value,
+    pub note: String,
+    pub params: Params,
+    pub scenarios: Vec<String>,
+    pub physical: Option<Physical>,
+    pub systems: Vec<SystemInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seaweedfs_peak_rss_mib: Option<f64>,
+    pub results: Vec<Measurement>,
+    pub targets: Vec<TargetLine>,
+}
+
+impl Report {
+    pub fn find(&self, s: Scenario, system: SystemKind) -> Option<&Measurement> {
+        self.results
+            .iter()
+            .find(|m| m.scenario == s.id() && m.system == system.name() && m.outcome == Outcome::Ok)
+    }
+}
+
+fn f(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 100.0 {
+        format!("{v:.1}")
+    } else if v >= 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// One table cell of `pick` from the measurement, or why there is none.
+fn cell(m: Option<&Measurement>, pick: &dyn Fn(&Measurement) -> Option<String>) -> String {
+    match m {
+        None => "-".into(),
+        Some(m) => match m.outcome {
+            Outcome::NotAvailable => "n/a".into(),
+            Outcome::Error => "ERR".into(),
+            Outcome::Ok => {
+                let v = pick(m).unwrap_or_else(|| "-".into());
+                if m.errors > 0 { format!("{v}!") } else { v }
+            }
+        },
+    }
+}
+
+type Pick = Box<dyn Fn(&Measurement) -> Option<String>>;
+
+fn rows_for(s: Scenario) -> Vec<(&'static str, Pick)> {
+    let rps: Pick = Box::new(|m| m.ops_per_s.map(f));
+    let mibs: Pick = Box::new(|m| m.mib_per_s.map(f));
+    let lat: Pick = Box::new(|m| Some(format!("{}/{}", f(m.p50_ms?), f(m.p99_ms?))));
+    match s {
+        Scenario::ManifestTag | Scenario::ManifestDigest | Scenario::HeadBlob => {
+            vec![("req/s", rps), ("p50/p99 ms", lat)]
+        }
+        Scenario::BlobGetSmall | Scenario::BlobGetSmallRange => {
+            vec![("MiB/s", mibs), ("req/s", rps), ("p50/p99 ms", lat)]
+        }
+        Scenario::BlobGetLarge | Scenario::BlobGetLargeRange => vec![("MiB/s", mibs), ("p50/p99 ms", lat)],
+        Scenario::TagWrites => vec![
+            ("p50/p99 ms", lat),
+            (
+                "ok/dropped",
+                Box::new(|m| Some(format!("{}/{}", m.ops, m.dropped.unwrap_or(0)))),
+            ),
+        ],
+        Scenario::PushSmall => vec![("images/s", rps), ("p50/p99 ms", lat)],
+        Scenario::PushLarge => vec![
+            ("wall s", Box::new(|m| m.wall_s.map(f))),
+            ("push MiB/s", mibs),
+            ("read-back MiB/s", Box::new(|m| m.readback_mib_per_s.map(f))),
+        ],
+    }
+}
+
+/// The printed report: physical references, the table, per-scenario peak RSS,
+/// errors, the target lines.
+pub fn render(r: &Report, systems: &[SystemKind], scenarios: &[Scenario]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "berth-bench report ({})", r.generated_utc);
+    let _ = writeln!(out, "{}", r.note);
+    if let Some(p) = &r.physical {
+        let _ = writeln!(
+            out,
+            "physical: sha256 one core {} MiB/s ({} s per {}); loopback copy {} MiB/s ({} s per {})",
+            f(p.sha256_mib_per_s),
+            f(p.sha256_s),
+            crate::scenarios::size(p.bytes),
+            f(p.loopback_mib_per_s),
+            f(p.loopback_s),
+            crate::scenarios::size(p.bytes)
+        );
+    }
+    let _ = writeln!(out);
+    let first = scenarios
+        .iter()
+        .map(|s| s.title(&r.params).len())
+        .max()
+        .unwrap_or(10)
+        .max(24);
+    let second = 16;
+    let widths: Vec<usize> = systems.iter().map(|s| s.name().len().max(11)).collect();
+    let header = |out: &mut String, title: &str| {
+        let _ = write!(out, "{:<first$}  {:<second$}", title, "");
+        for (s, w) in systems.iter().zip(&widths) {
+            let _ = write!(out, "  {:>w$}", s.name());
+        }
+        let _ = writeln!(out);
+        let total = first + 2 + second + widths.iter().map(|w| w + 2).sum::<usize>();
+        let _ = writeln!(out, "{}", "-".repeat(total));
+    };
+    header(&mut out, "scenario");
+    for &s in scenarios {
+        for (i, (metric, pick)) in rows_for(s).into_iter().enumerate() {
+            let title = if i == 0 { s.title(&r.params) } else { String::new() };
+            let _ = write!(out, "{title:<first$}  {metric:<second$}");
+            for (sys, w) in systems.iter().zip(&widths) {
+                let m = r
+                    .results
+                    .iter()
+                    .find(|m| m.scenario == s.id() && m.system == sys.name());
+                let _ = write!(out, "  {:>w$}", cell(m, &pick));
+            }
+            let _ = writeln!(out);
+        }
+    }
+    let _ = writeln!(out);
+    header(&mut out, "peak RSS, MiB");
+    for &s in scenarios {
+        let _ = write!(out, "{:<first$}  {:<second$}", s.title(&r.params), "during");
+        for (sys, w) in systems.iter().zip(&widths) {
+            let m = r
+                .results
+                .iter()
+                .find(|m| m.scenario == s.id() && m.system == sys.name());
+            let _ = write!(out, "  {:>w$}", cell(m, &|m| m.peak_rss_mib.map(|v| format!("{v:.1}"))));
+        }
+        let _ = writeln!(out);
+    }
+    let _ = write!(out, "{:<first$}  {:<second$}", "whole run", "server");
+    for (sys, w) in systems.iter().zip(&widths) {
+        let info = r.systems.iter().find(|i| i.name == sys.name());
+        let v = match info {
+            Some(i) if i.status == "ran" => i.peak_rss_mib.map_or("-".into(), |v| format!("{v:.1}")),
+            Some(i) if i.status == "failed" => "ERR".into(),
+            _ => "n/a".into(),
+        };
+        let _ = write!(out, "  {v:>w$}");
+    }
+    let _ = writeln!(out);
+    if let Some(v) = r.seaweedfs_peak_rss_mib {
+        let _ = writeln!(
+            out,
+            "{:<first$}  {:<second$}  {v:.1} (shared by the S3 systems)",
+            "whole run", "seaweedfs"
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "n/a: not available (see below); ERR: failed; '!': some requests failed (see JSON)."
+    );
+    for i in &r.systems {
+        if let Some(note) = &i.note {
+            let _ = writeln!(out, "  {}: {} ({})", i.name, i.status.replace('_', " "), note);
+        }
+    }
+    for m in &r.results {
+        if m.outcome == Outcome::Error || m.errors > 0 {
+            let why = m.note.clone().or_else(|| m.first_error.clone()).unwrap_or_default();
+            let why: String = why.chars().take(300).collect();
+            let _ = writeln!(out, "  {} on {}: {} errors: {}", m.scenario, m.system, m.errors, why);
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "targets (ratios within this run):");
+    for t in &r.targets {
+        let _ = writeln!(out, "  {}", t.text);
+    }
+    out
+}
+
+struct Targets<'a> {
+    r: &'a Report,
+    lines: Vec<TargetLine>,
+}
+
+impl Targets<'_> {
+    fn push(&mut self, target: &str, value: Option<f64>, verdict: Verdict, text: String) {
+        self.lines.push(TargetLine {
+            target: target.to_owned(),
+            value,
+            verdict,
+            text,
+        });
+    }
+
+    fn why_missing(&self, s: Scenario, systems: &[SystemKind]) -> String {
+        for &sys in systems {
+            if self.r.find(s, sys).is_none() {
+                let info = self.r.systems.iter().find(|i| i.name == sys.name());
+                return match info {
+                    Some(i) if i.status != "ran" => format!("{}: {}", sys.name(), i.status.replace('_', " ")),
+                    None => format!("{} not selected", sys.name()),
+                    _ => format!("{} on {} not measured", s.id(), sys.name()),
+                };
+            }
+        }
+        "not measured".into()
+    }
+
+    /// `num/den` of a metric, with `≥ want` (or `≤ want` when `at_most`).
+    #[allow(clippy::too_many_arguments)]
+    fn ratio(
+        &mut self,
+        label: &str,
+        s: Scenario,
+        num: SystemKind,
+        den: SystemKind,
+        metric: fn(&Measurement) -> Option<f64>,
+        want: f64,
+        at_most: bool,
+    ) {
+        let a = self.r.find(s, num).and_then(metric);
+        let b = self.r.find(s, den).and_then(metric);
+        let op = if at_most { "≤" } else { "≥" };
+        let name = format!("{label}: {}/{}", num.name(), den.name());
+        match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => {
+                let v = a / b;
+                let ok = if at_most { v <= want } else { v >= want };
+                let verdict = if ok { Verdict::Pass } else { Verdict::Miss };
+                let text = format!("{name} = {v:.2}x (target {op} {want}x) {}", verdict_str(&verdict));
+                self.push(&name, Some(v), verdict, text);
+            }
+            _ => {
+                let why = self.why_missing(s, &[num, den]);
+                self.push(
+                    &name,
+                    None,
+                    Verdict::NotAvailable,
+                    format!("{name}: N/A (target {op} {want}x; {why})"),
+                );
+            }
+        }
+    }
+}
+
+fn verdict_str(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "PASS",
+        Verdict::Miss => "MISS",
+        Verdict::NotAvailable => "N/A",
+        Verdict::Info => "info",
+    }
+}
+
+/// The targets, computed from this run's numbers.
+pub fn targets(r: &Report) -> Vec<TargetLine> {
+    use Scenario as S;
+    use SystemKind as K;
+    let mut t = Targets { r, lines: Vec::new() };
+    let rps: fn(&Measurement) -> Option<f64> = |m| m.ops_per_s;
+    let mibs: fn(&Measurement) -> Option<f64> = |m| m.mib_per_s;
+
+    t.ratio(
+        "manifest GET by tag",
+        S::ManifestTag,
+        K::BerthFs,
+        K::DistFs,
+        rps,
+        3.0,
+        false,
+    );
+    t.ratio(
+        "manifest GET by tag, 3 nodes round robin vs one node",
+        S::ManifestTag,
+        K::BerthCluster3,
+        K::BerthS3,
+        rps,
+        2.5,
+        false,
+    );
+    t.ratio(
+        "HEAD blob on S3",
+        S::HeadBlob,
+        K::BerthS3,
+        K::DistS3Redirect,
+        rps,
+        5.0,
+        false,
+    );
+    t.ratio(
+        "HEAD blob on S3",
+        S::HeadBlob,
+        K::BerthS3,
+        K::DistS3Proxy,
+        rps,
+        5.0,
+        false,
+    );
+
+    // Blob GET of the large blob against one loopback stream.
+    let loopback = r.physical.as_ref().map(|p| p.loopback_mib_per_s);
+    for (sys, verdict_kind) in [(K::BerthS3, true), (K::BerthFs, false)] {
+        let name = format!(
+            "blob GET {}: {}/loopback copy{}",
+            crate::scenarios::size(r.params.large_blob),
+            sys.name(),
+            if verdict_kind { " (proxy mode, warm cache)" } else { "" }
+        );
+        match (r.find(S::BlobGetLarge, sys).and_then(mibs), loopback) {
+            (Some(v), Some(l)) if l > 0.0 => {
+                let x = v / l;
+                let verdict = match (verdict_kind, x >= 0.9) {
+                    (false, _) => Verdict::Info,
+                    (true, true) => Verdict::Pass,
+                    (true, false) => Verdict::Miss,
+                };
+                let text = format!(
+                    "{name} = {:.0}% ({} of {} MiB/s; target ≥ 90%) {}",
+                    x * 100.0,
+                    f(v),
+                    f(l),
+                    verdict_str(&verdict)
+                );
+                t.push(&name, Some(x), verdict, text);
+            }
+            _ => {
+                let why = t.why_missing(S::BlobGetLarge, &[sys]);
+                t.push(
+                    &name,
+                    None,
+                    Verdict::NotAvailable,
+                    format!("{name}: N/A (target ≥ 90%; {why})"),
+                );
+            }
+        }
+    }
+
+    // The big push against hashing plus copying the same bytes.
+    let push = crate::scenarios::size(r.params.push_size);
+    let name = format!("push {push} (local disk): berth-fs wall / (sha256 + loopback copy of {push})");
+    let reference = r
+        .physical
+        .as_ref()
+        .filter(|p| p.bytes == r.params.push_size)
+        .map(|p| p.sha256_s + p.loopback_s);
+    match (r.find(S::PushLarge, K::BerthFs).and_then(|m| m.wall_s), reference) {
+        (Some(w), Some(refs)) if refs > 0.0 => {
+            let x = w / refs;
+            let verdict = if x <= 1.2 { Verdict::Pass } else { Verdict::Miss };
+            let text = format!(
+                "{name} = {w:.2} s / {refs:.2} s = {x:.2}x (target ≤ 1.2x) {}",
+                verdict_str(&verdict)
+            );
+            t.push(&name, Some(x), verdict, text);
+        }
+        _ => {
+            let why = t.why_missing(S::PushLarge, &[K::BerthFs]);
+            t.push(
+                &name,
+                None,
+                Verdict::NotAvailable,
+                format!("{name}: N/A (target ≤ 1.2x; {why})"),
+            );
+        }
+    }
+    let wall: fn(&Measurement) -> Option<f64> = |m| m.wall_s;
+    let dist_best = [K::DistS3Redirect, K::DistS3Proxy]
+        .into_iter()
+        .filter_map(|k| r.find(S::PushLarge, k).and_then(wall).map(|w| (k, w)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let name = format!("push {push} on S3: berth-s3 wall vs Distribution on S3 (faster mode)");
+    match (r.find(S::PushLarge, K::BerthS3).and_then(wall), dist_best) {
+        (Some(b), Some((k, d))) => {
+            let verdict = if b < d { Verdict::Pass } else { Verdict::Miss };
+            let text = format!(
+                "{name} = {b:.2} s vs {d:.2} s ({}) = {:.2}x (target < 1x) {}",
+                k.name(),
+                b / d,
+                verdict_str(&verdict)
+            );
+            t.push(&name, Some(b / d), verdict, text);
+        }
+        _ => {
+            let why = t.why_missing(S::PushLarge, &[K::BerthS3, K::DistS3Proxy]);
+            t.push(
+                &name,
+                None,
+                Verdict::NotAvailable,
+                format!("{name}: N/A (target < 1x; {why})"),
+            );
+        }
+    }
+
+    // Tag writes: the target is on the cluster; single nodes for context.
+    let rate = r.params.tag_rate;
+    for (sys, is_target) in [(K::BerthCluster3, true), (K::BerthFs, false), (K::BerthS3, false)] {
+        let name = format!("tag write p99 at {rate}/s on {}", sys.name());
+        match r.find(S::TagWrites, sys).and_then(|m| m.p99_ms) {
+            Some(p99) => {
+                let verdict = match (is_target, p99 < 20.0) {
+                    (false, _) => Verdict::Info,
+                    (true, true) => Verdict::Pass,
+                    (true, false) => Verdict::Miss,
+                };
+                let text = format!("{name} = {p99:.2} ms (target < 20 ms) {}", verdict_str(&verdict));
+                t.push(&name, Some(p99), verdict, text);
+            }
+            None if is_target => {
+                let why = t.why_missing(S::TagWrites, &[sys]);
+                t.push(
+                    &name,
+                    None,
+                    Verdict::NotAvailable,
+                    format!("{name}: N/A (target < 20 ms; {why})"),
+                );
+            }
+            None => {}
+        }
+    }
+
+    // Memory while streaming the big blob, and growth with blob size.
+    for sys in [K::BerthFs, K::BerthS3] {
+        let name = format!("{} peak RSS while pushing and reading back {push}", sys.name());
+        match r.find(S::PushLarge, sys).and_then(|m| m.peak_rss_mib) {
+            Some(v) => {
+                let verdict = if v < RSS_LIMIT_MIB {
+                    Verdict::Pass
+                } else {
+                    Verdict::Miss
+                };
+                let text = format!(
+                    "{name} = {v:.1} MiB (target < 150 MB = {RSS_LIMIT_MIB:.0} MiB) {}",
+                    verdict_str(&verdict)
+                );
+                t.push(&name, Some(v), verdict, text);
+            }
+            None => {
+                let why = t.why_missing(S::PushLarge, &[sys]);
+                t.push(
+                    &name,
+                    None,
+                    Verdict::NotAvailable,
+                    format!("{name}: N/A (target < 150 MB; {why})"),
+                );
+            }
+        }
+        let name = format!("{} RSS growth with blob size", sys.name());
+        let small = r.find(S::BlobGetSmall, sys).and_then(|m| m.peak_rss_mib);
+        let big = [S::BlobGetLarge, S::PushLarge]
+            .into_iter()
+            .filter_map(|s| r.find(s, sys).and_then(|m| m.peak_rss_mib))
+            .reduce(f64::max);
+        match (small, big) {
+            (Some(sm), Some(bg)) => {
+                let growth = bg - sm;
+                let verdict = if growth <= RSS_GROWTH_SLACK_MIB {
+                    Verdict::Pass
+                } else {
+                    Verdict::Miss
+                };
+                let text = format!(
+                    "{name} = {growth:+.1} MiB (peak {bg:.1} with large blobs vs {sm:.1} with {}; target ≤ +{RSS_GROWTH_SLACK_MIB} MiB) {}",
+                    crate::scenarios::size(r.params.small_blob),
+                    verdict_str(&verdict)
+                );
+                t.push(&name, Some(growth), verdict, text);
+            }
+            _ => {
+                let why = t.why_missing(S::BlobGetSmall, &[sys]);
+                t.push(&name, None, Verdict::NotAvailable, format!("{name}: N/A ({why})"));
+            }
+        }
+    }
+    t.lines
+}
+
+/// "YYYY-MM-DDTHH:MM:SSZ" of a Unix time.
+pub fn utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let rem = unix % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            clients: 1,
+            large_clients: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            small_blob: 1 << 20,
+            large_blob: 256 << 20,
+            push_size: 1 << 30,
+            push_reps: 1,
+            image_layer: 4096,
+            tag_rate: 200,
+            tag_duration: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn m(s: Scenario, k: SystemKind, rps: f64) -> Measurement {
+        let mut m = Measurement::new(s.id(), k.name());
+        m.ops_per_s = Some(rps);
+        m.ops = 10;
+        m
+    }
+
+    fn report(results: Vec<Measurement>) -> Report {
+        Report {
+            generated_unix: 0,
+            generated_utc: utc(0),
+            machine: serde_json::json!({}),
+            note: String::new(),
+            params: params(),
+            scenarios: vec![],
+            physical: None,
+            systems: vec![SystemInfo {
+                name: "berth-cluster3".into(),
+                description: String::new(),
+                status: "not_available".into(),
+                note: Some("not available yet".into()),
+                pids: vec![],
+                peak_rss_mib: None,
+            }],
+            seaweedfs_peak_rss_mib: None,
+            results,
+            targets: vec![],
+        }
+    }
+
+    #[test]
+    fn ratio_lines_pass_miss_and_not_available() {
+        let r = report(vec![
+            m(Scenario::ManifestTag, SystemKind::BerthFs, 4100.0),
+            m(Scenario::ManifestTag, SystemKind::DistFs, 1000.0),
+            m(Scenario::HeadBlob, SystemKind::BerthS3, 2000.0),
+            m(Scenario::HeadBlob, SystemKind::DistS3Proxy, 1000.0),
+        ]);
+        let lines = targets(&r);
+        let tag = &lines[0];
+        assert_eq!(tag.verdict, Verdict::Pass);
+        assert!(
+            tag.text.contains("berth-fs/dist-fs = 4.10x (target ≥ 3x) PASS"),
+            "{}",
+            tag.text
+        );
+        let cluster = &lines[1];
+        assert_eq!(cluster.verdict, Verdict::NotAvailable);
+        assert!(cluster.text.contains("not available"), "{}", cluster.text);
+        let head_proxy = lines.iter().find(|l| l.target.contains("dist-s3-proxy")).unwrap();
+        assert_eq!(head_proxy.verdict, Verdict::Miss);
+    }
+
+    #[test]
+    fn table_marks_missing_systems() {
+        let r = report(vec![m(Scenario::ManifestTag, SystemKind::BerthFs, 10.0)]);
+        let text = render(&r, &[SystemKind::BerthFs, SystemKind::DistFs], &[Scenario::ManifestTag]);
+        assert!(text.contains("manifest GET by tag"), "{text}");
+        assert!(text.contains("10.00"), "{text}");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_795_737_600), "2026-11-27T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,152 @@
+//! Resident memory of the servers under test, from `/proc/<pid>/status`.
+//!
+//! A sampler task reads `VmRSS` and `VmHWM` of every tracked PID every 100 ms. Per
+//! scenario, [`RssTracker::begin_window`] resets the kernel's high-water mark
+//! (`echo 5 > /proc/<pid>/clear_refs`, root or the process owner) so `VmHWM` read at
+//! [`RssTracker::end_window`] is the peak of that scenario alone; if the reset is not
+//! allowed, the sampled maximum of `VmRSS` is used instead. The run-wide peak is the
+//! maximum of everything seen.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// `(VmRSS, VmHWM)` in KiB of `pid`, `None` if it is gone or unreadable.
+pub fn read_status(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status(&text)
+}
+
+fn parse_status(text: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Resets `VmHWM` of `pid` to its current RSS. False if not allowed or gone.
+pub fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PidStats {
+    overall_kib: u64,
+    window_kib: u64,
+    window_reset: bool,
+}
+
+/// Tracks peak RSS of a set of PIDs; cheap to clone.
+#[derive(Clone, Default)]
+pub struct RssTracker {
+    inner: Arc<Mutex<HashMap<u32, PidStats>>>,
+}
+
+impl RssTracker {
+    pub fn new() -> RssTracker {
+        RssTracker::default()
+    }
+
+    pub fn track(&self, pid: u32) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.entry(pid).or_default();
+        }
+        self.sample_one(pid);
+    }
+
+    /// Samples every tracked PID every `every` until the returned handle is aborted.
+    pub fn spawn_sampler(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Bounded: the owner aborts it; the count bound is a week of samples.
+            for _ in 0..(7 * 24 * 3600 * 10u64) {
+                tokio::time::sleep(every).await;
+                let pids: Vec<u32> = match me.inner.lock() {
+                    Ok(map) => map.keys().copied().collect(),
+                    Err(_) => return,
+                };
+                for pid in pids {
+                    me.sample_one(pid);
+                }
+            }
+        })
+    }
+
+    fn sample_one(&self, pid: u32) {
+        let Some((rss, hwm)) = read_status(pid) else {
+            return;
+        };
+        if let Ok(mut map) = self.inner.lock()
+            && let Some(s) = map.get_mut(&pid)
+        {
+            s.overall_kib = s.overall_kib.max(rss).max(hwm);
+            // Before a successful reset, VmHWM is the lifetime peak: only RSS counts.
+            let in_window = if s.window_reset { rss.max(hwm) } else { rss };
+            s.window_kib = s.window_kib.max(in_window);
+        }
+    }
+
+    /// Starts a measurement window for `pids`.
+    pub fn begin_window(&self, pids: &[u32]) {
+        for &pid in pids {
+            let reset = reset_hwm(pid);
+            let current = read_status(pid).map(|(rss, _)| rss).unwrap_or(0);
+            if let Ok(mut map) = self.inner.lock() {
+                let s = map.entry(pid).or_default();
+                s.window_reset = reset;
+                s.window_kib = current;
+            }
+        }
+    }
+
+    /// Peak RSS (MiB) summed over `pids` since `begin_window` (the sum of per-process
+    /// peaks: an upper bound when there are several processes).
+    pub fn end_window(&self, pids: &[u32]) -> Option<f64> {
+        let mut total = 0u64;
+        let mut any = false;
+        for &pid in pids {
+            self.sample_one(pid);
+            if let Ok(map) = self.inner.lock()
+                && let Some(s) = map.get(&pid)
+            {
+                total += s.window_kib;
+                any = true;
+            }
+        }
+        any.then(|| total as f64 / 1024.0)
+    }
+
+    /// Run-wide peak RSS (MiB) of `pid`.
+    pub fn overall_mib(&self, pid: u32) -> Option<f64> {
+        self.sample_one(pid);
+        let map = self.inner.lock().ok()?;
+        map.get(&pid).map(|s| s.overall_kib as f64 / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_status() {
+        let text = "Name:\tx\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n";
+        assert_eq!(parse_status(text), Some((1024, 2048)));
+        assert_eq!(parse_status("Name: x\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable_and_window_sees_it() {
+        let me = std::process::id();
+        let (rss, hwm) = read_status(me).expect("own status");
+        assert!(rss > 0 && hwm >= rss);
+        let t = RssTracker::new();
+        t.track(me);
+        t.begin_window(&[me]);
+        let peak = t.end_window(&[me]).expect("window");
+        assert!(peak > 0.0);
+        assert!(t.overall_mib(me).unwrap() >= peak - 1.0);
+    }
+}

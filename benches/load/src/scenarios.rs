@@ -1,0 +1,706 @@
+//! The scenarios: what is sent, how it is timed, what counts as success.
+//!
+//! Read scenarios are closed loops: `clients` tasks each send the next request when
+//! the previous one is answered, for `duration` after an unmeasured warm-up, with the
+//! lean client of [`crate::rawhttp`]. Tag writes are an open loop at a fixed rate
+//! (latency counted from the scheduled start, so a slow server cannot hide queueing).
+//! Pushes use reqwest with the request sequence skopeo sends. Every loop is bounded
+//! in time and in count.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::bail;
+use reqwest::Url;
+use serde::Serialize;
+
+use crate::oci::Blob;
+use crate::oci::Image;
+use crate::oci::Pusher;
+use crate::oci::sha256_digest;
+use crate::oci::tar_layer;
+use crate::rawhttp::RawClient;
+use crate::stats::Latencies;
+use crate::stats::Measurement;
+use crate::stats::Outcome;
+use crate::stats::mib_per_s;
+
+pub const APP_REPO: &str = "bench/app";
+pub const APP_TAG: &str = "v1";
+pub const TAG_REPO: &str = "bench/tags";
+pub const BIG_REPO: &str = "bench/big";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Upper bound of requests per client in one loop (the time bound comes first).
+const MAX_OPS_PER_CLIENT: u64 = 50_000_000;
+/// A client stops after this many errors in one loop.
+const MAX_ERRORS_PER_CLIENT: u64 = 1_000;
+/// Open-loop requests in flight at most; later ones are counted as dropped.
+const MAX_IN_FLIGHT: usize = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// GET a manifest by tag.
+    ManifestTag,
+    /// GET a manifest by digest.
+    ManifestDigest,
+    /// HEAD the small blob.
+    HeadBlob,
+    /// GET the small blob (1 MiB by default).
+    BlobGetSmall,
+    /// GET the middle half of the small blob with Range.
+    BlobGetSmallRange,
+    /// GET the large blob (256 MiB by default).
+    BlobGetLarge,
+    /// GET the middle half of the large blob with Range.
+    BlobGetLargeRange,
+    /// Move tags at a steady rate (PUT manifest by tag).
+    TagWrites,
+    /// Push many small images concurrently.
+    PushSmall,
+    /// Push one big layer (1 GiB by default): POST, one streamed PATCH, PUT; then read it back.
+    PushLarge,
+}
+
+impl Scenario {
+    /// Run order: reads first, writes after, the big push (heavy disk writeback) last.
+    pub const ALL: [Scenario; 10] = [
+        Scenario::ManifestTag,
+        Scenario::ManifestDigest,
+        Scenario::HeadBlob,
+        Scenario::BlobGetSmall,
+        Scenario::BlobGetSmallRange,
+        Scenario::BlobGetLarge,
+        Scenario::BlobGetLargeRange,
+        Scenario::TagWrites,
+        Scenario::PushSmall,
+        Scenario::PushLarge,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Scenario::ManifestTag => "manifest-tag",
+            Scenario::ManifestDigest => "manifest-digest",
+            Scenario::HeadBlob => "head-blob",
+            Scenario::BlobGetSmall => "blob-get-small",
+            Scenario::BlobGetSmallRange => "blob-get-small-range",
+            Scenario::BlobGetLarge => "blob-get-large",
+            Scenario::BlobGetLargeRange => "blob-get-large-range",
+            Scenario::TagWrites => "tag-writes",
+            Scenario::PushSmall => "push-small",
+            Scenario::PushLarge => "push-large",
+        }
+    }
+
+    pub fn title(self, p: &Params) -> String {
+        match self {
+            Scenario::ManifestTag => "manifest GET by tag".into(),
+            Scenario::ManifestDigest => "manifest GET by digest".into(),
+            Scenario::HeadBlob => "HEAD blob".into(),
+            Scenario::BlobGetSmall => format!("blob GET {}", size(p.small_blob)),
+            Scenario::BlobGetSmallRange => format!("blob GET {}, Range {}", size(p.small_blob), size(p.small_blob / 2)),
+            Scenario::BlobGetLarge => format!("blob GET {}", size(p.large_blob)),
+            Scenario::BlobGetLargeRange => format!("blob GET {}, Range {}", size(p.large_blob), size(p.large_blob / 2)),
+            Scenario::TagWrites => format!("tag writes at {}/s", p.tag_rate),
+            Scenario::PushSmall => format!("push small images ({} layer)", size(p.image_layer)),
+            Scenario::PushLarge => format!("push {} layer", size(p.push_size)),
+        }
+    }
+}
+
+/// "1 MiB", "256 MiB", "1 GiB", "4 KiB", "1000 B".
+pub fn size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = KIB * 1024;
+    const GIB: u64 = MIB * 1024;
+    match bytes {
+        b if b >= GIB && b % GIB == 0 => format!("{} GiB", b / GIB),
+        b if b >= MIB && b % MIB == 0 => format!("{} MiB", b / MIB),
+        b if b >= MIB => format!("{:.1} MiB", b as f64 / MIB as f64),
+        b if b >= KIB && b % KIB == 0 => format!("{} KiB", b / KIB),
+        b => format!("{b} B"),
+    }
+}
+
+/// Scenario settings (from the command line).
+#[derive(Clone, Debug, Serialize)]
+pub struct Params {
+    pub clients: usize,
+    pub large_clients: usize,
+    #[serde(serialize_with = "secs")]
+    pub duration: Duration,
+    #[serde(serialize_with = "secs")]
+    pub warmup: Duration,
+    pub small_blob: u64,
+    pub large_blob: u64,
+    pub push_size: u64,
+    pub push_reps: usize,
+    pub image_layer: u64,
+    pub tag_rate: u32,
+    #[serde(serialize_with = "secs")]
+    pub tag_duration: Duration,
+    #[serde(serialize_with = "secs")]
+    pub request_timeout: Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// The data every system gets (generated once per run).
+pub struct Dataset {
+    /// config + small layer + large layer, tagged [`APP_TAG`] in [`APP_REPO`].
+    pub app: Image,
+    /// Two images sharing one layer, tagged `a` and `b` in [`TAG_REPO`]; tag writes
+    /// move tags between their manifests.
+    pub tag_a: Image,
+    pub tag_b: Image,
+    /// The layer of the big push.
+    pub big: Blob,
+    /// Makes push-small data unique to this run.
+    pub nonce: u64,
+}
+
+impl Dataset {
+    pub fn generate(p: &Params, nonce: u64) -> anyhow::Result<Dataset> {
+        let small = Blob::new(tar_layer(p.small_blob, nonce ^ 1, "small.bin")?);
+        let large = Blob::new(tar_layer(p.large_blob, nonce ^ 2, "large.bin")?);
+        let app = Image::build(vec![small, large], "app")?;
+        let shared = Blob::new(tar_layer(p.image_layer, nonce ^ 3, "tag.bin")?);
+        let tag_a = Image::build(vec![shared.clone()], "tag-a")?;
+        let tag_b = Image::build(vec![shared], "tag-b")?;
+        let big = Blob::new(tar_layer(p.push_size, nonce ^ 4, "big.bin")?);
+        Ok(Dataset {
+            app,
+            tag_a,
+            tag_b,
+            big,
+            nonce,
+        })
+    }
+
+    pub fn small_blob(&self) -> &Blob {
+        &self.app.layers[0]
+    }
+
+    pub fn large_blob(&self) -> &Blob {
+        &self.app.layers[1]
+    }
+}
+
+/// Pushes the dataset's images to a system and reads everything back once, checking
+/// digests (this also warms caches: reads are measured warm).
+pub async fn prepare(endpoints: &[Url], data: &Dataset, pusher: &Pusher) -> anyhow::Result<()> {
+    let base = endpoints.first().context("system without endpoint")?;
+    pusher
+        .push_image(base, APP_REPO, APP_TAG, &data.app, true)
+        .await
+        .context("pushing the app image")?;
+    pusher
+        .push_image(base, TAG_REPO, "a", &data.tag_a, false)
+        .await
+        .context("pushing tag image a")?;
+    pusher
+        .push_image(base, TAG_REPO, "b", &data.tag_b, false)
+        .await
+        .context("pushing tag image b")?;
+    for ep in endpoints {
+        let mut c = RawClient::new();
+        let url = ep.join(&format!("v2/{APP_REPO}/manifests/{APP_TAG}"))?;
+        let r = c.request("GET", &url, &[("Accept", OCI_MANIFEST)], true).await?;
+        let body = r.body.unwrap_or_default();
+        if r.status != 200 || sha256_digest(&body) != data.app.manifest.digest {
+            bail!(
+                "GET {url}: status {}, manifest digest differs from the pushed one",
+                r.status
+            );
+        }
+        for blob in &data.app.layers {
+            let url = ep.join(&format!("v2/{APP_REPO}/blobs/{}", blob.digest))?;
+            let r = c.request("GET", &url, &[], true).await?;
+            let body = r.body.unwrap_or_default();
+            if r.status != 200 || sha256_digest(&body) != blob.digest {
+                bail!(
+                    "GET {url}: status {}, {} bytes, content differs from the pushed blob",
+                    r.status,
+                    body.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A read request and what a correct answer looks like.
+#[derive(Clone)]
+struct ReadReq {
+    method: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    status: u16,
+    /// Expected body length (GET) or Content-Length (HEAD).
+    len: u64,
+}
+
+#[derive(Default)]
+struct LoopOut {
+    lat: Latencies,
+    ops: u64,
+    errors: u64,
+    bytes: u64,
+    redirects: u64,
+    elapsed: Duration,
+    first_error: Option<String>,
+}
+
+impl LoopOut {
+    fn absorb(&mut self, other: LoopOut) {
+        self.lat.merge(&other.lat);
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.bytes += other.bytes;
+        self.redirects += other.redirects;
+        self.elapsed = self.elapsed.max(other.elapsed);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    fn into_measurement(self, scenario: Scenario, system: &str) -> Measurement {
+        let mut m = Measurement::new(scenario.id(), system);
+        m.ops = self.ops;
+        m.errors = self.errors;
+        m.elapsed_s = self.elapsed.as_secs_f64();
+        if self.ops > 0 && m.elapsed_s > 0.0 {
+            m.ops_per_s = Some(self.ops as f64 / m.elapsed_s);
+        }
+        if self.bytes > 0 {
+            m.mib_per_s = mib_per_s(self.bytes, self.elapsed);
+        }
+        m.set_latencies(&self.lat);
+        m.redirects = (self.redirects > 0).then_some(self.redirects);
+        m.first_error = self.first_error;
+        if self.ops == 0 {
+            m.outcome = Outcome::Error;
+            m.note = Some("no request succeeded".into());
+        }
+        m
+    }
+}
+
+async fn closed_read_loop(
+    endpoints: &[Url],
+    clients: usize,
+    duration: Duration,
+    timeout: Duration,
+    req: &ReadReq,
+) -> anyhow::Result<LoopOut> {
+    let urls: Vec<Url> = endpoints
+        .iter()
+        .map(|e| e.join(req.path.trim_start_matches('/')))
+        .collect::<Result<_, _>>()?;
+    let urls = Arc::new(urls);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..clients.max(1) {
+        let urls = urls.clone();
+        let req = req.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = LoopOut::default();
+            let mut client = RawClient::new();
+            let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            for i in 0..MAX_OPS_PER_CLIENT {
+                if Instant::now() >= deadline || out.errors >= MAX_ERRORS_PER_CLIENT {
+                    break;
+                }
+                let url = &urls[(worker + i as usize) % urls.len()];
+                let t0 = Instant::now();
+                let res = tokio::time::timeout(timeout, client.request(req.method, url, &headers, false)).await;
+                let verdict = match res {
+                    Err(_) => Err(format!("{} {url}: no answer within {timeout:?}", req.method)),
+                    Ok(Err(e)) => Err(format!("{} {url}: {e:#}", req.method)),
+                    Ok(Ok(r)) => check(&req, &r).map(|()| (r.body_len, r.redirects)),
+                };
+                match verdict {
+                    Ok((n, redirects)) => {
+                        out.lat.record(t0.elapsed());
+                        out.ops += 1;
+                        out.bytes += n;
+                        out.redirects += redirects as u64;
+                    }
+                    Err(e) => {
+                        out.errors += 1;
+                        out.first_error.get_or_insert(e);
+                        // A fresh connection next time, and no hot error loop.
+                        client = RawClient::new();
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            out.elapsed = start.elapsed();
+            out
+        }));
+    }
+    let mut total = LoopOut::default();
+    for t in tasks {
+        total.absorb(t.await.context("read client task failed")?);
+    }
+    Ok(total)
+}
+
+fn check(req: &ReadReq, r: &crate::rawhttp::RawResponse) -> Result<(), String> {
+    if r.status != req.status {
+        return Err(format!(
+            "{} {}: status {} (expected {})",
+            req.method, req.path, r.status, req.status
+        ));
+    }
+    let got = if req.method == "HEAD" {
+        r.header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    } else {
+        r.body_len
+    };
+    if got != req.len {
+        return Err(format!(
+            "{} {}: length {got} (expected {})",
+            req.method, req.path, req.len
+        ));
+    }
+    Ok(())
+}
+
+fn read_request(s: Scenario, data: &Dataset) -> Option<ReadReq> {
+    let manifest = &data.app.manifest;
+    let blob_path = |b: &Blob| format!("v2/{APP_REPO}/blobs/{}", b.digest);
+    let range = |b: &Blob| {
+        let (from, len) = (b.size() / 4, b.size() / 2);
+        (format!("bytes={}-{}", from, from + len - 1), len)
+    };
+    let accept = vec![("Accept", OCI_MANIFEST.to_owned())];
+    Some(match s {
+        Scenario::ManifestTag => ReadReq {
+            method: "GET",
+            path: format!("v2/{APP_REPO}/manifests/{APP_TAG}"),
+            headers: accept,
+            status: 200,
+            len: manifest.size(),
+        },
+        Scenario::ManifestDigest => ReadReq {
+            method: "GET",
+            path: format!("v2/{APP_REPO}/manifests/{}", manifest.digest),
+            headers: accept,
+            status: 200,
+            len: manifest.size(),
+        },
+        Scenario::HeadBlob => ReadReq {
+            method: "HEAD",
+            path: blob_path(data.small_blob()),
+            headers: vec![],
+            status: 200,
+            len: data.small_blob().size(),
+        },
+        Scenario::BlobGetSmall | Scenario::BlobGetLarge => {
+            let b = if s == Scenario::BlobGetSmall {
+                data.small_blob()
+            } else {
+                data.large_blob()
+            };
+            ReadReq {
+                method: "GET",
+                path: blob_path(b),
+                headers: vec![],
+                status: 200,
+                len: b.size(),
+            }
+        }
+        Scenario::BlobGetSmallRange | Scenario::BlobGetLargeRange => {
+            let b = if s == Scenario::BlobGetSmallRange {
+                data.small_blob()
+            } else {
+                data.large_blob()
+            };
+            let (spec, len) = range(b);
+            ReadReq {
+                method: "GET",
+                path: blob_path(b),
+                headers: vec![("Range", spec)],
+                status: 206,
+                len,
+            }
+        }
+        Scenario::TagWrites | Scenario::PushSmall | Scenario::PushLarge => return None,
+    })
+}
+
+/// Everything a scenario run needs about the system and the run.
+pub struct Ctx<'a> {
+    pub system: &'a str,
+    pub endpoints: &'a [Url],
+    pub params: &'a Params,
+    pub data: &'a Dataset,
+    pub pusher: &'a Pusher,
+}
+
+/// Runs one scenario on one system.
+pub async fn run(s: Scenario, ctx: &Ctx<'_>) -> Measurement {
+    let result = match s {
+        Scenario::TagWrites => tag_writes(ctx).await,
+        Scenario::PushSmall => push_small(ctx).await,
+        Scenario::PushLarge => push_large(ctx).await,
+        _ => read_scenario(s, ctx).await,
+    };
+    result.unwrap_or_else(|e| Measurement::failed(s.id(), ctx.system, format!("{e:#}")))
+}
+
+async fn read_scenario(s: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
+    let req = read_request(s, ctx.data).context("not a read scenario")?;
+    let p = ctx.params;
+    let clients = match s {
+        Scenario::BlobGetLarge | Scenario::BlobGetLargeRange => p.large_clients,
+        _ => p.clients,
+    };
+    if !p.warmup.is_zero() {
+        closed_read_loop(ctx.endpoints, clients, p.warmup, p.request_timeout, &req).await?;
+    }
+    let out = closed_read_loop(ctx.endpoints, clients, p.duration, p.request_timeout, &req).await?;
+    let mut m = out.into_measurement(s, ctx.system);
+    if matches!(s, Scenario::ManifestTag | Scenario::ManifestDigest | Scenario::HeadBlob) {
+        m.mib_per_s = None;
+    }
+    Ok(m)
+}
+
+/// PUT manifest by tag at `tag_rate` per second for `tag_duration`, alternating two
+/// manifests so every write moves a tag; 16 tags.
+async fn tag_writes(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
+    let p = ctx.params;
+    let rate = f64::from(p.tag_rate.max(1));
+    let total = (rate * p.tag_duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let sem = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let manifests = [ctx.data.tag_a.manifest.clone(), ctx.data.tag_b.manifest.clone()];
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut dropped = 0u64;
+    for i in 0..total {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = sem.clone().try_acquire_owned() else {
+            dropped += 1;
+            continue;
+        };
+        let pusher = ctx.pusher.clone();
+        let base = ctx.endpoints[(i as usize) % ctx.endpoints.len()].clone();
+        let manifest = manifests[(i % 2) as usize].clone();
+        let tag = format!("t{}", i % 16);
+        tasks.push(tokio::spawn(async move {
+            let res = pusher.put_manifest(&base, TAG_REPO, &tag, &manifest).await;
+            drop(permit);
+            (due.elapsed(), res)
+        }));
+    }
+    let mut lat = Latencies::new();
+    let mut m = Measurement::new(Scenario::TagWrites.id(), ctx.system);
+    for t in tasks {
+        match t.await {
+            Ok((d, Ok(()))) => {
+                lat.record(d);
+                m.ops += 1;
+            }
+            Ok((_, Err(e))) => {
+                m.errors += 1;
+                m.first_error.get_or_insert(format!("{e:#}"));
+            }
+            Err(e) => {
+                m.errors += 1;
+                m.first_error.get_or_insert(format!("task: {e}"));
+            }
+        }
+    }
+    m.elapsed_s = start.elapsed().as_secs_f64();
+    m.ops_per_s = Some(m.ops as f64 / p.tag_duration.as_secs_f64().max(1e-9));
+    m.dropped = Some(dropped);
+    m.set_latencies(&lat);
+    if m.ops == 0 {
+        m.outcome = Outcome::Error;
+        m.note = Some("no tag write succeeded".into());
+    }
+    Ok(m)
+}
+
+/// `clients` tasks each pushing fresh small images (HEAD, POST, PATCH, PUT for the
+/// layer and the config, then PUT manifest) until the duration is over.
+async fn push_small(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
+    let p = ctx.params;
+    let start = Instant::now();
+    let deadline = start + p.duration;
+    let mut tasks = Vec::new();
+    for worker in 0..p.clients.max(1) {
+        let pusher = ctx.pusher.clone();
+        let endpoints: Vec<Url> = ctx.endpoints.to_vec();
+        let (nonce, layer_size) = (ctx.data.nonce, p.image_layer);
+        tasks.push(tokio::spawn(async move {
+            let mut out = LoopOut::default();
+            for i in 0..MAX_OPS_PER_CLIENT {
+                if Instant::now() >= deadline || out.errors >= MAX_ERRORS_PER_CLIENT {
+                    break;
+                }
+                let seed = nonce ^ ((worker as u64) << 40) ^ (i << 1) ^ 0x5555;
+                let image = tar_layer(layer_size, seed, "layer.bin")
+                    .and_then(|l| Image::build(vec![Blob::new(l)], &format!("w{worker}-{i}")));
+                let base = &endpoints[(worker + i as usize) % endpoints.len()];
+                let t0 = Instant::now();
+                let res = match image {
+                    Ok(image) => {
+                        let repo = format!("bench/many-{}", worker % 8);
+                        pusher
+                            .push_image(base, &repo, &format!("w{worker}-{i}"), &image, true)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(()) => {
+                        out.lat.record(t0.elapsed());
+                        out.ops += 1;
+                    }
+                    Err(e) => {
+                        out.errors += 1;
+                        out.first_error.get_or_insert(format!("{e:#}"));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            out.elapsed = start.elapsed();
+            out
+        }));
+    }
+    let mut total = LoopOut::default();
+    for t in tasks {
+        total.absorb(t.await.context("push task failed")?);
+    }
+    Ok(total.into_measurement(Scenario::PushSmall, ctx.system))
+}
+
+/// One big layer per repetition: POST, one streamed PATCH, PUT ?digest= (timed),
+/// then one GET of it (read-back throughput).
+async fn push_large(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
+    let p = ctx.params;
+    let base = ctx.endpoints.first().context("no endpoint")?;
+    let blob = &ctx.data.big;
+    let mut walls = Vec::new();
+    let mut reads = Vec::new();
+    let mut m = Measurement::new(Scenario::PushLarge.id(), ctx.system);
+    let started = Instant::now();
+    for rep in 0..p.push_reps.max(1) {
+        let repo = format!("{BIG_REPO}-{rep}");
+        let t0 = Instant::now();
+        let res = tokio::time::timeout(p.request_timeout, ctx.pusher.push_blob(base, &repo, blob, false, true)).await;
+        match res {
+            Ok(Ok(())) => {
+                walls.push(t0.elapsed().as_secs_f64());
+                m.ops += 1;
+            }
+            Ok(Err(e)) => {
+                m.errors += 1;
+                m.first_error.get_or_insert(format!("{e:#}"));
+                continue;
+            }
+            Err(_) => {
+                m.errors += 1;
+                m.first_error
+                    .get_or_insert(format!("push not done within {:?}", p.request_timeout));
+                continue;
+            }
+        }
+        let url = base.join(&format!("v2/{repo}/blobs/{}", blob.digest))?;
+        let mut client = RawClient::new();
+        let t1 = Instant::now();
+        match tokio::time::timeout(p.request_timeout, client.request("GET", &url, &[], false)).await {
+            Ok(Ok(r)) if r.status == 200 && r.body_len == blob.size() => {
+                if let Some(v) = mib_per_s(r.body_len, t1.elapsed()) {
+                    reads.push(v);
+                }
+            }
+            Ok(Ok(r)) => {
+                m.errors += 1;
+                m.first_error
+                    .get_or_insert(format!("read back: status {}, {} bytes", r.status, r.body_len));
+            }
+            Ok(Err(e)) => {
+                m.errors += 1;
+                m.first_error.get_or_insert(format!("read back: {e:#}"));
+            }
+            Err(_) => {
+                m.errors += 1;
+                m.first_error.get_or_insert("read back timed out".into());
+            }
+        }
+    }
+    m.elapsed_s = started.elapsed().as_secs_f64();
+    m.wall_s = crate::stats::median(&mut walls);
+    m.mib_per_s = m
+        .wall_s
+        .and_then(|w| mib_per_s(blob.size(), Duration::from_secs_f64(w)));
+    m.readback_mib_per_s = crate::stats::median(&mut reads);
+    if m.ops == 0 {
+        m.outcome = Outcome::Error;
+        m.note = Some("the push did not succeed".into());
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            clients: 2,
+            large_clients: 1,
+            duration: Duration::from_millis(200),
+            warmup: Duration::ZERO,
+            small_blob: 8192,
+            large_blob: 65536,
+            push_size: 16384,
+            push_reps: 1,
+            image_layer: 4096,
+            tag_rate: 10,
+            tag_duration: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn sizes_print_in_binary_units() {
+        assert_eq!(size(1 << 20), "1 MiB");
+        assert_eq!(size(256 << 20), "256 MiB");
+        assert_eq!(size(1 << 30), "1 GiB");
+        assert_eq!(size(4096), "4 KiB");
+        assert_eq!(size(1000), "1000 B");
+    }
+
+    #[test]
+    fn dataset_and_read_requests_match() {
+        let p = params();
+        let d = Dataset::generate(&p, 42).unwrap();
+        assert_eq!(d.small_blob().size(), 8192);
+        assert_eq!(d.large_blob().size(), 65536);
+        assert_eq!(d.big.bytes.len(), 16384);
+        assert_ne!(d.tag_a.manifest.digest, d.tag_b.manifest.digest);
+        let r = read_request(Scenario::BlobGetLargeRange, &d).unwrap();
+        assert_eq!(r.headers[0].1, "bytes=16384-49151");
+        assert_eq!((r.status, r.len), (206, 32768));
+        let h = read_request(Scenario::HeadBlob, &d).unwrap();
+        assert_eq!((h.method, h.len), ("HEAD", 8192));
+        assert!(read_request(Scenario::PushLarge, &d).is_none());
+        for s in Scenario::ALL {
+            assert!(!s.title(&p).is_empty());
+        }
+    }
+}

