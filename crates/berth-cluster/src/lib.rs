@@ -18,6 +18,8 @@ pub use handover::BodyStream;
 pub use handover::HandOverHandler;
 pub use handover::OwnerChannel;
 pub use network::GrpcNetwork;
+pub use network::LinkAction;
+pub use network::LinkFilter;
 pub use node::ClusterNode;
 pub use node::MembershipChange;
 pub use node::NodeStatus;

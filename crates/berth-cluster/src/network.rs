@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_meta::NodeId;
@@ -31,17 +32,51 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftEr
 #[derive(Clone, Default)]
 pub struct GrpcNetwork {
     connect_timeout: Duration,
+    from: NodeId,
+    filter: Option<Arc<dyn LinkFilter>>,
 }
 
 impl GrpcNetwork {
-    pub fn new(connect_timeout: Duration) -> Self {
-        GrpcNetwork { connect_timeout }
+    pub fn new(connect_timeout: Duration, from: NodeId, filter: Option<Arc<dyn LinkFilter>>) -> Self {
+        GrpcNetwork {
+            connect_timeout,
+            from,
+            filter,
+        }
+    }
+}
+
+/// What happens to a message from one member to another. Production has no filter;
+/// tests install one to partition, isolate, delay and drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkAction {
+    Pass,
+    Drop,
+    Delay(Duration),
+}
+
+/// Decides the fate of every message between two members.
+pub trait LinkFilter: Send + Sync + 'static {
+    fn on_send(&self, from: NodeId, to: NodeId) -> LinkAction;
+}
+
+/// Apply `filter` to a message `from` → `to`: `Err` when it is dropped.
+pub(crate) async fn pass_link(filter: Option<&Arc<dyn LinkFilter>>, from: NodeId, to: NodeId) -> Result<(), String> {
+    match filter.map_or(LinkAction::Pass, |f| f.on_send(from, to)) {
+        LinkAction::Pass => Ok(()),
+        LinkAction::Drop => Err(format!("link {from} -> {to} is down")),
+        LinkAction::Delay(d) => {
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
     }
 }
 
 /// A lazily connected channel to one peer.
 pub struct PeerClient {
+    from: NodeId,
     target: NodeId,
+    filter: Option<Arc<dyn LinkFilter>>,
     client: Result<RaftServiceClient<Channel>, String>,
 }
 
@@ -69,7 +104,9 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
         PeerClient {
+            from: self.from,
             target,
+            filter: self.filter.clone(),
             client: channel(&node.grpc_addr, self.connect_timeout).map(RaftServiceClient::new),
         }
     }
@@ -91,6 +128,9 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if let Err(e) = pass_link(self.filter.as_ref(), self.from, self.target).await {
+            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))));
+        }
         let client = match &self.client {
             Ok(c) => c.clone(),
             Err(e) => {

@@ -35,7 +35,9 @@ use crate::GrpcNetwork;
 use crate::handover::HandOverHandler;
 use crate::handover::OwnerChannel;
 use crate::handover::SharedHandler;
+use crate::network::LinkFilter;
 use crate::network::channel;
+use crate::network::pass_link;
 
 /// Raft timing and log-compaction settings.
 #[derive(Debug, Clone)]
@@ -99,13 +101,20 @@ pub(crate) struct ForwardedReply {
 type BarrierWaiter = oneshot::Sender<Result<(), String>>;
 
 /// Runs read-barrier rounds for queued callers until every sender is gone.
-async fn run_barriers(raft: Raft<TypeConfig>, timeout: Duration, mut rx: mpsc::UnboundedReceiver<BarrierWaiter>) {
+async fn run_barriers(
+    raft: Raft<TypeConfig>,
+    timeout: Duration,
+    filter: Option<Arc<dyn LinkFilter>>,
+    mut rx: mpsc::UnboundedReceiver<BarrierWaiter>,
+) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = barrier_round(&raft, timeout).await.map_err(|e| e.to_string());
+        let result = barrier_round(&raft, timeout, filter.as_ref())
+            .await
+            .map_err(|e| e.to_string());
         for w in waiters {
             // A caller that gave up no longer listens; nothing to do.
             let _ = w.send(result.clone());
@@ -115,7 +124,11 @@ async fn run_barriers(raft: Raft<TypeConfig>, timeout: Duration, mut rx: mpsc::U
 
 /// One read-index round: on the leader, confirm leadership and wait for the apply;
 /// on a follower, ask the leader for its read index and wait to apply up to it.
-async fn barrier_round(raft: &Raft<TypeConfig>, timeout: Duration) -> Result<(), ClusterError> {
+async fn barrier_round(
+    raft: &Raft<TypeConfig>,
+    timeout: Duration,
+    filter: Option<&Arc<dyn LinkFilter>>,
+) -> Result<(), ClusterError> {
     let index = match raft.ensure_linearizable().await {
         Ok(_) => return Ok(()),
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => return Err(unavailable(e)),
@@ -125,6 +138,9 @@ async fn barrier_round(raft: &Raft<TypeConfig>, timeout: Duration) -> Result<(),
                 .clone()
                 .or_else(|| leader_info(raft, f.leader_id))
                 .ok_or_else(|| unavailable("no leader known"))?;
+            if let Some(to) = f.leader_id {
+                pass_link(filter, raft_id(raft), to).await.map_err(unavailable)?;
+            }
             let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
             let mut client = RaftServiceClient::new(ch);
             tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
@@ -141,6 +157,10 @@ async fn barrier_round(raft: &Raft<TypeConfig>, timeout: Duration) -> Result<(),
         .await
         .map(|_| ())
         .map_err(unavailable)
+}
+
+fn raft_id(raft: &Raft<TypeConfig>) -> NodeId {
+    raft.metrics().borrow().id
 }
 
 /// The advertised addresses of `leader`, from the membership this node knows.
@@ -167,6 +187,7 @@ struct Inner {
     options: RaftOptions,
     barrier: mpsc::UnboundedSender<BarrierWaiter>,
     hand_over: SharedHandler,
+    filter: Option<Arc<dyn LinkFilter>>,
 }
 
 /// This node's member of the Raft group, shared by every request handler.
@@ -183,6 +204,17 @@ impl ClusterNode {
     /// Open the metadata store under `dir` and start Raft on it. The node takes part
     /// in no cluster until [`ClusterNode::bootstrap`] or a leader adds it.
     pub async fn open(id: NodeId, dir: &Path, options: RaftOptions) -> Result<ClusterNode, ClusterError> {
+        Self::open_with_filter(id, dir, options, None).await
+    }
+
+    /// [`ClusterNode::open`] with every message to other members passed through
+    /// `filter` (fault injection in tests).
+    pub async fn open_with_filter(
+        id: NodeId,
+        dir: &Path,
+        options: RaftOptions,
+        filter: Option<Arc<dyn LinkFilter>>,
+    ) -> Result<ClusterNode, ClusterError> {
         let store = MetaStore::open(dir)?;
         let config = Config {
             cluster_name: "berth".to_string(),
@@ -194,13 +226,13 @@ impl ClusterNode {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| ClusterError::Config(e.to_string()))?);
-        let network = GrpcNetwork::new(Duration::from_secs(2));
+        let network = GrpcNetwork::new(Duration::from_secs(2), id, filter.clone());
         let raft = Raft::new(id, config, network, store.log_store(), store.state_machine()?)
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let (barrier, rx) = mpsc::unbounded_channel();
         tokio::spawn(
-            run_barriers(raft.clone(), options.request_timeout, rx)
+            run_barriers(raft.clone(), options.request_timeout, filter.clone(), rx)
                 .instrument(tracing::info_span!("read_barriers", node = id)),
         );
         Ok(ClusterNode {
@@ -211,6 +243,7 @@ impl ClusterNode {
                 options,
                 barrier,
                 hand_over: SharedHandler::default(),
+                filter,
             }),
         })
     }
@@ -310,6 +343,11 @@ impl ClusterNode {
                     .clone()
                     .or_else(|| leader_info(&self.inner.raft, f.leader_id))
                     .ok_or_else(|| unavailable("no leader known"))?;
+                if let Some(to) = f.leader_id {
+                    pass_link(self.inner.filter.as_ref(), self.inner.id, to)
+                        .await
+                        .map_err(unavailable)?;
+                }
                 self.forward(&leader, cmd).await
             }
             Err(RaftError::APIError(e)) => Err(unavailable(e)),

@@ -18,6 +18,7 @@
 //! Missing tools are an error, never a skip: `scripts/install-test-deps.sh` installs
 //! them.
 
+pub mod cluster;
 pub mod docker;
 pub mod image;
 pub mod node;
@@ -25,6 +26,8 @@ pub mod registry;
 pub mod seaweed;
 pub mod tools;
 
+pub use cluster::Faults;
+pub use cluster::TestCluster;
 pub use docker::Dockerd;
 pub use image::BuiltLayer;
 pub use image::ImageBuilder;

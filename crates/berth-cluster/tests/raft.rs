@@ -1,0 +1,145 @@
+//! Raft scenarios on in-process clusters with a fault-injecting transport.
+
+use std::time::Duration;
+
+use berth_cluster::ClusterError;
+use berth_meta::Command;
+use berth_oci::RepoName;
+use berth_testkit::TestCluster;
+use berth_testkit::cluster::fast_options;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn upload(i: u64) -> Command {
+    Command::CreateUpload {
+        id: format!("upload-{i}"),
+        repo: RepoName::parse("team/app").expect("name"),
+        node: 1,
+        at: i,
+    }
+}
+
+fn applied(cluster: &TestCluster, id: u64) -> u64 {
+    cluster.node(id).expect("member").status().applied_index.unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_any_member_are_applied_everywhere() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, fast_options()).await?;
+    for id in cluster.ids() {
+        cluster.node(id)?.propose(upload(id)).await?;
+    }
+    let last = applied(&cluster, cluster.leader(WAIT).await?);
+    for id in cluster.ids() {
+        cluster.wait_applied(id, last, WAIT).await?;
+        for i in cluster.ids() {
+            assert!(
+                cluster.node(id)?.reader().upload(&format!("upload-{i}"))?.is_some(),
+                "member {id}, upload {i}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_is_replaced_and_catches_up_when_healed() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, fast_options()).await?;
+    let old = cluster.leader(WAIT).await?;
+    let rest: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != old).collect();
+    cluster.faults.isolate(old, &cluster.ids());
+
+    let new = cluster.leader_among(&rest, WAIT).await?;
+    assert_ne!(new, old);
+    cluster.node(rest[0])?.propose(upload(10)).await?;
+    cluster.node(rest[1])?.propose(upload(11)).await?;
+    // The cut-off node cannot commit: its clients get "unavailable", never a hang.
+    match cluster.node(old)?.propose(upload(12)).await {
+        Err(ClusterError::Unavailable(_)) => {}
+        other => panic!("a write on the isolated node answered {other:?}"),
+    }
+
+    cluster.faults.heal();
+    let last = applied(&cluster, new);
+    cluster.wait_applied(old, last, WAIT).await?;
+    assert!(cluster.node(old)?.reader().upload("upload-11")?.is_some());
+    assert_eq!(
+        cluster.leader(WAIT).await?,
+        new,
+        "the healed node follows the new leader"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_links_still_commit_and_a_minority_cannot() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, fast_options()).await?;
+    let leader = cluster.leader(WAIT).await?;
+    for a in cluster.ids() {
+        for b in cluster.ids() {
+            if a != b {
+                cluster.faults.delay(a, b, Duration::from_millis(30));
+            }
+        }
+    }
+    for i in 0..5 {
+        cluster.node(leader)?.propose(upload(20 + i)).await?;
+    }
+    cluster.faults.heal();
+    // Cut both followers off from the leader: it keeps its term but has no quorum.
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    for f in &followers {
+        cluster.faults.drop_link(leader, *f);
+        cluster.faults.drop_link(*f, leader);
+    }
+    let res = cluster.node(leader)?.propose(upload(30)).await;
+    assert!(
+        matches!(res, Err(ClusterError::Unavailable(_))),
+        "minority write answered {res:?}"
+    );
+    cluster.faults.heal();
+    let leader = cluster.leader(WAIT).await?;
+    cluster.node(leader)?.propose(upload(31)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_catches_up_through_a_snapshot_of_a_compacted_log() -> anyhow::Result<()> {
+    let mut options = fast_options();
+    options.snapshot_after_logs = 20;
+    options.logs_to_keep = 5;
+    let mut cluster = TestCluster::start(3, options).await?;
+    let leader = cluster.leader(WAIT).await?;
+    for i in 0..120 {
+        cluster.node(leader)?.propose(upload(100 + i)).await?;
+    }
+    // The log was compacted behind snapshots.
+    let raft = cluster.node(leader)?.raft().clone();
+    let purged = raft.metrics().borrow().purged.map(|l| l.index).unwrap_or(0);
+    assert!(purged > 50, "log purged only up to {purged}");
+
+    cluster.add_member(4).await?;
+    let last = applied(&cluster, leader);
+    cluster.wait_applied(4, last, WAIT).await?;
+    let status = cluster.node(4)?.status();
+    assert!(status.members.contains_key(&4), "member 4 is a voter: {status:?}");
+    assert!(
+        cluster.node(4)?.reader().upload("upload-100")?.is_some(),
+        "state from the snapshot"
+    );
+    assert!(
+        cluster.node(4)?.reader().upload("upload-219")?.is_some(),
+        "state from the log"
+    );
+
+    // And a member can leave.
+    let leader = cluster.leader(WAIT).await?;
+    let leaving = cluster.ids().into_iter().find(|id| *id != leader).expect("a follower");
+    cluster
+        .node(leader)?
+        .change_membership(berth_cluster::MembershipChange::Remove { id: leaving })
+        .await?;
+    cluster.stop_member(leaving).await?;
+    cluster.node(leader)?.propose(upload(500)).await?;
+    Ok(())
+}
