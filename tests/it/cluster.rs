@@ -18,7 +18,7 @@ use crate::s3_toml;
 
 struct Cluster {
     nodes: Vec<BerthNode>,
-    _s3: SeaweedFs,
+    s3: SeaweedFs,
 }
 
 impl Cluster {
@@ -51,7 +51,7 @@ impl Cluster {
             .into_iter()
             .map(|r| r.unwrap_or_else(|e| panic!("starting a cluster node: {e:#}")))
             .collect();
-        Cluster { nodes, _s3: s3 }
+        Cluster { nodes, s3 }
     }
 
     fn reg(&self, i: usize) -> Registry {
@@ -250,4 +250,84 @@ async fn an_upload_survives_the_death_of_its_owner() {
         put.text().await.unwrap_or_default()
     );
     assert_eq!(cluster.reg(0).get_blob(repo, &digest).await.expect("pull"), data);
+}
+
+/// Run `berth cluster …` against a node and return its JSON answer.
+fn berth_cluster(node: &BerthNode, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(berth_binary())
+        .arg("cluster")
+        .args(args)
+        .args(["--node", &node.base_url()])
+        .output()
+        .expect("running berth cluster");
+    assert!(
+        out.status.success(),
+        "berth cluster {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from berth cluster")
+}
+
+async fn push_and_check(cluster: &Cluster, writer: usize, repo: &str, seed: u64) -> String {
+    let data = random_bytes(64 * 1024, seed);
+    let digest = cluster.reg(writer).push_blob(repo, &data).await.expect("push");
+    for reader in 0..cluster.nodes.len() {
+        assert_eq!(
+            cluster.reg(reader).get_blob(repo, &digest).await.expect("pull"),
+            data,
+            "node index {reader}"
+        );
+    }
+    digest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_while_serving() {
+    let mut cluster = Cluster::start(3).await;
+    push_and_check(&cluster, 0, "team/membership", 60).await;
+
+    // A fourth node starts without initial members and is added through the CLI.
+    let grpc = free_port().expect("port");
+    let toml = format!(
+        "{}[cluster]\nnode_id = 4\ngrpc_listen = \"127.0.0.1:{grpc}\"\nheartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
+        s3_toml(&cluster.s3, "proxy")
+    );
+    let http_port = free_port().expect("port");
+    let opts = NodeOptions {
+        binary: berth_binary().into(),
+        extra_toml: toml,
+        port: Some(http_port),
+        // Ready only once it is a member.
+        ready_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let starting = tokio::spawn(BerthNode::start_with(opts));
+    let health = format!("http://127.0.0.1:{http_port}/healthz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !http().get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fourth node never answered /healthz"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let added = berth_cluster(&cluster.nodes[0], &["add-node", "4", &format!("127.0.0.1:{grpc}")]);
+    assert!(added["members"].get("4").is_some(), "{added}");
+    let fourth = starting
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("fourth node: {e:#}"));
+    cluster.nodes.push(fourth);
+    let status = berth_cluster(&cluster.nodes[3], &["status"]);
+    assert_eq!(status["members"].as_object().map(|m| m.len()), Some(4), "{status}");
+    push_and_check(&cluster, 3, "team/membership", 61).await;
+
+    // Remove node 2 through node 3; the others keep serving.
+    let status = berth_cluster(&cluster.nodes[2], &["remove-node", "2"]);
+    assert!(status["members"].get("2").is_none(), "{status}");
+    let removed = cluster.nodes.remove(1);
+    drop(removed);
+    push_and_check(&cluster, 0, "team/membership", 62).await;
+    push_and_check(&cluster, 2, "team/membership", 63).await;
 }
