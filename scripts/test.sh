@@ -13,3 +13,6 @@ export BERTH_TOOLS="${BERTH_TOOLS:-/var/cache/berth-tools}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo nextest run --workspace --all-features --no-fail-fast "$@"
+# The spec suite once more against a 3-node cluster on SeaweedFS, every request to
+# the next node in turn (a round-robin load balancer).
+BERTH_SPEC_NODES=3 cargo nextest run --workspace --all-features --no-fail-fast -E 'test(/^spec::/)' "$@"

@@ -15,6 +15,7 @@ use reqwest::StatusCode;
 
 use crate::berth_binary;
 use crate::s3_toml;
+use crate::start_cluster;
 
 struct Cluster {
     nodes: Vec<BerthNode>,
@@ -24,33 +25,7 @@ struct Cluster {
 impl Cluster {
     /// `n` nodes bootstrapped together, all ready (a leader is known everywhere).
     async fn start(n: u64) -> Cluster {
-        let s3 = SeaweedFs::start()
-            .await
-            .unwrap_or_else(|e| panic!("starting SeaweedFS: {e:#}"));
-        let grpc: Vec<u16> = (0..n).map(|_| free_port().expect("free port")).collect();
-        let members: Vec<String> = (1..=n)
-            .map(|id| format!("\"{id}=127.0.0.1:{}\"", grpc[id as usize - 1]))
-            .collect();
-        let starts = (1..=n).map(|id| {
-            let toml = format!(
-                "{}[cluster]\nnode_id = {id}\ngrpc_listen = \"127.0.0.1:{}\"\ninitial_members = [{}]\n\
-                 heartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
-                s3_toml(&s3, "proxy"),
-                grpc[id as usize - 1],
-                members.join(", ")
-            );
-            BerthNode::start_with(NodeOptions {
-                binary: berth_binary().into(),
-                extra_toml: toml,
-                ready_timeout: Some(Duration::from_secs(60)),
-                ..Default::default()
-            })
-        });
-        let nodes = futures::future::join_all(starts)
-            .await
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|e| panic!("starting a cluster node: {e:#}")))
-            .collect();
+        let (nodes, s3) = start_cluster(n, "").await;
         Cluster { nodes, s3 }
     }
 

@@ -118,3 +118,38 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// `n` nodes of a new cluster on one fresh SeaweedFS bucket, all ready (a leader is
+/// known everywhere). `extra_toml` is added to every node's configuration.
+pub async fn start_cluster(n: u64, extra_toml: &str) -> (Vec<BerthNode>, SeaweedFs) {
+    let s3 = SeaweedFs::start()
+        .await
+        .unwrap_or_else(|e| panic!("starting SeaweedFS: {e:#}"));
+    let grpc: Vec<u16> = (0..n)
+        .map(|_| berth_testkit::node::free_port().expect("free port"))
+        .collect();
+    let members: Vec<String> = (1..=n)
+        .map(|id| format!("\"{id}=127.0.0.1:{}\"", grpc[id as usize - 1]))
+        .collect();
+    let starts = (1..=n).map(|id| {
+        let toml = format!(
+            "{}{extra_toml}\n[cluster]\nnode_id = {id}\ngrpc_listen = \"127.0.0.1:{}\"\ninitial_members = [{}]\n\
+             heartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
+            s3_toml(&s3, "proxy"),
+            grpc[id as usize - 1],
+            members.join(", ")
+        );
+        BerthNode::start_with(NodeOptions {
+            binary: berth_binary().into(),
+            extra_toml: toml,
+            ready_timeout: Some(std::time::Duration::from_secs(60)),
+            ..Default::default()
+        })
+    });
+    let nodes = futures::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("starting a cluster node: {e:#}")))
+        .collect();
+    (nodes, s3)
+}

@@ -162,8 +162,25 @@ impl Registry {
     // ---- blobs --------------------------------------------------------------------
 
     /// Size of a blob linked to `repo`.
+    /// A local lookup and, when it finds nothing, a second one after catching up with
+    /// the leader: a write acknowledged through another node may not be applied here
+    /// yet, and a 404 must not contradict it. Hits, the common case, cost nothing.
+    async fn lookup<T>(
+        &self,
+        find: impl Fn(&MetaReader) -> Result<Option<T>, berth_meta::MetaError>,
+    ) -> Result<Option<T>, RegistryError> {
+        if let Some(found) = find(self.meta())? {
+            return Ok(Some(found));
+        }
+        if let Err(e) = self.inner.cluster.read_barrier().await {
+            tracing::debug!(error = %e, "cannot catch up with the leader before answering a miss");
+            return Ok(None);
+        }
+        Ok(find(self.meta())?)
+    }
+
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
-        match self.meta().linked_blob(repo, digest)? {
+        match self.lookup(|m| m.linked_blob(repo, digest)).await? {
             Some(b) => Ok(b.size),
             None => Err(RegistryError::BlobUnknown(digest.to_string())),
         }
@@ -284,7 +301,7 @@ impl Registry {
         request: UploadRequest,
         body: ByteStream,
     ) -> Result<Routed, RegistryError> {
-        let rec = self.check_session(repo, id)?;
+        let rec = self.find_session(repo, id).await?;
         let me = self.inner.cluster.id();
         if rec.node == me {
             return Ok(Routed::Here(body));
@@ -382,6 +399,17 @@ impl Registry {
     }
 
     /// The session, if it exists and belongs to `repo`.
+    /// [`Registry::check_session`], catching up with the leader before a miss.
+    async fn find_session(&self, repo: &RepoName, id: &str) -> Result<berth_meta::UploadRecord, RegistryError> {
+        if !berth_blob::is_valid_upload_id(id) {
+            return Err(RegistryError::UploadUnknown(id.to_string()));
+        }
+        match self.lookup(|m| m.upload(id)).await? {
+            Some(rec) if &rec.repo == repo => Ok(rec),
+            _ => Err(RegistryError::UploadUnknown(id.to_string())),
+        }
+    }
+
     fn check_session(&self, repo: &RepoName, id: &str) -> Result<berth_meta::UploadRecord, RegistryError> {
         if !berth_blob::is_valid_upload_id(id) {
             return Err(RegistryError::UploadUnknown(id.to_string()));
@@ -630,19 +658,20 @@ impl Registry {
     }
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, RegistryError> {
+        // Manifests can be deleted, so with linearizable reads a manifest by digest
+        // also waits for the read index: an acknowledged delete is never undone by a
+        // read through another node. (Blobs stay local: their deletes are rare.)
+        if self.inner.options.tag_reads == TagReads::Linearizable {
+            self.inner.cluster.read_barrier().await?;
+        }
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
-            Reference::Tag(tag) => {
-                if self.inner.options.tag_reads == TagReads::Linearizable {
-                    self.inner.cluster.read_barrier().await?;
-                }
-                match self.meta().tag(repo, tag)? {
-                    Some(t) => t.digest,
-                    None => return Err(self.manifest_unknown(repo, tag.as_str())?),
-                }
-            }
+            Reference::Tag(tag) => match self.meta().tag(repo, tag)? {
+                Some(t) => t.digest,
+                None => return Err(self.manifest_unknown(repo, tag.as_str())?),
+            },
         };
-        match self.meta().manifest(repo, &digest)? {
+        match self.lookup(|m| m.manifest(repo, &digest)).await? {
             Some(m) => Ok(Manifest {
                 digest,
                 media_type: m.media_type,
@@ -690,6 +719,9 @@ impl Registry {
     }
 
     pub async fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page, RegistryError> {
+        if self.inner.options.tag_reads == TagReads::Linearizable {
+            self.inner.cluster.read_barrier().await?;
+        }
         Ok(self.meta().catalog(last, n)?)
     }
 
@@ -701,6 +733,9 @@ impl Registry {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Descriptor>, RegistryError> {
+        if self.inner.options.tag_reads == TagReads::Linearizable {
+            self.inner.cluster.read_barrier().await?;
+        }
         let mut all = self.meta().referrers(repo, subject)?;
         if let Some(at) = artifact_type {
             all.retain(|d| d.artifact_type.as_deref() == Some(at));

@@ -56,15 +56,15 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn abandoned_uploads_expire_and_their_data_is_removed() {
     let reg = Reg::start_with("[uploads]\nexpire_after = \"2s\"\nsweep_interval = \"500ms\"\n").await;
     let repo = "expire/app";
-    let uploads_dir = reg.node.data_dir().join("blobs").join("uploads");
+    let upload_dirs = reg.upload_data_dirs();
+    let stored = || upload_dirs.iter().flat_map(|d| files_under(d)).collect::<Vec<_>>();
 
     let loc = reg.start_upload(repo).await;
     let (h, _) = check(reg.patch_chunk(&loc, 0, &random_bytes(4096, 90)).await, 202).await;
     let loc = header_req(&h, "location");
     assert!(
-        !files_under(&uploads_dir).is_empty(),
-        "the fs backend should hold the upload's bytes under {}",
-        uploads_dir.display()
+        !stored().is_empty(),
+        "the upload's bytes should be under {upload_dirs:?}"
     );
 
     poll_until(Duration::from_secs(15), "the upload session to expire", || async {
@@ -83,7 +83,7 @@ async fn abandoned_uploads_expire_and_their_data_is_removed() {
     .await;
 
     let left = poll_until(Duration::from_secs(5), "the upload's files to be removed", || async {
-        let left = files_under(&uploads_dir);
+        let left = stored();
         if left.is_empty() { Some(left) } else { None }
     })
     .await;

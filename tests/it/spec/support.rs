@@ -56,34 +56,77 @@ pub fn sha512_digest(data: &[u8]) -> String {
 pub struct Reg {
     pub node: BerthNode,
     http: reqwest::Client,
+    /// Every node requests are spread over (round robin), the first being `node`.
+    bases: Vec<Url>,
+    next: std::sync::atomic::AtomicUsize,
+    /// The other members and the S3 store of a cluster run.
+    _cluster: Option<(Vec<BerthNode>, berth_testkit::SeaweedFs)>,
+}
+
+/// `BERTH_SPEC_NODES=3` runs the suite against a 3-node cluster (on SeaweedFS) with
+/// every request sent to the next node in turn, as a round-robin load balancer would.
+fn cluster_size() -> u64 {
+    std::env::var("BERTH_SPEC_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 1)
+        .unwrap_or(1)
 }
 
 impl Reg {
     pub async fn start() -> Reg {
-        let node = BerthNode::start(env!("CARGO_BIN_EXE_berth"))
-            .await
-            .expect("start berth node");
-        Reg::with_node(node)
+        Reg::start_with("").await
     }
 
     pub async fn start_with(extra_toml: &str) -> Reg {
+        let n = cluster_size();
+        if n > 1 {
+            let (mut nodes, s3) = crate::start_cluster(n, extra_toml).await;
+            let node = nodes.remove(0);
+            return Reg::with_nodes(node, Some((nodes, s3)));
+        }
         let opts = NodeOptions::new(env!("CARGO_BIN_EXE_berth")).extra_toml(extra_toml);
         let node = BerthNode::start_with(opts).await.expect("start berth node");
-        Reg::with_node(node)
+        Reg::with_nodes(node, None)
     }
 
-    fn with_node(node: BerthNode) -> Reg {
+    fn with_nodes(node: BerthNode, cluster: Option<(Vec<BerthNode>, berth_testkit::SeaweedFs)>) -> Reg {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(Duration::from_secs(60))
             .build()
             .expect("http client");
-        Reg { node, http }
+        let others = cluster.iter().flat_map(|(nodes, _)| nodes.iter());
+        let bases = std::iter::once(&node)
+            .chain(others)
+            .map(|n| Url::parse(&n.base_url()).expect("base url"))
+            .collect();
+        Reg {
+            node,
+            http,
+            bases,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            _cluster: cluster,
+        }
     }
 
+    /// Where nodes keep the bytes of uploads in progress: the fs backend's
+    /// `blobs/uploads`, or (on S3, in a cluster) every node's local spool.
+    pub fn upload_data_dirs(&self) -> Vec<std::path::PathBuf> {
+        match &self._cluster {
+            None => vec![self.node.data_dir().join("blobs").join("uploads")],
+            Some((others, _)) => std::iter::once(&self.node)
+                .chain(others.iter())
+                .map(|n| n.data_dir().join("spool"))
+                .collect(),
+        }
+    }
+
+    /// The node the next request goes to.
     pub fn base(&self) -> Url {
-        Url::parse(&self.node.base_url().to_string()).expect("base url")
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.bases[i % self.bases.len()].clone()
     }
 
     /// Resolves a path (`/v2/...`) or a `Location` value (relative or
