@@ -306,3 +306,193 @@ async fn members_are_added_and_removed_while_serving() {
     push_and_check(&cluster, 0, "team/membership", 62).await;
     push_and_check(&cluster, 2, "team/membership", 63).await;
 }
+
+/// One push that was acknowledged: its manifest PUT answered 201.
+struct Acked {
+    repo: String,
+    tag: String,
+    manifest: Vec<u8>,
+    layer_digest: String,
+    layer: Vec<u8>,
+}
+
+/// Push a one-layer image through `base`; an error when any step failed (the push
+/// is then not acknowledged and may or may not be visible).
+async fn try_push(http: &reqwest::Client, base: &str, repo: &str, tag: &str, seed: u64) -> Result<Acked, String> {
+    let layer = random_bytes(32 * 1024, seed);
+    let layer_digest = sha256_digest(&layer);
+    let config = format!("{{\"seed\":{seed}}}").into_bytes();
+    let config_digest = sha256_digest(&config);
+    for (digest, bytes) in [(&layer_digest, &layer), (&config_digest, &config)] {
+        let url = format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}");
+        let resp = http
+            .post(url)
+            .body(bytes.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(format!(
+                "blob: {} {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ));
+        }
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}]
+    }))
+    .map_err(|e| e.to_string())?;
+    let resp = http
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(format!(
+            "manifest: {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        ));
+    }
+    Ok(Acked {
+        repo: repo.to_string(),
+        tag: tag.to_string(),
+        manifest,
+        layer_digest,
+        layer,
+    })
+}
+
+fn leader_index(status: &serde_json::Value) -> Option<usize> {
+    status["leader"].as_u64().map(|id| id as usize - 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_push_is_lost_when_the_leader_is_killed() {
+    let mut cluster = Cluster::start(3).await;
+    let bases: Vec<String> = cluster.nodes.iter().map(|n| n.base_url()).collect();
+    let pushers = 4;
+    let per_pusher = 30;
+    let mut handles = Vec::new();
+    for p in 0..pushers {
+        let bases = bases.clone();
+        handles.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client");
+            let mut acked = Vec::new();
+            let mut failed = Vec::new();
+            for i in 0..per_pusher {
+                let base = &bases[(p + i) % bases.len()];
+                let seed = (p * 1000 + i) as u64;
+                match try_push(&http, base, &format!("load/pusher-{p}"), &format!("v{i}"), seed).await {
+                    Ok(a) => acked.push(a),
+                    Err(e) => failed.push(e),
+                }
+                // Spread the pushes over the leader's death and return.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            (acked, failed)
+        }));
+    }
+    // Kill the leader while the pushes run, then bring it back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = berth_cluster(&cluster.nodes[0], &["status"]);
+    let leader = leader_index(&status).expect("a leader");
+    cluster.nodes[leader].kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nodes[leader]
+        .restart()
+        .await
+        .expect("restarting the old leader");
+
+    let mut acked = Vec::new();
+    let mut failed = Vec::new();
+    for h in handles {
+        let (a, f) = h.await.expect("pusher");
+        acked.extend(a);
+        failed.extend(f);
+    }
+    eprintln!(
+        "{} pushes acknowledged, {} failed: {:?}",
+        acked.len(),
+        failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        acked.len() > pushers * per_pusher / 2,
+        "only {} pushes were acknowledged; failures: {failed:#?}",
+        acked.len()
+    );
+
+    // Every node converges on the same applied state...
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied: Vec<u64> = cluster
+            .nodes
+            .iter()
+            .map(|n| berth_cluster(n, &["status"])["applied_index"].as_u64().unwrap_or(0))
+            .collect();
+        if applied.iter().all(|a| *a == applied[0]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "applied indexes differ: {applied:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and serves every acknowledged push, byte for byte, from every node.
+    let http = http();
+    for a in &acked {
+        for base in &bases {
+            let got = http
+                .get(format!("{base}/v2/{}/manifests/{}", a.repo, a.tag))
+                .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .expect("GET manifest");
+            assert_eq!(got.status(), StatusCode::OK, "{base} {}:{}", a.repo, a.tag);
+            assert_eq!(got.bytes().await.expect("body").as_ref(), a.manifest.as_slice());
+            let blob = http
+                .get(format!("{base}/v2/{}/blobs/{}", a.repo, a.layer_digest))
+                .send()
+                .await
+                .expect("GET blob");
+            assert_eq!(blob.status(), StatusCode::OK);
+            assert_eq!(blob.bytes().await.expect("body").as_ref(), a.layer.as_slice());
+        }
+    }
+    // No tag points to a missing manifest (and, by the apply-time check, no manifest
+    // to a missing blob): every listed tag resolves on every node.
+    for p in 0..pushers {
+        let repo = format!("load/pusher-{p}");
+        let tags: serde_json::Value = http
+            .get(format!("{}/v2/{repo}/tags/list", bases[0]))
+            .send()
+            .await
+            .expect("tags")
+            .json()
+            .await
+            .expect("tags json");
+        for tag in tags["tags"].as_array().into_iter().flatten() {
+            let tag = tag.as_str().expect("tag");
+            for base in &bases {
+                let resp = http
+                    .head(format!("{base}/v2/{repo}/manifests/{tag}"))
+                    .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+                    .send()
+                    .await
+                    .expect("HEAD");
+                assert_eq!(resp.status(), StatusCode::OK, "{base} {repo}:{tag}");
+            }
+        }
+    }
+}

@@ -10,6 +10,9 @@ pub enum ClusterError {
     /// No leader, lost quorum or a timeout: the caller may retry later.
     #[error("metadata cluster unavailable: {0}")]
     Unavailable(String),
+    /// A proposal reached a node that no longer leads; it was not appended.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
     /// The local metadata store failed.
     #[error("metadata store: {0}")]
     Store(#[from] berth_meta::MetaError),

@@ -37,6 +37,7 @@ use crate::handover::OwnerChannel;
 use crate::handover::SharedHandler;
 use crate::network::LinkFilter;
 use crate::network::channel;
+use crate::network::connect;
 use crate::network::pass_link;
 
 /// Raft timing and log-compaction settings.
@@ -172,6 +173,13 @@ fn leader_info(raft: &Raft<TypeConfig>, leader: Option<NodeId>) -> Option<NodeIn
         .nodes()
         .find(|(id, _)| **id == leader)
         .map(|(_, n)| n.clone())
+}
+
+/// The outcome of one proposal attempt that did not succeed.
+enum Attempt {
+    /// Certainly not appended anywhere: safe to try again.
+    Retry(String),
+    Failed(ClusterError),
 }
 
 /// A membership change that must go to the leader, or failed here.
@@ -334,37 +342,68 @@ impl ClusterNode {
         response.0.map_err(ClusterError::Rejected)
     }
 
+    /// Propose until some leader takes the command. While leadership moves (no leader
+    /// known, the leader unreachable, a node that stopped leading), the command was
+    /// certainly not appended, so it is retried; the caller's timeout bounds the wait.
     async fn propose_inner(&self, cmd: Command) -> Result<(u64, CommandResponse), ClusterError> {
-        match self.inner.raft.client_write(cmd.clone()).await {
-            Ok(r) => Ok((r.log_id.index, r.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let leader = f
-                    .leader_node
-                    .clone()
-                    .or_else(|| leader_info(&self.inner.raft, f.leader_id))
-                    .ok_or_else(|| unavailable("no leader known"))?;
-                if let Some(to) = f.leader_id {
-                    pass_link(self.inner.filter.as_ref(), self.inner.id, to)
-                        .await
-                        .map_err(unavailable)?;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.try_propose(&cmd).await {
+                Err(Attempt::Retry(why)) => {
+                    tracing::debug!(command = cmd.kind(), %why, "no leader took the proposal yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(250));
                 }
-                self.forward(&leader, cmd).await
+                Err(Attempt::Failed(e)) => return Err(e),
+                Ok(done) => return Ok(done),
             }
-            Err(RaftError::APIError(e)) => Err(unavailable(e)),
-            Err(RaftError::Fatal(e)) => Err(ClusterError::Fatal(e.to_string())),
         }
     }
 
-    async fn forward(&self, leader: &NodeInfo, cmd: Command) -> Result<(u64, CommandResponse), ClusterError> {
+    async fn try_propose(&self, cmd: &Command) -> Result<(u64, CommandResponse), Attempt> {
+        match self.inner.raft.client_write(cmd.clone()).await {
+            Ok(r) => Ok((r.log_id.index, r.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let Some(leader) = f
+                    .leader_node
+                    .clone()
+                    .or_else(|| leader_info(&self.inner.raft, f.leader_id))
+                else {
+                    return Err(Attempt::Retry("no leader known".into()));
+                };
+                if let Some(to) = f.leader_id {
+                    pass_link(self.inner.filter.as_ref(), self.inner.id, to)
+                        .await
+                        .map_err(Attempt::Retry)?;
+                }
+                self.forward(&leader, cmd).await
+            }
+            Err(RaftError::APIError(e)) => Err(Attempt::Failed(unavailable(e))),
+            Err(RaftError::Fatal(e)) => Err(Attempt::Failed(ClusterError::Fatal(e.to_string()))),
+        }
+    }
+
+    async fn forward(&self, leader: &NodeInfo, cmd: &Command) -> Result<(u64, CommandResponse), Attempt> {
         tracing::debug!(leader = %leader.grpc_addr, command = cmd.kind(), "forwarding proposal to leader");
-        let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
-        let command = rmp_serde::to_vec_named(&cmd).map_err(unavailable)?;
-        let reply = RaftServiceClient::new(ch)
-            .propose(ProposeRequest { command })
+        // Connected first: a leader that cannot be reached has not seen the command.
+        let ch = connect(leader.grpc_addr.clone(), Duration::from_secs(1))
             .await
-            .map_err(|s| unavailable(format!("leader {}: {}", leader.grpc_addr, s.message())))?
-            .into_inner();
-        let reply: ForwardedReply = rmp_serde::from_slice(&reply.response).map_err(unavailable)?;
+            .map_err(Attempt::Retry)?;
+        let command = rmp_serde::to_vec_named(cmd).map_err(|e| Attempt::Failed(unavailable(e)))?;
+        let reply = match RaftServiceClient::new(ch).propose(ProposeRequest { command }).await {
+            Ok(r) => r.into_inner(),
+            // The node no longer leads and did not append the command.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(Attempt::Retry(s.message().into())),
+            Err(s) => {
+                return Err(Attempt::Failed(unavailable(format!(
+                    "leader {}: {}",
+                    leader.grpc_addr,
+                    s.message()
+                ))));
+            }
+        };
+        let reply: ForwardedReply =
+            rmp_serde::from_slice(&reply.response).map_err(|e| Attempt::Failed(unavailable(e)))?;
         Ok((reply.index, reply.response))
     }
 
@@ -375,6 +414,9 @@ impl ClusterNode {
                 index: r.log_id.index,
                 response: r.data,
             }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ClusterError::NotLeader("this node no longer leads".into()))
+            }
             Err(e) => Err(unavailable(e)),
         }
     }

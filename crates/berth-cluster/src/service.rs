@@ -52,6 +52,7 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 fn status(e: ClusterError) -> Status {
     match e {
         ClusterError::Unavailable(m) => Status::unavailable(m),
+        ClusterError::NotLeader(m) => Status::failed_precondition(m),
         other => Status::internal(other.to_string()),
     }
 }

@@ -66,7 +66,7 @@ impl From<ClusterError> for RegistryError {
     fn from(e: ClusterError) -> Self {
         match e {
             ClusterError::Rejected(r) => r.into(),
-            ClusterError::Unavailable(m) => RegistryError::Unavailable(m),
+            ClusterError::Unavailable(m) | ClusterError::NotLeader(m) => RegistryError::Unavailable(m),
             other => RegistryError::Internal(other.to_string()),
         }
     }
