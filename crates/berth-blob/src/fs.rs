@@ -234,17 +234,7 @@ impl BlobStore for FsBlobStore {
             // them: a put links the blob for whoever made it, so it is verified like
             // any other.
             debug!(%digest, size, "put: blob already present, verifying the body");
-            let mut hasher = Hasher::new(digest.algorithm());
-            while let Some(item) = data.next().await {
-                hasher.update(&item.map_err(BlobError::Client)?);
-            }
-            let actual = hasher.finalize();
-            if actual.hex() != digest.hex() {
-                return Err(BlobError::DigestMismatch {
-                    expected: digest.to_string(),
-                    actual: actual.to_string(),
-                });
-            }
+            crate::verify_body(digest, data).await?;
             return Ok(size);
         }
 

@@ -207,3 +207,21 @@ pub fn check_upload_id(id: &str) -> Result<(), BlobError> {
         Err(BlobError::UploadNotFound(id.escape_default().to_string()))
     }
 }
+
+/// Hash a request body and check that it is `digest`. A put of a blob that is already
+/// stored still goes through this: knowing a digest must not be enough to link it.
+pub(crate) async fn verify_body(digest: &Digest, mut data: ByteStream) -> Result<(), BlobError> {
+    use futures::StreamExt;
+    let mut hasher = berth_oci::Hasher::new(digest.algorithm());
+    while let Some(item) = data.next().await {
+        hasher.update(&item.map_err(BlobError::Client)?);
+    }
+    let actual = hasher.finalize();
+    if actual.hex() != digest.hex() {
+        return Err(BlobError::DigestMismatch {
+            expected: digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}

@@ -1509,17 +1509,7 @@ impl BlobStore for S3BlobStore {
             if let Some(size) = inner.head(&key).await? {
                 // Present already; the caller must still prove it has the bytes.
                 debug!(size, "put: blob already present, verifying the body");
-                let mut hasher = Hasher::new(digest.algorithm());
-                while let Some(item) = data.next().await {
-                    hasher.update(&item.map_err(BlobError::Client)?);
-                }
-                let actual = hasher.finalize();
-                if actual.hex() != digest.hex() {
-                    return Err(BlobError::DigestMismatch {
-                        expected: digest.to_string(),
-                        actual: actual.to_string(),
-                    });
-                }
+                crate::verify_body(digest, data).await?;
                 return Ok(size);
             }
 
