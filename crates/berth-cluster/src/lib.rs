@@ -25,3 +25,4 @@ pub use node::MembershipChange;
 pub use node::NodeStatus;
 pub use node::RaftOptions;
 pub use service::RaftGrpcService;
+pub use service::serve_grpc;

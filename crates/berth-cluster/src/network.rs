@@ -34,6 +34,10 @@ pub struct GrpcNetwork {
     connect_timeout: Duration,
     from: NodeId,
     filter: Option<Arc<dyn LinkFilter>>,
+    /// One HTTP/2 channel per peer address, shared by every client openraft creates:
+    /// openraft asks for a new client for each leadership check (every read index),
+    /// and a fresh connection each time would cost a TCP and HTTP/2 handshake.
+    channels: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
 }
 
 impl GrpcNetwork {
@@ -42,6 +46,7 @@ impl GrpcNetwork {
             connect_timeout,
             from,
             filter,
+            channels: Arc::default(),
         }
     }
 }
@@ -103,11 +108,20 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
+        let client = {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            match channels.get(&node.grpc_addr) {
+                Some(ch) => Ok(ch.clone()),
+                None => channel(&node.grpc_addr, self.connect_timeout).inspect(|ch| {
+                    channels.insert(node.grpc_addr.clone(), ch.clone());
+                }),
+            }
+        };
         PeerClient {
             from: self.from,
             target,
             filter: self.filter.clone(),
-            client: channel(&node.grpc_addr, self.connect_timeout).map(RaftServiceClient::new),
+            client: client.map(RaftServiceClient::new),
         }
     }
 }

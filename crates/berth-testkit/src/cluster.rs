@@ -14,7 +14,6 @@ use berth_cluster::ClusterNode;
 use berth_cluster::LinkAction;
 use berth_cluster::LinkFilter;
 use berth_cluster::MembershipChange;
-use berth_cluster::RaftGrpcService;
 use berth_cluster::RaftOptions;
 use berth_meta::NodeId;
 use berth_meta::NodeInfo;
@@ -125,15 +124,10 @@ impl TestCluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let stop = CancellationToken::new();
-        let service = RaftGrpcService::new(node.clone());
         let server_stop = stop.clone();
+        let server_node = node.clone();
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let served = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, server_stop.cancelled())
-                .await;
-            if let Err(e) = served {
+            if let Err(e) = berth_cluster::serve_grpc(listener, server_node, server_stop.cancelled_owned()).await {
                 tracing::warn!(error = %e, "test member's gRPC server failed");
             }
         });

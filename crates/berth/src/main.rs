@@ -15,8 +15,8 @@ use berth_blob::CachedBlobStore;
 use berth_blob::FsBlobStore;
 use berth_blob::S3BlobStore;
 use berth_cluster::ClusterNode;
-use berth_cluster::RaftGrpcService;
 use berth_cluster::RaftOptions;
+use berth_cluster::serve_grpc;
 use berth_meta::NodeInfo;
 use berth_registry::BlobDelivery;
 use berth_registry::Registry;
@@ -169,17 +169,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let grpc_listener = tokio::net::TcpListener::bind(grpc)
             .await
             .with_context(|| format!("cluster.grpc_listen: cannot bind {grpc}"))?;
-        let service = RaftGrpcService::new(cluster.clone());
         let grpc_stop = stop.clone();
+        let grpc_node = cluster.clone();
         tracing::info!(addr = %grpc, "serving the cluster gRPC service");
         tasks.spawn(
             async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-                let served = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled())
-                    .await;
-                if let Err(e) = served {
+                if let Err(e) = serve_grpc(grpc_listener, grpc_node, grpc_stop.cancelled_owned()).await {
                     tracing::error!(error = %e, "cluster gRPC service failed");
                 }
             }
