@@ -53,7 +53,9 @@ run() { # backend size_mib
     digest="sha256:$(sha256sum "$blob" | cut -d' ' -f1)"
     local base_rss; base_rss=$(hwm_mib $pid)
     t0=$(date +%s.%N)
-    curl -sf -X POST -H 'Content-Type: application/octet-stream' -T "$blob" \
+    # From stdin, streamed chunked (with -T FILE curl appends the file name to a URL
+    # that ends in a slash).
+    curl -sf -X POST -H 'Content-Type: application/octet-stream' -T - < "$blob" \
         "http://127.0.0.1:$port/v2/bench/mem/blobs/uploads/?digest=$digest" -o /dev/null
     t1=$(date +%s.%N)
     curl -sf "http://127.0.0.1:$port/v2/bench/mem/blobs/$digest" -o /dev/null
