@@ -442,8 +442,7 @@ impl Registry {
         Ok(())
     }
 
-    /// Append a chunk. `start` is where the client says the chunk begins (from
-    /// `Content-Range`); `length` is its announced size.
+    /// [`Registry::append_chunk`] on this node, which owns the session.
     pub(crate) async fn append_chunk_here(
         &self,
         repo: &RepoName,
@@ -499,7 +498,7 @@ impl Registry {
         Ok(())
     }
 
-    /// Finish an upload, with an optional last chunk, as blob `digest`.
+    /// [`Registry::finish_upload`] on this node, which owns the session.
     pub(crate) async fn finish_upload_here(
         &self,
         repo: &RepoName,
