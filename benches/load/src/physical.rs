@@ -31,6 +31,10 @@ pub struct Physical {
     pub loopback_mib_per_s: f64,
     /// Median seconds to copy `bytes` over loopback.
     pub loopback_s: f64,
+    /// Writing `bytes` to a new file in the temp dir (where the servers keep their
+    /// data) and fsyncing it, MiB/s (one repetition: it is slow and wears the disk).
+    pub disk_write_fsync_mib_per_s: f64,
+    pub disk_write_fsync_s: f64,
 }
 
 /// Seconds to sha256 all of `data` on the calling thread (1 MiB updates).
@@ -83,7 +87,24 @@ pub fn loopback_seconds(bytes: u64) -> anyhow::Result<f64> {
     Ok(secs)
 }
 
-/// Both references, `reps` times each, medians. `data` is hashed whole each time.
+/// Seconds to write `data` to a new file in `dir` (1 MiB writes) and fsync it; the
+/// file is removed afterwards.
+pub fn disk_write_fsync_seconds(data: &[u8], dir: &std::path::Path) -> anyhow::Result<f64> {
+    let mut file = tempfile::Builder::new()
+        .prefix("berth-bench-disk-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let start = Instant::now();
+    for chunk in data.chunks(COPY_BUF) {
+        file.write_all(chunk)?;
+    }
+    file.as_file().sync_all()?;
+    let secs = start.elapsed().as_secs_f64();
+    drop(file);
+    Ok(secs)
+}
+
+/// The references: sha256 and loopback `reps` times each (medians), the disk once. `data` is hashed whole each time.
 pub fn measure(data: &[u8], reps: usize) -> anyhow::Result<Physical> {
     let reps = reps.max(1);
     let bytes = data.len() as u64;
@@ -95,6 +116,7 @@ pub fn measure(data: &[u8], reps: usize) -> anyhow::Result<Physical> {
     }
     let sha_s = median(&mut sha).unwrap_or(f64::NAN);
     let copy_s = median(&mut copy).unwrap_or(f64::NAN);
+    let disk_s = disk_write_fsync_seconds(data, &std::env::temp_dir())?;
     Ok(Physical {
         bytes,
         repetitions: reps,
@@ -102,6 +124,8 @@ pub fn measure(data: &[u8], reps: usize) -> anyhow::Result<Physical> {
         sha256_s: sha_s,
         loopback_mib_per_s: mib / copy_s,
         loopback_s: copy_s,
+        disk_write_fsync_mib_per_s: mib / disk_s,
+        disk_write_fsync_s: disk_s,
     })
 }
 
@@ -115,5 +139,6 @@ mod tests {
         let p = measure(&data, 1).unwrap();
         assert_eq!(p.bytes, 4 * 1024 * 1024);
         assert!(p.sha256_mib_per_s > 0.0 && p.loopback_mib_per_s > 0.0);
+        assert!(p.disk_write_fsync_mib_per_s > 0.0);
     }
 }

@@ -142,15 +142,17 @@ pub fn render(r: &Report, systems: &[SystemKind], scenarios: &[Scenario]) -> Str
     let _ = writeln!(out, "berth-bench report ({})", r.generated_utc);
     let _ = writeln!(out, "{}", r.note);
     if let Some(p) = &r.physical {
+        let n = crate::scenarios::size(p.bytes);
         let _ = writeln!(
             out,
-            "physical: sha256 one core {} MiB/s ({} s per {}); loopback copy {} MiB/s ({} s per {})",
+            "physical ({n}): sha256 one core {} MiB/s ({} s); loopback copy {} MiB/s ({} s); \
+             disk write+fsync {} MiB/s ({} s)",
             f(p.sha256_mib_per_s),
             f(p.sha256_s),
-            crate::scenarios::size(p.bytes),
             f(p.loopback_mib_per_s),
             f(p.loopback_s),
-            crate::scenarios::size(p.bytes)
+            f(p.disk_write_fsync_mib_per_s),
+            f(p.disk_write_fsync_s),
         );
     }
     let _ = writeln!(out);
@@ -427,6 +429,19 @@ pub fn targets(r: &Report) -> Vec<TargetLine> {
                 format!("{name}: N/A (target ≤ 1.2x; {why})"),
             );
         }
+    }
+    // Context: the same push against the disk alone (a durable push must fsync).
+    let disk = r
+        .physical
+        .as_ref()
+        .filter(|p| p.bytes == r.params.push_size)
+        .map(|p| p.disk_write_fsync_s);
+    if let (Some(w), Some(d)) = (r.find(S::PushLarge, K::BerthFs).and_then(|m| m.wall_s), disk)
+        && d > 0.0
+    {
+        let name = format!("push {push} (local disk): berth-fs wall / disk write+fsync of {push}");
+        let text = format!("{name} = {w:.2} s / {d:.2} s = {:.2}x info", w / d);
+        t.push(&name, Some(w / d), Verdict::Info, text);
     }
     let wall: fn(&Measurement) -> Option<f64> = |m| m.wall_s;
     let dist_best = [K::DistS3Redirect, K::DistS3Proxy]
