@@ -428,7 +428,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             rss.begin_window(&l.running.server_pids);
             let mut m = scenarios::run(s, &ctx).await;
-            m.peak_rss_mib = rss.end_window(&l.running.server_pids);
+            if let Some(w) = rss.end_window(&l.running.server_pids) {
+                m.peak_rss_mib = Some(w.peak_mib);
+                m.start_rss_mib = Some(w.start_mib);
+            }
             println!("  {:<34} {:<18} {}", s.title(&params), l.kind.name(), summary(&m));
             results.push(m);
         }

@@ -524,29 +524,31 @@ pub fn targets(r: &Report) -> Vec<TargetLine> {
                 );
             }
         }
-        let name = format!("{} RSS growth with blob size", sys.name());
-        let small = r.find(S::BlobGetSmall, sys).and_then(|m| m.peak_rss_mib);
-        let big = [S::BlobGetLarge, S::PushLarge]
+        // Growth while streaming big blobs: peak minus the RSS at the scenario's start.
+        let name = format!("{} RSS growth while streaming big blobs", sys.name());
+        let growth = [S::BlobGetLarge, S::PushLarge]
             .into_iter()
-            .filter_map(|s| r.find(s, sys).and_then(|m| m.peak_rss_mib))
-            .reduce(f64::max);
-        match (small, big) {
-            (Some(sm), Some(bg)) => {
-                let growth = bg - sm;
-                let verdict = if growth <= RSS_GROWTH_SLACK_MIB {
+            .filter_map(|s| {
+                let m = r.find(s, sys)?;
+                Some((s, m.peak_rss_mib? - m.start_rss_mib?))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match growth {
+            Some((s, g)) => {
+                let verdict = if g <= RSS_GROWTH_SLACK_MIB {
                     Verdict::Pass
                 } else {
                     Verdict::Miss
                 };
                 let text = format!(
-                    "{name} = {growth:+.1} MiB (peak {bg:.1} with large blobs vs {sm:.1} with {}; target ≤ +{RSS_GROWTH_SLACK_MIB} MiB) {}",
-                    crate::scenarios::size(r.params.small_blob),
+                    "{name} = {g:+.1} MiB in {} (peak minus RSS at its start; target ≤ +{RSS_GROWTH_SLACK_MIB} MiB) {}",
+                    s.id(),
                     verdict_str(&verdict)
                 );
-                t.push(&name, Some(growth), verdict, text);
+                t.push(&name, Some(g), verdict, text);
             }
-            _ => {
-                let why = t.why_missing(S::BlobGetSmall, &[sys]);
+            None => {
+                let why = t.why_missing(S::PushLarge, &[sys]);
                 t.push(&name, None, Verdict::NotAvailable, format!("{name}: N/A ({why})"));
             }
         }
@@ -650,6 +652,28 @@ mod tests {
         assert!(cluster.text.contains("not available"), "{}", cluster.text);
         let head_proxy = lines.iter().find(|l| l.target.contains("dist-s3-proxy")).unwrap();
         assert_eq!(head_proxy.verdict, Verdict::Miss);
+    }
+
+    #[test]
+    fn rss_lines_use_peak_and_growth_within_the_scenario() {
+        let mut push = m(Scenario::PushLarge, SystemKind::BerthFs, 1.0);
+        push.peak_rss_mib = Some(60.0);
+        push.start_rss_mib = Some(50.0);
+        let mut get = m(Scenario::BlobGetLarge, SystemKind::BerthFs, 1.0);
+        get.peak_rss_mib = Some(52.0);
+        get.start_rss_mib = Some(49.0);
+        let lines = targets(&report(vec![push, get]));
+        let peak = lines
+            .iter()
+            .find(|l| l.target.starts_with("berth-fs peak RSS"))
+            .unwrap();
+        assert_eq!((peak.verdict.clone(), peak.value), (Verdict::Pass, Some(60.0)));
+        let growth = lines
+            .iter()
+            .find(|l| l.target.starts_with("berth-fs RSS growth"))
+            .unwrap();
+        assert_eq!((growth.verdict.clone(), growth.value), (Verdict::Pass, Some(10.0)));
+        assert!(growth.text.contains("+10.0 MiB in push-large"), "{}", growth.text);
     }
 
     #[test]

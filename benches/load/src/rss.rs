@@ -35,7 +35,17 @@ pub fn reset_hwm(pid: u32) -> bool {
 struct PidStats {
     overall_kib: u64,
     window_kib: u64,
+    window_start_kib: u64,
     window_reset: bool,
+}
+
+/// RSS of one measurement window, MiB, summed over its processes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// RSS when the window began.
+    pub start_mib: f64,
+    /// Peak RSS during the window.
+    pub peak_mib: f64,
 }
 
 /// Tracks peak RSS of a set of PIDs; cheap to clone.
@@ -97,25 +107,30 @@ impl RssTracker {
                 let s = map.entry(pid).or_default();
                 s.window_reset = reset;
                 s.window_kib = current;
+                s.window_start_kib = current;
             }
         }
     }
 
-    /// Peak RSS (MiB) summed over `pids` since `begin_window` (the sum of per-process
-    /// peaks: an upper bound when there are several processes).
-    pub fn end_window(&self, pids: &[u32]) -> Option<f64> {
-        let mut total = 0u64;
+    /// Start and peak RSS summed over `pids` since `begin_window` (the sum of
+    /// per-process peaks: an upper bound when there are several processes).
+    pub fn end_window(&self, pids: &[u32]) -> Option<Window> {
+        let (mut peak, mut start) = (0u64, 0u64);
         let mut any = false;
         for &pid in pids {
             self.sample_one(pid);
             if let Ok(map) = self.inner.lock()
                 && let Some(s) = map.get(&pid)
             {
-                total += s.window_kib;
+                peak += s.window_kib;
+                start += s.window_start_kib;
                 any = true;
             }
         }
-        any.then(|| total as f64 / 1024.0)
+        any.then(|| Window {
+            start_mib: start as f64 / 1024.0,
+            peak_mib: peak as f64 / 1024.0,
+        })
     }
 
     /// Run-wide peak RSS (MiB) of `pid`.
@@ -145,8 +160,8 @@ mod tests {
         let t = RssTracker::new();
         t.track(me);
         t.begin_window(&[me]);
-        let peak = t.end_window(&[me]).expect("window");
-        assert!(peak > 0.0);
-        assert!(t.overall_mib(me).unwrap() >= peak - 1.0);
+        let w = t.end_window(&[me]).expect("window");
+        assert!(w.peak_mib > 0.0 && w.peak_mib >= w.start_mib);
+        assert!(t.overall_mib(me).unwrap() >= w.peak_mib - 1.0);
     }
 }

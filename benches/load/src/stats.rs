@@ -96,6 +96,9 @@ pub struct Measurement {
     /// Peak RSS of the server process(es) while this scenario ran, MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_mib: Option<f64>,
+    /// Their RSS when the scenario began, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_rss_mib: Option<f64>,
     /// Operations that were due but could not start (open-loop scenarios).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped: Option<u64>,
@@ -124,6 +127,7 @@ impl Measurement {
             wall_s: None,
             readback_mib_per_s: None,
             peak_rss_mib: None,
+            start_rss_mib: None,
             dropped: None,
             redirects: None,
             first_error: None,
