@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use crate::berth_binary;
 use crate::s3_toml;
 use crate::start_cluster;
+use crate::start_cluster_with;
 
 struct Cluster {
     nodes: Vec<BerthNode>,
@@ -373,46 +374,38 @@ fn leader_index(status: &serde_json::Value) -> Option<usize> {
     status["leader"].as_u64().map(|id| id as usize - 1)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_acknowledged_push_is_lost_when_the_leader_is_killed() {
-    let mut cluster = Cluster::start(3).await;
-    let bases: Vec<String> = cluster.nodes.iter().map(|n| n.base_url()).collect();
-    let pushers = 4;
-    let per_pusher = 30;
-    let mut handles = Vec::new();
-    for p in 0..pushers {
-        let bases = bases.clone();
-        handles.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .expect("client");
-            let mut acked = Vec::new();
-            let mut failed = Vec::new();
-            for i in 0..per_pusher {
-                let base = &bases[(p + i) % bases.len()];
-                let seed = (p * 1000 + i) as u64;
-                match try_push(&http, base, &format!("load/pusher-{p}"), &format!("v{i}"), seed).await {
-                    Ok(a) => acked.push(a),
-                    Err(e) => failed.push(e),
-                }
-                // Spread the pushes over the leader's death and return.
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-            (acked, failed)
-        }));
-    }
-    // Kill the leader while the pushes run, then bring it back.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status = berth_cluster(&cluster.nodes[0], &["status"]);
-    let leader = leader_index(&status).expect("a leader");
-    cluster.nodes[leader].kill9();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.nodes[leader]
-        .restart()
-        .await
-        .expect("restarting the old leader");
+type Pushers = Vec<tokio::task::JoinHandle<(Vec<Acked>, Vec<String>)>>;
 
+/// `pushers` clients each pushing `per_pusher` images to `load/pusher-N`, spread
+/// round-robin over `bases` and over a few seconds.
+fn start_pushers(bases: &[String], pushers: usize, per_pusher: usize) -> Pushers {
+    (0..pushers)
+        .map(|p| {
+            let bases = bases.to_vec();
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .expect("client");
+                let mut acked = Vec::new();
+                let mut failed = Vec::new();
+                for i in 0..per_pusher {
+                    let base = &bases[(p + i) % bases.len()];
+                    let seed = (p * 1000 + i) as u64;
+                    match try_push(&http, base, &format!("load/pusher-{p}"), &format!("v{i}"), seed).await {
+                        Ok(a) => acked.push(a),
+                        Err(e) => failed.push(format!("{base}: {e}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                (acked, failed)
+            })
+        })
+        .collect()
+}
+
+/// Wait for the pushers; most pushes must have been acknowledged.
+async fn finish_pushers(handles: Pushers, expected: usize) -> Vec<Acked> {
     let mut acked = Vec::new();
     let mut failed = Vec::new();
     for h in handles {
@@ -427,16 +420,20 @@ async fn no_acknowledged_push_is_lost_when_the_leader_is_killed() {
         failed.iter().take(5).collect::<Vec<_>>()
     );
     assert!(
-        acked.len() > pushers * per_pusher / 2,
+        acked.len() > expected / 2,
         "only {} pushes were acknowledged; failures: {failed:#?}",
         acked.len()
     );
+    acked
+}
 
-    // Every node converges on the same applied state...
+/// Every node converges on the same applied state, serves every acknowledged push
+/// byte for byte, and no listed tag points to a missing manifest.
+async fn assert_converged(nodes: &[BerthNode], acked: &[Acked], pushers: usize) {
+    let bases: Vec<String> = nodes.iter().map(|n| n.base_url()).collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let applied: Vec<u64> = cluster
-            .nodes
+        let applied: Vec<u64> = nodes
             .iter()
             .map(|n| berth_cluster(n, &["status"])["applied_index"].as_u64().unwrap_or(0))
             .collect();
@@ -449,9 +446,8 @@ async fn no_acknowledged_push_is_lost_when_the_leader_is_killed() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // ...and serves every acknowledged push, byte for byte, from every node.
     let http = http();
-    for a in &acked {
+    for a in acked {
         for base in &bases {
             let got = http
                 .get(format!("{base}/v2/{}/manifests/{}", a.repo, a.tag))
@@ -495,4 +491,101 @@ async fn no_acknowledged_push_is_lost_when_the_leader_is_killed() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_push_is_lost_when_the_leader_is_killed() {
+    let mut cluster = Cluster::start(3).await;
+    let bases: Vec<String> = cluster.nodes.iter().map(|n| n.base_url()).collect();
+    let (pushers, per_pusher) = (4, 30);
+    let handles = start_pushers(&bases, pushers, per_pusher);
+    // Kill the leader while the pushes run, then bring it back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = berth_cluster(&cluster.nodes[0], &["status"]);
+    let leader = leader_index(&status).expect("a leader");
+    cluster.nodes[leader].kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nodes[leader]
+        .restart()
+        .await
+        .expect("restarting the old leader");
+
+    let acked = finish_pushers(handles, pushers * per_pusher).await;
+    assert_converged(&cluster.nodes, &acked, pushers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
+    let (nodes, _s3, partitions) = start_cluster_with(3, "", true).await;
+    let partitions = partitions.expect("fault proxies");
+    let bases: Vec<String> = nodes.iter().map(|n| n.base_url()).collect();
+    let http = http();
+    let before = try_push(&http, &bases[0], "cut/before", "v1", 7)
+        .await
+        .expect("push before the partition");
+
+    let (pushers, per_pusher) = (4, 30);
+    let handles = start_pushers(&bases, pushers, per_pusher);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let leader = leader_index(&berth_cluster(&nodes[0], &["status"])).expect("a leader");
+    let cut = (leader + 1) % nodes.len();
+    partitions.isolate(cut as u64 + 1);
+    let cut_at = std::time::Instant::now();
+
+    // The node in the minority refuses writes with 503 + Retry-After...
+    let resp = http
+        .put(format!("{}/v2/cut/before/manifests/during", bases[cut]))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(before.manifest.clone())
+        .send()
+        .await
+        .expect("PUT during the partition");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"), "{:?}", resp.headers());
+    let body: serde_json::Value = resp.json().await.expect("error body");
+    assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+    // ...and tag reads it cannot confirm, but still serves content by digest.
+    let digest = sha256_digest(&before.manifest);
+    let got = http
+        .get(format!("{}/v2/cut/before/manifests/{digest}", bases[cut]))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET by digest");
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.expect("body").as_ref(), before.manifest.as_slice());
+    let blob = http
+        .get(format!("{}/v2/cut/before/blobs/{}", bases[cut], before.layer_digest))
+        .send()
+        .await
+        .expect("GET blob");
+    assert_eq!(blob.status(), StatusCode::OK);
+    assert_eq!(blob.bytes().await.expect("body").as_ref(), before.layer.as_slice());
+    let tag = http
+        .get(format!("{}/v2/cut/before/manifests/v1", bases[cut]))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET by tag");
+    assert_eq!(tag.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The majority keeps taking writes meanwhile.
+    try_push(&http, &bases[leader], "cut/majority", "v1", 8)
+        .await
+        .expect("a push through the majority");
+
+    // Heal after a few seconds of partition; the cut node rejoins by itself.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut_at.elapsed())).await;
+    partitions.heal();
+    let acked = finish_pushers(handles, pushers * per_pusher).await;
+    assert_converged(&nodes, &acked, pushers).await;
+    let pulled = http
+        .get(format!("{}/v2/cut/majority/manifests/v1", bases[cut]))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET after healing");
+    assert_eq!(pulled.status(), StatusCode::OK);
+    let status: Vec<serde_json::Value> = nodes.iter().map(|n| berth_cluster(n, &["status"])).collect();
+    let leaders: Vec<&serde_json::Value> = status.iter().map(|s| &s["leader"]).collect();
+    assert!(leaders.iter().all(|l| *l == leaders[0] && !l.is_null()), "{leaders:?}");
 }

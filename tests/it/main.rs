@@ -12,8 +12,12 @@ mod persistence;
 mod s3;
 mod spec;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
 use berth_testkit::BerthNode;
 use berth_testkit::NodeOptions;
+use berth_testkit::Partitions;
 use berth_testkit::SeaweedFs;
 
 /// Path of the binary under test.
@@ -122,23 +126,47 @@ macro_rules! on_every_backend {
 /// `n` nodes of a new cluster on one fresh SeaweedFS bucket, all ready (a leader is
 /// known everywhere). `extra_toml` is added to every node's configuration.
 pub async fn start_cluster(n: u64, extra_toml: &str) -> (Vec<BerthNode>, SeaweedFs) {
+    let (nodes, s3, _) = start_cluster_with(n, extra_toml, false).await;
+    (nodes, s3)
+}
+
+/// [`start_cluster`] with, when `partitionable`, a fault proxy in front of every
+/// node's gRPC port and each node sending from its own loopback address, so tests
+/// can cut links between the processes.
+pub async fn start_cluster_with(
+    n: u64,
+    extra_toml: &str,
+    partitionable: bool,
+) -> (Vec<BerthNode>, SeaweedFs, Option<Partitions>) {
     let s3 = SeaweedFs::start()
         .await
         .unwrap_or_else(|e| panic!("starting SeaweedFS: {e:#}"));
-    let grpc: Vec<u16> = (0..n)
-        .map(|_| berth_testkit::node::free_port().expect("free port"))
+    let grpc: BTreeMap<u64, SocketAddr> = (1..=n)
+        .map(|id| {
+            let port = berth_testkit::node::free_port().expect("free port");
+            (id, SocketAddr::from(([127, 0, 0, 1], port)))
+        })
         .collect();
-    let members: Vec<String> = (1..=n)
-        .map(|id| format!("\"{id}=127.0.0.1:{}\"", grpc[id as usize - 1]))
-        .collect();
+    let partitions = if partitionable {
+        Some(Partitions::start(&grpc).await.expect("starting fault proxies"))
+    } else {
+        None
+    };
+    // What peers dial: the proxy when there is one.
+    let advertised = |id: u64| partitions.as_ref().and_then(|p| p.addr_of(id)).unwrap_or(grpc[&id]);
+    let members: Vec<String> = (1..=n).map(|id| format!("\"{id}={}\"", advertised(id))).collect();
     let starts = (1..=n).map(|id| {
-        let toml = format!(
-            "{}{extra_toml}\n[cluster]\nnode_id = {id}\ngrpc_listen = \"127.0.0.1:{}\"\ninitial_members = [{}]\n\
-             heartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
+        let mut toml = format!(
+            "{}{extra_toml}\n[cluster]\nnode_id = {id}\ngrpc_listen = \"{}\"\nadvertise_grpc = \"{}\"\n\
+             initial_members = [{}]\nheartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
             s3_toml(&s3, "proxy"),
-            grpc[id as usize - 1],
+            grpc[&id],
+            advertised(id),
             members.join(", ")
         );
+        if partitionable {
+            toml.push_str(&format!("source_address = \"{}\"\n", Partitions::source_of(id)));
+        }
         BerthNode::start_with(NodeOptions {
             binary: berth_binary().into(),
             extra_toml: toml,
@@ -151,5 +179,5 @@ pub async fn start_cluster(n: u64, extra_toml: &str) -> (Vec<BerthNode>, Seaweed
         .into_iter()
         .map(|r| r.unwrap_or_else(|e| panic!("starting a cluster node: {e:#}")))
         .collect();
-    (nodes, s3)
+    (nodes, s3, partitions)
 }

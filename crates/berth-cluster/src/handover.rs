@@ -18,7 +18,7 @@ use futures::Stream;
 use futures::StreamExt;
 
 use crate::ClusterError;
-use crate::network::connect;
+use crate::network::Peers;
 
 /// A request body in transit.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>>;
@@ -43,8 +43,8 @@ pub struct OwnerChannel {
 impl OwnerChannel {
     /// Connect now: only an owner that cannot be reached may be taken over, and only
     /// while the request body has not been consumed.
-    pub(crate) async fn connect(addr: String, timeout: Duration) -> Result<OwnerChannel, String> {
-        let channel = connect(addr.clone(), Duration::from_secs(2)).await?;
+    pub(crate) async fn connect(peers: &Peers, addr: String, timeout: Duration) -> Result<OwnerChannel, String> {
+        let channel = peers.connect(&addr).await?;
         Ok(OwnerChannel { addr, channel, timeout })
     }
 

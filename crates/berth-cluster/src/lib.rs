@@ -20,6 +20,7 @@ pub use handover::OwnerChannel;
 pub use network::GrpcNetwork;
 pub use network::LinkAction;
 pub use network::LinkFilter;
+pub use network::Peers;
 pub use node::ClusterNode;
 pub use node::MembershipChange;
 pub use node::NodeStatus;

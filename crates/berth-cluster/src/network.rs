@@ -1,4 +1,7 @@
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use berth_meta::NodeId;
@@ -28,26 +31,76 @@ use tonic::transport::Endpoint;
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
 
+/// The HTTP/2 channels of one node to its peers: one per peer address, shared by Raft
+/// replication, forwarded proposals and read indexes. openraft asks for a new client
+/// for every leadership check (each read index) and followers forward every write, so
+/// a fresh connection per call would add a TCP and HTTP/2 handshake to each of them.
+#[derive(Clone, Default)]
+pub struct Peers {
+    connect_timeout: Duration,
+    /// Local address of outgoing connections (multi-homed hosts); the OS picks when
+    /// `None`.
+    source: Option<IpAddr>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    pub fn new(connect_timeout: Duration, source: Option<IpAddr>) -> Self {
+        Peers {
+            connect_timeout,
+            source,
+            channels: Arc::default(),
+        }
+    }
+
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("{addr}: {e}"))?;
+        Ok(endpoint
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .local_address(self.source)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5)))
+    }
+
+    /// The shared channel to `addr`; it connects on first use and reconnects after
+    /// the connection breaks.
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = self.endpoint(addr)?.connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// A channel to `addr` that is connected now, or an error saying why it cannot
+    /// be: the caller learns that the peer is unreachable before sending anything.
+    /// The shared channel is replaced by the new one.
+    pub(crate) async fn connect(&self, addr: &str) -> Result<Channel, String> {
+        let endpoint = self.endpoint(addr)?;
+        let ch = tokio::time::timeout(self.connect_timeout, endpoint.connect())
+            .await
+            .map_err(|_| format!("{addr}: connect timed out"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
 /// Creates gRPC clients to the other members.
 #[derive(Clone, Default)]
 pub struct GrpcNetwork {
-    connect_timeout: Duration,
     from: NodeId,
     filter: Option<Arc<dyn LinkFilter>>,
-    /// One HTTP/2 channel per peer address, shared by every client openraft creates:
-    /// openraft asks for a new client for each leadership check (every read index),
-    /// and a fresh connection each time would cost a TCP and HTTP/2 handshake.
-    channels: Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+    peers: Peers,
 }
 
 impl GrpcNetwork {
-    pub fn new(connect_timeout: Duration, from: NodeId, filter: Option<Arc<dyn LinkFilter>>) -> Self {
-        GrpcNetwork {
-            connect_timeout,
-            from,
-            filter,
-            channels: Arc::default(),
-        }
+    pub fn new(peers: Peers, from: NodeId, filter: Option<Arc<dyn LinkFilter>>) -> Self {
+        GrpcNetwork { from, filter, peers }
     }
 }
 
@@ -85,38 +138,11 @@ pub struct PeerClient {
     client: Result<RaftServiceClient<Channel>, String>,
 }
 
-pub(crate) fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
-    Ok(endpoint
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
-}
-
-/// A channel to `addr` that is connected now (or an error saying why not).
-pub(crate) async fn connect(addr: String, connect_timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
-    let endpoint = endpoint.connect_timeout(connect_timeout).tcp_nodelay(true);
-    tokio::time::timeout(connect_timeout, endpoint.connect())
-        .await
-        .map_err(|_| format!("{addr}: connect timed out"))?
-        .map_err(|e| format!("{addr}: {e}"))
-}
-
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
-        let client = {
-            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-            match channels.get(&node.grpc_addr) {
-                Some(ch) => Ok(ch.clone()),
-                None => channel(&node.grpc_addr, self.connect_timeout).inspect(|ch| {
-                    channels.insert(node.grpc_addr.clone(), ch.clone());
-                }),
-            }
-        };
+        let client = self.peers.channel(&node.grpc_addr);
         PeerClient {
             from: self.from,
             target,

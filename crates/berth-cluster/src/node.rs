@@ -36,8 +36,7 @@ use crate::handover::HandOverHandler;
 use crate::handover::OwnerChannel;
 use crate::handover::SharedHandler;
 use crate::network::LinkFilter;
-use crate::network::channel;
-use crate::network::connect;
+use crate::network::Peers;
 use crate::network::pass_link;
 
 /// Raft timing and log-compaction settings.
@@ -54,6 +53,8 @@ pub struct RaftOptions {
     /// How long a proposal or read barrier may take before the caller gets
     /// "unavailable".
     pub request_timeout: Duration,
+    /// Local address of connections to other members; the OS picks when `None`.
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 impl Default for RaftOptions {
@@ -65,6 +66,7 @@ impl Default for RaftOptions {
             snapshot_after_logs: 10_000,
             logs_to_keep: 1_000,
             request_timeout: Duration::from_secs(10),
+            source_address: None,
         }
     }
 }
@@ -106,6 +108,7 @@ async fn run_barriers(
     raft: Raft<TypeConfig>,
     timeout: Duration,
     filter: Option<Arc<dyn LinkFilter>>,
+    peers: Peers,
     mut rx: mpsc::UnboundedReceiver<BarrierWaiter>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -113,7 +116,7 @@ async fn run_barriers(
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = barrier_round(&raft, timeout, filter.as_ref())
+        let result = barrier_round(&raft, timeout, filter.as_ref(), &peers)
             .await
             .map_err(|e| e.to_string());
         for w in waiters {
@@ -129,6 +132,7 @@ async fn barrier_round(
     raft: &Raft<TypeConfig>,
     timeout: Duration,
     filter: Option<&Arc<dyn LinkFilter>>,
+    peers: &Peers,
 ) -> Result<(), ClusterError> {
     let index = match raft.ensure_linearizable().await {
         Ok(_) => return Ok(()),
@@ -142,8 +146,7 @@ async fn barrier_round(
             if let Some(to) = f.leader_id {
                 pass_link(filter, raft_id(raft), to).await.map_err(unavailable)?;
             }
-            let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
-            let mut client = RaftServiceClient::new(ch);
+            let mut client = RaftServiceClient::new(peers.channel(&leader.grpc_addr).map_err(unavailable)?);
             tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
                 .await
                 .map_err(|_| unavailable("read index timed out"))?
@@ -158,6 +161,16 @@ async fn barrier_round(
         .await
         .map(|_| ())
         .map_err(unavailable)
+}
+
+async fn send_proposal(
+    channel: tonic::transport::Channel,
+    command: Vec<u8>,
+) -> Result<berth_proto::cluster::v1::ProposeReply, tonic::Status> {
+    let reply = RaftServiceClient::new(channel)
+        .propose(ProposeRequest { command })
+        .await?;
+    Ok(reply.into_inner())
 }
 
 fn raft_id(raft: &Raft<TypeConfig>) -> NodeId {
@@ -196,6 +209,7 @@ struct Inner {
     barrier: mpsc::UnboundedSender<BarrierWaiter>,
     hand_over: SharedHandler,
     filter: Option<Arc<dyn LinkFilter>>,
+    peers: Peers,
 }
 
 /// This node's member of the Raft group, shared by every request handler.
@@ -234,13 +248,14 @@ impl ClusterNode {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| ClusterError::Config(e.to_string()))?);
-        let network = GrpcNetwork::new(Duration::from_secs(2), id, filter.clone());
+        let peers = Peers::new(Duration::from_secs(2), options.source_address);
+        let network = GrpcNetwork::new(peers.clone(), id, filter.clone());
         let raft = Raft::new(id, config, network, store.log_store(), store.state_machine()?)
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let (barrier, rx) = mpsc::unbounded_channel();
         tokio::spawn(
-            run_barriers(raft.clone(), options.request_timeout, filter.clone(), rx)
+            run_barriers(raft.clone(), options.request_timeout, filter.clone(), peers.clone(), rx)
                 .instrument(tracing::info_span!("read_barriers", node = id)),
         );
         Ok(ClusterNode {
@@ -252,6 +267,7 @@ impl ClusterNode {
                 barrier,
                 hand_over: SharedHandler::default(),
                 filter,
+                peers,
             }),
         })
     }
@@ -385,22 +401,26 @@ impl ClusterNode {
 
     async fn forward(&self, leader: &NodeInfo, cmd: &Command) -> Result<(u64, CommandResponse), Attempt> {
         tracing::debug!(leader = %leader.grpc_addr, command = cmd.kind(), "forwarding proposal to leader");
-        // Connected first: a leader that cannot be reached has not seen the command.
-        let ch = connect(leader.grpc_addr.clone(), Duration::from_secs(1))
-            .await
-            .map_err(Attempt::Retry)?;
+        let addr = &leader.grpc_addr;
         let command = rmp_serde::to_vec_named(cmd).map_err(|e| Attempt::Failed(unavailable(e)))?;
-        let reply = match RaftServiceClient::new(ch).propose(ProposeRequest { command }).await {
-            Ok(r) => r.into_inner(),
+        let peers = &self.inner.peers;
+        let shared = peers.channel(addr).map_err(Attempt::Retry)?;
+        let reply = match send_proposal(shared, command.clone()).await {
+            // The shared connection could not be made or was refused before the call
+            // ran (connect error, refused stream, dead keep-alive). Connect anew: a
+            // leader that cannot be reached has not seen the command.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tracing::debug!(leader = %addr, status = %s, "reconnecting to the leader");
+                let fresh = peers.connect(addr).await.map_err(Attempt::Retry)?;
+                send_proposal(fresh, command).await
+            }
+            other => other,
+        };
+        let reply = match reply {
+            Ok(r) => r,
             // The node no longer leads and did not append the command.
             Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(Attempt::Retry(s.message().into())),
-            Err(s) => {
-                return Err(Attempt::Failed(unavailable(format!(
-                    "leader {}: {}",
-                    leader.grpc_addr,
-                    s.message()
-                ))));
-            }
+            Err(s) => return Err(Attempt::Failed(unavailable(format!("leader {addr}: {}", s.message())))),
         };
         let reply: ForwardedReply =
             rmp_serde::from_slice(&reply.response).map_err(|e| Attempt::Failed(unavailable(e)))?;
@@ -427,7 +447,7 @@ impl ClusterNode {
             Err(ForwardOr::Forward(leader)) => {
                 let leader = leader.ok_or_else(|| unavailable("no leader known"))?;
                 tracing::info!(leader = %leader.grpc_addr, ?change, "forwarding membership change to the leader");
-                let ch = channel(&leader.grpc_addr, Duration::from_secs(2)).map_err(unavailable)?;
+                let ch = self.inner.peers.channel(&leader.grpc_addr).map_err(unavailable)?;
                 let bytes = rmp_serde::to_vec_named(&change).map_err(unavailable)?;
                 RaftServiceClient::new(ch)
                     .change_membership(MembershipRequest { change: bytes })
@@ -496,7 +516,9 @@ impl ClusterNode {
                 .map(|(_, n)| n.grpc_addr.clone())
         };
         match addr {
-            Some(a) if !a.is_empty() => OwnerChannel::connect(a, self.inner.options.request_timeout).await,
+            Some(a) if !a.is_empty() => {
+                OwnerChannel::connect(&self.inner.peers, a, self.inner.options.request_timeout).await
+            }
             _ => Err(format!("node {node} is not a member")),
         }
     }

@@ -47,6 +47,9 @@ pub struct RegistryOptions {
     /// How often expired uploads are looked for.
     pub sweep_interval: Duration,
     pub tag_reads: TagReads,
+    /// How long a read of content by digest waits for the leader's read index
+    /// before it answers from the local state (a node cut off from the leader).
+    pub digest_read_wait: Duration,
     pub max_manifest_size: usize,
     pub delivery: BlobDelivery,
 }
@@ -67,6 +70,7 @@ impl Default for RegistryOptions {
             upload_expiry: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(60),
             tag_reads: TagReads::Linearizable,
+            digest_read_wait: Duration::from_secs(1),
             max_manifest_size: MAX_MANIFEST_SIZE,
             delivery: BlobDelivery::Proxy,
         }
@@ -177,6 +181,17 @@ impl Registry {
             return Ok(None);
         }
         Ok(find(self.meta())?)
+    }
+
+    /// Catch up with the leader's read index when it answers within a moment;
+    /// otherwise go on with the local state.
+    async fn barrier_or_local(&self) {
+        let wait = self.inner.options.digest_read_wait;
+        match tokio::time::timeout(wait, self.inner.cluster.read_barrier()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "no read index; answering from local state"),
+            Err(_) => tracing::debug!(?wait, "read index too slow; answering from local state"),
+        }
     }
 
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64, RegistryError> {
@@ -657,18 +672,27 @@ impl Registry {
     }
 
     pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, RegistryError> {
-        // Manifests can be deleted, so with linearizable reads a manifest by digest
-        // also waits for the read index: an acknowledged delete is never undone by a
-        // read through another node. (Blobs stay local: their deletes are rare.)
-        if self.inner.options.tag_reads == TagReads::Linearizable {
-            self.inner.cluster.read_barrier().await?;
-        }
+        // A tag moves, so a linearizable tag read waits for the read index. Content
+        // under a digest never changes but can be deleted: it waits for the read index
+        // too while the leader answers, so an acknowledged delete is never undone by a
+        // read through another node; on a node cut off from the leader it is served
+        // from the local state instead (immutable reads stay available in a minority).
         let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(tag) => match self.meta().tag(repo, tag)? {
-                Some(t) => t.digest,
-                None => return Err(self.manifest_unknown(repo, tag.as_str())?),
-            },
+            Reference::Digest(d) => {
+                if self.inner.options.tag_reads == TagReads::Linearizable {
+                    self.barrier_or_local().await;
+                }
+                d.clone()
+            }
+            Reference::Tag(tag) => {
+                if self.inner.options.tag_reads == TagReads::Linearizable {
+                    self.inner.cluster.read_barrier().await?;
+                }
+                match self.meta().tag(repo, tag)? {
+                    Some(t) => t.digest,
+                    None => return Err(self.manifest_unknown(repo, tag.as_str())?),
+                }
+            }
         };
         match self.lookup(|m| m.manifest(repo, &digest)).await? {
             Some(m) => Ok(Manifest {

@@ -12,6 +12,8 @@
 //! - [`tools`]: bounded command execution and the real client tools (skopeo, podman,
 //!   oras-py) each with private configuration so nothing outside loopback is consulted.
 //! - [`docker`]: [`Dockerd`], a private Docker daemon (or the one `DOCKER_HOST` names).
+//! - [`proxy`]: [`FaultProxy`] and [`Partitions`], TCP relays in front of cluster
+//!   nodes that cut and heal the links between processes.
 //!
 //! Invariants: every process started here is stopped by its PID when its owner drops,
 //! even when a test fails; every wait is bounded; only 127.0.0.1 is ever contacted.
@@ -22,6 +24,7 @@ pub mod cluster;
 pub mod docker;
 pub mod image;
 pub mod node;
+pub mod proxy;
 pub mod registry;
 pub mod seaweed;
 pub mod tools;
@@ -36,6 +39,8 @@ pub use image::random_bytes;
 pub use image::sha256_digest;
 pub use node::BerthNode;
 pub use node::NodeOptions;
+pub use proxy::FaultProxy;
+pub use proxy::Partitions;
 pub use registry::Registry;
 pub use seaweed::SeaweedFs;
 pub use tools::Oras;

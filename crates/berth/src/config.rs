@@ -167,6 +167,9 @@ pub struct ClusterConfig {
     pub advertise_grpc: Option<String>,
     /// What clients are sent to for HTTP; defaults to `listen`.
     pub advertise_http: Option<String>,
+    /// Local IP address of this node's connections to other members (hosts with
+    /// several interfaces); the OS chooses when unset.
+    pub source_address: Option<std::net::IpAddr>,
     /// `"ID=GRPC_ADDR"` of every member of a NEW cluster. Only the member with the
     /// lowest id initialises the cluster, once; an initialised node ignores this.
     pub initial_members: Vec<String>,
@@ -183,6 +186,7 @@ impl Default for ClusterConfig {
             grpc_listen: None,
             advertise_grpc: None,
             advertise_http: None,
+            source_address: None,
             initial_members: Vec::new(),
             heartbeat_interval: Duration::from_millis(250),
             election_timeout: Duration::from_millis(1000),

@@ -149,6 +149,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         heartbeat_interval: cc.heartbeat_interval,
         election_timeout_min: cc.election_timeout,
         election_timeout_max: cc.election_timeout * 2,
+        source_address: cc.source_address,
         ..RaftOptions::default()
     };
     let cluster = ClusterNode::open(node_id, &config.meta_dir(), raft_options)
