@@ -126,6 +126,7 @@ fn rows_for(s: Scenario) -> Vec<(&'static str, Pick)> {
                 Box::new(|m| Some(format!("{}/{}", m.ops, m.dropped.unwrap_or(0)))),
             ),
         ],
+        Scenario::TagWriteMax => vec![("writes/s", rps), ("p50/p99 ms", lat)],
         Scenario::PushSmall => vec![("images/s", rps), ("p50/p99 ms", lat)],
         Scenario::PushLarge => vec![
             ("wall s", Box::new(|m| m.wall_s.map(f))),
@@ -340,6 +341,15 @@ pub fn targets(r: &Report) -> Vec<TargetLine> {
         "manifest GET by tag, 3 nodes round robin vs one node",
         S::ManifestTag,
         K::BerthCluster3,
+        K::BerthS3,
+        rps,
+        2.5,
+        false,
+    );
+    t.ratio(
+        "manifest GET by tag, 3 nodes with local tag reads vs one node",
+        S::ManifestTag,
+        K::BerthCluster3Local,
         K::BerthS3,
         rps,
         2.5,

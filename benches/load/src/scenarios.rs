@@ -58,6 +58,8 @@ pub enum Scenario {
     BlobGetLargeRange,
     /// Move tags at a steady rate (PUT manifest by tag).
     TagWrites,
+    /// Tag writes from `clients` writers back to back: the write throughput ceiling.
+    TagWriteMax,
     /// Push many small images concurrently.
     PushSmall,
     /// Push one big layer (1 GiB by default): POST, one streamed PATCH, PUT; then read it back.
@@ -66,7 +68,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Run order: reads first, writes after, the big push (heavy disk writeback) last.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::ManifestTag,
         Scenario::ManifestDigest,
         Scenario::HeadBlob,
@@ -75,6 +77,7 @@ impl Scenario {
         Scenario::BlobGetLarge,
         Scenario::BlobGetLargeRange,
         Scenario::TagWrites,
+        Scenario::TagWriteMax,
         Scenario::PushSmall,
         Scenario::PushLarge,
     ];
@@ -89,6 +92,7 @@ impl Scenario {
             Scenario::BlobGetLarge => "blob-get-large",
             Scenario::BlobGetLargeRange => "blob-get-large-range",
             Scenario::TagWrites => "tag-writes",
+            Scenario::TagWriteMax => "tag-write-max",
             Scenario::PushSmall => "push-small",
             Scenario::PushLarge => "push-large",
         }
@@ -104,6 +108,7 @@ impl Scenario {
             Scenario::BlobGetLarge => format!("blob GET {}", size(p.large_blob)),
             Scenario::BlobGetLargeRange => format!("blob GET {}, Range {}", size(p.large_blob), size(p.large_blob / 2)),
             Scenario::TagWrites => format!("tag writes at {}/s", p.tag_rate),
+            Scenario::TagWriteMax => format!("tag writes, {} writers back to back", p.clients),
             Scenario::PushSmall => format!("push small images ({} layer)", size(p.image_layer)),
             Scenario::PushLarge => format!("push {} layer", size(p.push_size)),
         }
@@ -256,6 +261,22 @@ struct LoopOut {
 }
 
 impl LoopOut {
+    /// Count one operation started at `t0`: its latency, or its error.
+    fn record<E: std::fmt::Display>(&mut self, t0: Instant, res: Result<(), E>) -> bool {
+        match res {
+            Ok(()) => {
+                self.lat.record(t0.elapsed());
+                self.ops += 1;
+                true
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(format!("{e:#}"));
+                false
+            }
+        }
+    }
+
     fn absorb(&mut self, other: LoopOut) {
         self.lat.merge(&other.lat);
         self.ops += other.ops;
@@ -433,7 +454,7 @@ fn read_request(s: Scenario, data: &Dataset) -> Option<ReadReq> {
                 len,
             }
         }
-        Scenario::TagWrites | Scenario::PushSmall | Scenario::PushLarge => return None,
+        Scenario::TagWrites | Scenario::TagWriteMax | Scenario::PushSmall | Scenario::PushLarge => return None,
     })
 }
 
@@ -450,6 +471,7 @@ pub struct Ctx<'a> {
 pub async fn run(s: Scenario, ctx: &Ctx<'_>) -> Measurement {
     let result = match s {
         Scenario::TagWrites => tag_writes(ctx).await,
+        Scenario::TagWriteMax => tag_write_max(ctx).await,
         Scenario::PushSmall => push_small(ctx).await,
         Scenario::PushLarge => push_large(ctx).await,
         _ => read_scenario(s, ctx).await,
@@ -533,6 +555,44 @@ async fn tag_writes(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
     Ok(m)
 }
 
+/// `clients` writers each moving its own tags back to back for `tag_duration`.
+async fn tag_write_max(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
+    let p = ctx.params;
+    let start = Instant::now();
+    let deadline = start + p.tag_duration;
+    let manifests = [ctx.data.tag_a.manifest.clone(), ctx.data.tag_b.manifest.clone()];
+    let mut tasks = Vec::new();
+    for worker in 0..p.clients.max(1) {
+        let pusher = ctx.pusher.clone();
+        let endpoints: Vec<Url> = ctx.endpoints.to_vec();
+        let manifests = manifests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = LoopOut::default();
+            for i in 0..MAX_OPS_PER_CLIENT {
+                if Instant::now() >= deadline || out.errors >= MAX_ERRORS_PER_CLIENT {
+                    break;
+                }
+                let base = &endpoints[(worker + i as usize) % endpoints.len()];
+                let tag = format!("w{worker}-{}", i % 4);
+                let t0 = Instant::now();
+                let res = pusher
+                    .put_manifest(base, TAG_REPO, &tag, &manifests[(i % 2) as usize])
+                    .await;
+                out.record(t0, res);
+            }
+            out
+        }));
+    }
+    let mut all = LoopOut::default();
+    for t in tasks {
+        all.absorb(t.await.context("tag writer task")?);
+    }
+    all.elapsed = start.elapsed();
+    let mut m = all.into_measurement(Scenario::TagWriteMax, ctx.system);
+    m.mib_per_s = None;
+    Ok(m)
+}
+
 /// `clients` tasks each pushing fresh small images (HEAD, POST, PATCH, PUT for the
 /// layer and the config, then PUT manifest) until the duration is over.
 async fn push_small(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
@@ -564,16 +624,8 @@ async fn push_small(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
                     }
                     Err(e) => Err(e),
                 };
-                match res {
-                    Ok(()) => {
-                        out.lat.record(t0.elapsed());
-                        out.ops += 1;
-                    }
-                    Err(e) => {
-                        out.errors += 1;
-                        out.first_error.get_or_insert(format!("{e:#}"));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                if !out.record(t0, res) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             out.elapsed = start.elapsed();

@@ -44,6 +44,8 @@ pub enum SystemKind {
     BerthS3Redirect,
     /// berth 3-node cluster on SeaweedFS, proxy delivery (when berth has cluster mode).
     BerthCluster3,
+    /// The same cluster with `metadata.tag_reads = "local"` (no read index).
+    BerthCluster3Local,
     /// CNCF Distribution 2.8.2, local disk.
     DistFs,
     /// CNCF Distribution 2.8.2 on SeaweedFS, redirects blob GETs to S3 (its default).
@@ -53,21 +55,23 @@ pub enum SystemKind {
 }
 
 impl SystemKind {
-    pub const ALL: [SystemKind; 7] = [
+    pub const ALL: [SystemKind; 8] = [
         SystemKind::BerthFs,
         SystemKind::BerthS3,
         SystemKind::BerthS3Redirect,
         SystemKind::BerthCluster3,
+        SystemKind::BerthCluster3Local,
         SystemKind::DistFs,
         SystemKind::DistS3Redirect,
         SystemKind::DistS3Proxy,
     ];
 
     /// What a plain `run.sh` measures (berth-s3-redirect on request only).
-    pub const DEFAULT: [SystemKind; 6] = [
+    pub const DEFAULT: [SystemKind; 7] = [
         SystemKind::BerthFs,
         SystemKind::BerthS3,
         SystemKind::BerthCluster3,
+        SystemKind::BerthCluster3Local,
         SystemKind::DistFs,
         SystemKind::DistS3Redirect,
         SystemKind::DistS3Proxy,
@@ -79,6 +83,7 @@ impl SystemKind {
             SystemKind::BerthS3 => "berth-s3",
             SystemKind::BerthS3Redirect => "berth-s3-redirect",
             SystemKind::BerthCluster3 => "berth-cluster3",
+            SystemKind::BerthCluster3Local => "berth-cluster3-local",
             SystemKind::DistFs => "dist-fs",
             SystemKind::DistS3Redirect => "dist-s3-redirect",
             SystemKind::DistS3Proxy => "dist-s3-proxy",
@@ -91,6 +96,7 @@ impl SystemKind {
             SystemKind::BerthS3 => "berth, 1 node, SeaweedFS, proxy + local cache",
             SystemKind::BerthS3Redirect => "berth, 1 node, SeaweedFS, redirect",
             SystemKind::BerthCluster3 => "berth, 3 nodes, SeaweedFS, round robin",
+            SystemKind::BerthCluster3Local => "berth, 3 nodes, SeaweedFS, round robin, local tag reads",
             SystemKind::DistFs => "Distribution 2.8.2, local disk",
             SystemKind::DistS3Redirect => "Distribution 2.8.2, SeaweedFS, redirect",
             SystemKind::DistS3Proxy => "Distribution 2.8.2, SeaweedFS, proxy",
@@ -146,7 +152,7 @@ pub fn availability(kind: SystemKind, settings: &LaunchSettings) -> Result<(), S
     };
     match kind {
         SystemKind::BerthFs | SystemKind::BerthS3 | SystemKind::BerthS3Redirect => berth(),
-        SystemKind::BerthCluster3 => {
+        SystemKind::BerthCluster3 | SystemKind::BerthCluster3Local => {
             berth()?;
             probe_cluster(&settings.berth_bin)
         }
@@ -283,7 +289,7 @@ pub async fn start(kind: SystemKind, settings: &LaunchSettings, s3: Option<&S3Ta
         SystemKind::BerthFs => start_berth(kind, settings, None).await,
         SystemKind::BerthS3 => start_berth(kind, settings, Some((need_s3()?, "proxy"))).await,
         SystemKind::BerthS3Redirect => start_berth(kind, settings, Some((need_s3()?, "redirect"))).await,
-        SystemKind::BerthCluster3 => start_cluster(kind, settings, need_s3()?).await,
+        SystemKind::BerthCluster3 | SystemKind::BerthCluster3Local => start_cluster(kind, settings, need_s3()?).await,
         SystemKind::DistFs => start_dist(kind, settings, None).await,
         SystemKind::DistS3Redirect => start_dist(kind, settings, Some((need_s3()?, true))).await,
         SystemKind::DistS3Proxy => start_dist(kind, settings, Some((need_s3()?, false))).await,
@@ -308,6 +314,11 @@ fn berth_extra_table(
     let mut log = toml::Table::new();
     log.insert("level".into(), settings.log_level.clone().into());
     root.insert("log".into(), log.into());
+    if kind == SystemKind::BerthCluster3Local {
+        let mut metadata = toml::Table::new();
+        metadata.insert("tag_reads".into(), "local".into());
+        root.insert("metadata".into(), metadata.into());
+    }
     if let Some((s3, delivery)) = s3 {
         root.insert(
             "storage".into(),

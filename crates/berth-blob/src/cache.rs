@@ -53,7 +53,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::fs::{
-    FileWriter, READ_CHUNK, TempFile, blocking, clean_dir, ensure_dir, parent_of, probe_writable, read_stream,
+    FileWriter, READ_CHUNK, TempFile, blocking, clean_dir, ensure_dir, parent_of, probe_writable, read_blob,
     scan_blobs, sync_dir,
 };
 use crate::{BlobError, BlobStore, ByteRange, ByteStream};
@@ -936,7 +936,7 @@ impl BlobStore for CachedBlobStore {
                     bump(&self.shared.counters.hits, 1);
                     debug!(%digest, start, len, "cache hit");
                     // The open file stays readable even if evicted now.
-                    let stream = read_stream(file, start, len).await?;
+                    let stream = read_blob(file, start, len).await?;
                     return Ok(counted(stream, &self.shared));
                 }
                 Lookup::Fill(rx) => return self.serve_fill(digest, range, rx).await,

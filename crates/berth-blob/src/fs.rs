@@ -224,7 +224,7 @@ impl BlobStore for FsBlobStore {
                 (r.start, r.len())
             }
         };
-        Ok(read_stream(file, start, len).await?)
+        Ok(read_blob(file, start, len).await?)
     }
 
     async fn put(&self, digest: &Digest, mut data: ByteStream) -> Result<u64, BlobError> {
@@ -242,7 +242,7 @@ impl BlobStore for FsBlobStore {
         let p = tmp_path.clone();
         let file = blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
         let mut temp = TempFile::new(tmp_path.clone());
-        let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()));
+        let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm())).durable();
 
         let written: Result<u64, BlobError> = async {
             while let Some(item) = data.next().await {
@@ -363,7 +363,7 @@ impl BlobStore for FsBlobStore {
         }
 
         let mut append = Append {
-            writer: FileWriter::new(file, offset),
+            writer: FileWriter::new(file, offset).durable(),
             offset,
             lock: Some(lock),
             armed: true,
@@ -606,6 +606,80 @@ pub(crate) fn clean_dir(dir: &Path) -> io::Result<usize> {
     Ok(removed)
 }
 
+/// Ask the kernel to start writing `len` bytes at `pos` of `file` to disk, without
+/// waiting (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Only a hint: durability
+/// still comes from fsync, so a failure is ignored.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, pos: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(pos), Ok(len)) = (i64::try_from(pos), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor belongs to `file`, open for the whole call; the call
+    // reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), pos, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _pos: u64, _len: u64) {}
+
+/// Blobs at least this big are sent from memory maps.
+const MAP_MIN: u64 = 1024 * 1024;
+/// Bytes per mapped piece.
+pub const MAP_CHUNK: u64 = 2 * 1024 * 1024;
+
+/// Stream `len` bytes at `start` of a *blob* file: content-addressed, written
+/// elsewhere and renamed into place, never modified afterwards (removal unlinks,
+/// which leaves an open mapping valid).
+///
+/// A big range is sent from memory maps of `MAP_CHUNK` pieces: the socket write
+/// copies straight from the page cache, with no read into a buffer first (one copy
+/// less per byte, which is most of the cost of serving a large blob). Each piece is
+/// mapped and faulted in on the blocking pool, so a blob not in the page cache never
+/// stalls an async worker on disk I/O, and unmapped once sent, so the pages mapped
+/// at a time stay bounded whatever the blob size.
+pub(crate) async fn read_blob(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
+    if len < MAP_MIN {
+        return read_stream(file, start, len).await;
+    }
+    let file = Arc::new(file);
+    let end = start.saturating_add(len);
+    let pieces = futures::stream::unfold(start, move |at| {
+        let file = Arc::clone(&file);
+        async move {
+            if at >= end {
+                return None;
+            }
+            let next = end.min(at + MAP_CHUNK);
+            let piece = blocking(move || map_piece(&file, at, next - at)).await;
+            Some((piece, next))
+        }
+    });
+    Ok(Box::pin(pieces))
+}
+
+/// `len` bytes at `at` of a blob file, mapped and faulted in.
+fn map_piece(file: &File, at: u64, len: u64) -> io::Result<Bytes> {
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: the file is a blob, never truncated or written in place (see
+    // `read_blob`), so the mapped bytes stay valid and unchanged while mapped.
+    let map = unsafe { memmap2::MmapOptions::new().offset(at).len(len).map(file)? };
+    fault_in(&map);
+    Ok(Bytes::from_owner(map))
+}
+
+/// Touch one byte per page so the pages are mapped (and read from disk if needed).
+fn fault_in(bytes: &[u8]) {
+    const PAGE: usize = 4096;
+    let mut sum = 0u8;
+    for i in (0..bytes.len()).step_by(PAGE) {
+        sum = sum.wrapping_add(bytes[i]);
+    }
+    std::hint::black_box(sum);
+}
+
 /// Stream `len` bytes of `file` starting at `start`, in `READ_CHUNK` pieces.
 pub(crate) async fn read_stream(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
     let mut file = tokio::fs::File::from_std(file);
@@ -632,6 +706,9 @@ pub(crate) struct FileWriter {
     inflight: Option<Inflight>,
     /// File offset up to which every byte has been written.
     done: u64,
+    /// Start writing each batch back to disk as soon as it is written, so that the
+    /// final fsync of a durable file has little left to wait for.
+    writeback: bool,
 }
 
 impl FileWriter {
@@ -643,7 +720,15 @@ impl FileWriter {
             hasher: None,
             inflight: None,
             done: pos,
+            writeback: false,
         }
+    }
+
+    /// A writer for a file that will be fsync'ed: disk writes start batch by batch
+    /// while the data still arrives, instead of all at the final fsync.
+    pub(crate) fn durable(mut self) -> Self {
+        self.writeback = true;
+        self
     }
 
     pub(crate) fn with_hasher(file: File, pos: u64, hasher: Hasher) -> Self {
@@ -681,11 +766,15 @@ impl FileWriter {
         let pos = self.pos;
         self.pos += data.len() as u64;
         let mut hasher = self.hasher.take();
+        let writeback = self.writeback;
         self.inflight = Some(tokio::task::spawn_blocking(move || {
             if let Some(h) = hasher.as_mut() {
                 h.update(&data);
             }
             let res = file.write_all_at(&data, pos);
+            if writeback && res.is_ok() {
+                start_writeback(&file, pos, data.len() as u64);
+            }
             (hasher, res)
         }));
         Ok(())

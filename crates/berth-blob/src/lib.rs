@@ -31,6 +31,7 @@ mod lock;
 pub mod conformance;
 
 pub use fs::FsBlobStore;
+pub use fs::MAP_CHUNK;
 pub mod s3;
 pub use s3::{S3BlobStore, S3Config};
 pub mod cache;

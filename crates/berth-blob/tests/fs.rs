@@ -260,7 +260,8 @@ async fn check_writable_fails_without_tmp_dir() {
 async fn get_streams_bounded_chunks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path()).await;
-    let data = pseudo_random(110, 1024 * 1024 + 5);
+    // Big blobs go out in mapped pieces of at most MAP_CHUNK bytes.
+    let data = pseudo_random(110, 5 * 1024 * 1024 + 5);
     let digest = Digest::sha256_of(&data);
     store.put(&digest, stream_once(&data)).await.expect("put");
     let mut s = store.get(&digest, None).await.expect("get");
@@ -268,10 +269,10 @@ async fn get_streams_bounded_chunks() {
     let mut chunks = 0;
     while let Some(c) = s.next().await {
         let c: Bytes = c.expect("chunk");
-        assert!(c.len() <= 128 * 1024, "chunk of {} bytes", c.len());
+        assert!(c.len() as u64 <= berth_blob::MAP_CHUNK, "chunk of {} bytes", c.len());
         total += c.len();
         chunks += 1;
     }
     assert_eq!(total, data.len());
-    assert!(chunks >= 9);
+    assert!(chunks >= 3, "{chunks} chunks");
 }

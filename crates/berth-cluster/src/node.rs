@@ -552,10 +552,14 @@ impl ClusterNode {
         }
     }
 
-    /// The leader's read index (committed log index), for a follower's read barrier.
+    /// A read index for a follower's read barrier: an index that covers every write
+    /// committed before this call. The request joins this node's batched barrier
+    /// rounds, so the reads of all followers and of the leader itself share one
+    /// leadership check per burst; once the barrier passed, everything applied
+    /// here qualifies.
     pub(crate) async fn leader_read_index(&self) -> Result<u64, ClusterError> {
-        let read = self.inner.raft.ensure_linearizable().await.map_err(unavailable)?;
-        Ok(read.map_or(0, |l| l.index))
+        self.read_barrier().await?;
+        Ok(self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index))
     }
 
     pub fn is_leader(&self) -> bool {

@@ -13,6 +13,7 @@
 
 mod error;
 mod handover;
+mod hashing;
 mod registry;
 mod stream;
 mod uploads;

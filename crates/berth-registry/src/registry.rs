@@ -26,6 +26,8 @@ use crate::RegistryError;
 use crate::handover;
 use crate::handover::UploadReply;
 use crate::handover::UploadRequest;
+use crate::hashing::OFF_THREAD_MIN;
+use crate::hashing::hash_alongside;
 use crate::stream::exact_length;
 use crate::uploads::Session;
 use crate::uploads::Sessions;
@@ -497,11 +499,25 @@ impl Registry {
         let Some(mut hasher) = session.hasher.clone() else {
             return Err(RegistryError::Internal("upload hash state missing".into()));
         };
-        let new_len = self
-            .inner
-            .blobs
-            .upload_append(id, session.offset, body, &mut |chunk| hasher.update(chunk))
-            .await?;
+        // A big (or unknown-length) body is hashed on its own thread, alongside
+        // receiving and writing; a small one inline.
+        let new_len = if length.is_none_or(|n| n >= OFF_THREAD_MIN) {
+            let (body, hashed) = hash_alongside(body, hasher);
+            let new_len = self
+                .inner
+                .blobs
+                .upload_append(id, session.offset, body, &mut |_| {})
+                .await?;
+            hasher = hashed
+                .await
+                .map_err(|e| RegistryError::Internal(format!("upload hashing failed: {e}")))?;
+            new_len
+        } else {
+            self.inner
+                .blobs
+                .upload_append(id, session.offset, body, &mut |chunk| hasher.update(chunk))
+                .await?
+        };
         session.hasher = Some(hasher);
         session.offset = new_len;
         self.propose(Command::UploadProgress {
