@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Time from kill -9 of a 3-node cluster's leader until a new leader is known and a
 # write through a survivor succeeds. Nodes share a local blob directory (fs backend,
-# shared = true); default Raft timings (heartbeat 250ms, election 1-2 s).
+# shared = true); default Raft timings (heartbeat 100ms, election timeout 0.5-1 s after
+# a 1 s leader lease).
 # Usage: benches/failover.sh [ROUNDS]   (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -258,15 +258,12 @@ async fn push_and_check(cluster: &Cluster, writer: usize, repo: &str, seed: u64)
     digest
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_are_added_and_removed_while_serving() {
-    let mut cluster = Cluster::start(3).await;
-    push_and_check(&cluster, 0, "team/membership", 60).await;
-
-    // A fourth node starts without initial members and is added through the CLI.
+/// Start node `id` with an empty data dir and no initial members, wait until it
+/// answers, and add it through the CLI on `via`; returns it once it is ready.
+async fn join_new_node(cluster: &Cluster, id: u64, via: usize) -> BerthNode {
     let grpc = free_port().expect("port");
     let toml = format!(
-        "{}[cluster]\nnode_id = 4\ngrpc_listen = \"127.0.0.1:{grpc}\"\nheartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
+        "{}[cluster]\nnode_id = {id}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nheartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
         s3_toml(&cluster.s3, "proxy")
     );
     let http_port = free_port().expect("port");
@@ -284,28 +281,53 @@ async fn members_are_added_and_removed_while_serving() {
     while !http().get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the fourth node never answered /healthz"
+            "node {id} never answered /healthz"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let added = berth_cluster(&cluster.nodes[0], &["add-node", "4", &format!("127.0.0.1:{grpc}")]);
-    assert!(added["members"].get("4").is_some(), "{added}");
-    let fourth = starting
+    let added = berth_cluster(
+        &cluster.nodes[via],
+        &["add-node", &id.to_string(), &format!("127.0.0.1:{grpc}")],
+    );
+    assert!(added["members"].get(id.to_string()).is_some(), "{added}");
+    starting
         .await
         .expect("join")
-        .unwrap_or_else(|e| panic!("fourth node: {e:#}"));
+        .unwrap_or_else(|e| panic!("node {id}: {e:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_while_serving() {
+    let mut cluster = Cluster::start(3).await;
+    let mut pushed = vec![push_and_check(&cluster, 0, "team/membership", 60).await];
+
+    // A fourth node starts without initial members and is added through the CLI.
+    let fourth = join_new_node(&cluster, 4, 0).await;
     cluster.nodes.push(fourth);
     let status = berth_cluster(&cluster.nodes[3], &["status"]);
     assert_eq!(status["members"].as_object().map(|m| m.len()), Some(4), "{status}");
-    push_and_check(&cluster, 3, "team/membership", 61).await;
+    pushed.push(push_and_check(&cluster, 3, "team/membership", 61).await);
 
     // Remove node 2 through node 3; the others keep serving.
     let status = berth_cluster(&cluster.nodes[2], &["remove-node", "2"]);
     assert!(status["members"].get("2").is_none(), "{status}");
     let removed = cluster.nodes.remove(1);
+    // Dropping it stops it and deletes its data: node 2 is wiped.
     drop(removed);
-    push_and_check(&cluster, 0, "team/membership", 62).await;
-    push_and_check(&cluster, 2, "team/membership", 63).await;
+    pushed.push(push_and_check(&cluster, 0, "team/membership", 62).await);
+    pushed.push(push_and_check(&cluster, 2, "team/membership", 63).await);
+
+    // The wiped node 2 rejoins (at a new address) and serves everything pushed so far.
+    let rejoined = join_new_node(&cluster, 2, 2).await;
+    cluster.nodes.push(rejoined);
+    let status = berth_cluster(&cluster.nodes[3], &["status"]);
+    assert_eq!(status["members"].as_object().map(|m| m.len()), Some(4), "{status}");
+    push_and_check(&cluster, 3, "team/membership", 64).await;
+    let rejoined = cluster.reg(3);
+    for (seed, digest) in (60..).zip(&pushed) {
+        let blob = rejoined.get_blob("team/membership", digest).await.expect("pull");
+        assert_eq!(blob, random_bytes(64 * 1024, seed), "{digest} on the rejoined node");
+    }
 }
 
 /// One push that was acknowledged: its manifest PUT answered 201.

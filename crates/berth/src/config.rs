@@ -188,8 +188,8 @@ impl Default for ClusterConfig {
             advertise_http: None,
             source_address: None,
             initial_members: Vec::new(),
-            heartbeat_interval: Duration::from_millis(250),
-            election_timeout: Duration::from_millis(1000),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
         }
     }
 }
