@@ -99,6 +99,39 @@ async fn pushes_through_each_node_are_pulled_through_every_other() {
             );
         }
     }
+
+    // `berth cluster status` through a follower shows every member's role, health
+    // and progress, with the leader's commit index.
+    let leader = leader_index(&berth_cluster(&cluster.nodes[0], &["status"])).expect("a leader");
+    let follower = (leader + 1) % 3;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = berth_cluster(&cluster.nodes[follower], &["status"]);
+        let settled = status["members"]
+            .as_object()
+            .is_some_and(|m| m.values().all(|m| m["lag"] == 0));
+        if settled || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["state"], "Follower", "{status}");
+    let committed = status["committed_index"].as_u64().expect("committed index");
+    assert!(committed >= status["applied_index"].as_u64().unwrap_or(0), "{status}");
+    let members = status["members"].as_object().expect("members");
+    assert_eq!(members.len(), 3, "{status}");
+    for (id, m) in members {
+        assert_eq!(m["role"], "voter", "{id}: {m}");
+        assert_eq!(m["reachable"], true, "{id}: {m}");
+        assert_eq!(m["lag"], 0, "{id}: {m}");
+        assert_eq!(m["term"], status["term"], "{id}: {m}");
+        let expected_state = if id.parse::<usize>().ok() == Some(leader + 1) {
+            "Leader"
+        } else {
+            "Follower"
+        };
+        assert_eq!(m["state"], expected_state, "{id}: {m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,6 +623,14 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
         .await
         .expect("GET by tag");
     assert_eq!(tag.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The status seen from the leader names the cut node unreachable.
+    let status = berth_cluster(&nodes[leader], &["status"]);
+    assert_eq!(status["members"][(cut + 1).to_string()]["reachable"], false, "{status}");
+    assert_eq!(
+        status["members"][(leader + 1).to_string()]["reachable"],
+        true,
+        "{status}"
+    );
     // The majority keeps taking writes meanwhile.
     try_push(&http, &bases[leader], "cut/majority", "v1", 8)
         .await

@@ -17,7 +17,7 @@ use crate::AppState;
 use crate::error::ApiError;
 
 pub async fn cluster_status(State(state): State<AppState>) -> Response {
-    Json(state.registry.cluster_status()).into_response()
+    Json(state.registry.cluster_status().await).into_response()
 }
 
 #[derive(Deserialize)]
@@ -37,7 +37,7 @@ pub async fn add_node(State(state): State<AppState>, Json(req): Json<AddNode>) -
         },
     };
     state.registry.change_membership(change).await?;
-    Ok((StatusCode::OK, Json(state.registry.cluster_status())).into_response())
+    Ok((StatusCode::OK, Json(state.registry.cluster_status().await)).into_response())
 }
 
 pub async fn remove_node(State(state): State<AppState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
@@ -45,5 +45,5 @@ pub async fn remove_node(State(state): State<AppState>, Path(id): Path<u64>) -> 
         .registry
         .change_membership(MembershipChange::Remove { id })
         .await?;
-    Ok((StatusCode::OK, Json(state.registry.cluster_status())).into_response())
+    Ok((StatusCode::OK, Json(state.registry.cluster_status().await)).into_response())
 }

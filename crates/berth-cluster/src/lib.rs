@@ -22,6 +22,8 @@ pub use network::LinkAction;
 pub use network::LinkFilter;
 pub use network::Peers;
 pub use node::ClusterNode;
+pub use node::ClusterStatus;
+pub use node::MemberStatus;
 pub use node::MembershipChange;
 pub use node::NodeStatus;
 pub use node::RaftOptions;

@@ -15,6 +15,7 @@ use berth_meta::TypeConfig;
 use berth_proto::cluster::v1::MembershipRequest;
 use berth_proto::cluster::v1::ProposeRequest;
 use berth_proto::cluster::v1::ReadIndexRequest;
+use berth_proto::cluster::v1::StatusRequest;
 use berth_proto::cluster::v1::raft_service_client::RaftServiceClient;
 use openraft::ChangeMembers;
 use openraft::Config;
@@ -71,7 +72,7 @@ impl Default for RaftOptions {
     }
 }
 
-/// A point-in-time view of this node's Raft state.
+/// A point-in-time view of this node's Raft state, as it sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: NodeId,
@@ -80,7 +81,61 @@ pub struct NodeStatus {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
     pub members: BTreeMap<NodeId, NodeInfo>,
+    /// Voters of the membership in effect (the other members are learners).
+    pub voters: BTreeSet<NodeId>,
+    /// On the leader: the log index each member is known to hold.
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
+}
+
+impl NodeStatus {
+    /// On the leader: the highest index a quorum of voters holds (the commit index).
+    pub fn quorum_index(&self) -> Option<u64> {
+        let replication = self.replication.as_ref()?;
+        let mut held: Vec<u64> = self
+            .voters
+            .iter()
+            .map(|v| replication.get(v).copied().flatten().unwrap_or(0))
+            .collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        held.get(self.voters.len() / 2).copied()
+    }
+}
+
+/// One member in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub grpc_addr: String,
+    pub http_addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// It answered the status request.
+    pub reachable: bool,
+    /// Its own report, when it answered.
+    pub state: Option<String>,
+    pub term: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// The index the leader knows it holds.
+    pub matched_index: Option<u64>,
+    /// Entries it is behind the leader's log.
+    pub lag: Option<u64>,
+}
+
+/// The cluster as seen from the node asked, completed with every member's own
+/// report and the leader's replication progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub id: NodeId,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    /// Commit index according to the leader's replication progress.
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub members: BTreeMap<NodeId, MemberStatus>,
 }
 
 /// A change of the cluster's members, made on the leader.
@@ -343,8 +398,76 @@ impl ClusterNode {
             term: m.current_term,
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
             members: m.membership_config.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            voters: m.membership_config.voter_ids().collect(),
+            replication: m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().map(|(id, matched)| (*id, matched.map(|l| l.index))).collect()),
         }
+    }
+
+    /// Every member's own report (asked over gRPC, each within a second) and the
+    /// leader's replication progress, as one view.
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let me = self.status();
+        let reports = futures::future::join_all(me.members.iter().map(|(id, info)| {
+            let local = (*id == me.id).then(|| me.clone());
+            async move {
+                match local {
+                    Some(s) => (*id, Some(s)),
+                    None => (*id, self.ask_status(&info.grpc_addr).await),
+                }
+            }
+        }))
+        .await;
+        let reports: BTreeMap<NodeId, Option<NodeStatus>> = reports.into_iter().collect();
+        let leader = me.leader.and_then(|l| reports.get(&l).cloned().flatten());
+        let leader_last = leader.as_ref().and_then(|l| l.last_log_index);
+        let members = me
+            .members
+            .iter()
+            .map(|(id, info)| {
+                let report = reports.get(id).cloned().flatten();
+                let matched = leader
+                    .as_ref()
+                    .and_then(|l| l.replication.as_ref())
+                    .and_then(|r| r.get(id).copied().flatten());
+                let held = matched.or(report.as_ref().and_then(|r| r.applied_index));
+                let status = MemberStatus {
+                    grpc_addr: info.grpc_addr.clone(),
+                    http_addr: info.http_addr.clone(),
+                    role: if me.voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                    reachable: report.is_some(),
+                    state: report.as_ref().map(|r| r.state.clone()),
+                    term: report.as_ref().map(|r| r.term),
+                    applied_index: report.as_ref().and_then(|r| r.applied_index),
+                    matched_index: matched,
+                    lag: leader_last.zip(held).map(|(last, held)| last.saturating_sub(held)),
+                };
+                (*id, status)
+            })
+            .collect();
+        ClusterStatus {
+            id: me.id,
+            state: me.state,
+            leader: me.leader,
+            term: me.term,
+            last_log_index: me.last_log_index,
+            committed_index: leader.as_ref().and_then(NodeStatus::quorum_index),
+            applied_index: me.applied_index,
+            snapshot_index: me.snapshot_index,
+            members,
+        }
+    }
+
+    async fn ask_status(&self, addr: &str) -> Option<NodeStatus> {
+        let channel = self.inner.peers.channel(addr).ok()?;
+        let mut client = RaftServiceClient::new(channel);
+        let call = client.status(StatusRequest {});
+        let reply = tokio::time::timeout(Duration::from_secs(1), call).await.ok()?.ok()?;
+        rmp_serde::from_slice(&reply.into_inner().status).ok()
     }
 
     /// Propose `cmd` and wait until it is committed and applied on this node.
@@ -573,5 +696,49 @@ impl ClusterNode {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(voters: &[NodeId], replication: &[(NodeId, Option<u64>)]) -> NodeStatus {
+        NodeStatus {
+            id: 1,
+            state: "Leader".into(),
+            leader: Some(1),
+            term: 1,
+            last_log_index: Some(10),
+            applied_index: Some(10),
+            snapshot_index: None,
+            members: BTreeMap::new(),
+            voters: voters.iter().copied().collect(),
+            replication: Some(replication.iter().copied().collect()),
+        }
+    }
+
+    #[test]
+    fn the_quorum_index_is_held_by_a_majority_of_voters() {
+        // Three voters: the second highest is held by two of them.
+        assert_eq!(
+            status(&[1, 2, 3], &[(1, Some(10)), (2, Some(7)), (3, Some(4))]).quorum_index(),
+            Some(7)
+        );
+        // A learner's progress does not count; an unknown one counts as nothing.
+        assert_eq!(
+            status(&[1, 2, 3], &[(1, Some(10)), (2, None), (3, Some(4)), (4, Some(10))]).quorum_index(),
+            Some(4)
+        );
+        // Five voters need three.
+        let five = status(
+            &[1, 2, 3, 4, 5],
+            &[(1, Some(9)), (2, Some(8)), (3, Some(3)), (4, Some(2)), (5, Some(7))],
+        );
+        assert_eq!(five.quorum_index(), Some(7));
+        // Only the leader knows.
+        let mut follower = five;
+        follower.replication = None;
+        assert_eq!(follower.quorum_index(), None);
     }
 }

@@ -10,6 +10,8 @@ use berth_proto::cluster::v1::ProposeRequest;
 use berth_proto::cluster::v1::RaftPayload;
 use berth_proto::cluster::v1::ReadIndexReply;
 use berth_proto::cluster::v1::ReadIndexRequest;
+use berth_proto::cluster::v1::StatusReply;
+use berth_proto::cluster::v1::StatusRequest;
 use berth_proto::cluster::v1::hand_over_frame::Kind;
 use berth_proto::cluster::v1::raft_service_server::RaftService;
 use berth_proto::cluster::v1::raft_service_server::RaftServiceServer;
@@ -109,6 +111,11 @@ impl RaftService for RaftGrpcService {
             .await
             .map_err(Status::unavailable)?;
         Ok(Response::new(HandOverReply { reply }))
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let status = rmp_serde::to_vec_named(&self.node.status()).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(StatusReply { status }))
     }
 
     async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {

@@ -784,8 +784,8 @@ impl Registry {
 
     // ---- cluster administration ---------------------------------------------------
 
-    pub fn cluster_status(&self) -> berth_cluster::NodeStatus {
-        self.inner.cluster.status()
+    pub async fn cluster_status(&self) -> berth_cluster::ClusterStatus {
+        self.inner.cluster.cluster_status().await
     }
 
     /// Add a node (learner, catch-up, voter) or remove one; any node may be asked.
