@@ -143,3 +143,36 @@ async fn a_new_member_catches_up_through_a_snapshot_of_a_compacted_log() -> anyh
     cluster.node(leader)?.propose(upload(500)).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_stays_bounded_under_a_long_stream_of_updates() -> anyhow::Result<()> {
+    let mut options = fast_options();
+    options.snapshot_after_logs = 50;
+    options.logs_to_keep = 10;
+    let cluster = TestCluster::start(3, options).await?;
+    let leader = cluster.leader(WAIT).await?;
+    cluster.node(leader)?.propose(upload(1)).await?;
+    // One key updated over and over, through every member in turn.
+    let ids = cluster.ids();
+    for offset in 1..=600u64 {
+        let via = ids[offset as usize % ids.len()];
+        let progress = Command::UploadProgress {
+            id: "upload-1".into(),
+            offset,
+            at: offset,
+        };
+        cluster.node(via)?.propose(progress).await?;
+    }
+    let last = applied(&cluster, cluster.leader(WAIT).await?);
+    for id in ids {
+        cluster.wait_applied(id, last, WAIT).await?;
+        let node = cluster.node(id)?;
+        let m = node.raft().metrics().borrow().clone();
+        let kept = m.last_log_index.unwrap_or(0) - m.purged.map_or(0, |p| p.index);
+        // A snapshot every 50 entries, 10 kept behind it: never the whole stream.
+        assert!(kept <= 50 + 10 + 20, "member {id} keeps {kept} log entries");
+        let upload = node.reader().upload("upload-1")?.expect("upload state");
+        assert_eq!(upload.offset, 600, "member {id}");
+    }
+    Ok(())
+}
