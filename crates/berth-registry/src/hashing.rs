@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::PollSender;
 
 /// Chunks waiting for the hasher at most.
-const QUEUE: usize = 16;
+const QUEUE: usize = 8;
 
 /// Bodies shorter than this are hashed inline: a thread hand-off costs more.
 pub(crate) const OFF_THREAD_MIN: u64 = 1024 * 1024;
