@@ -599,6 +599,22 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
     assert!(resp.headers().contains_key("retry-after"), "{:?}", resp.headers());
     let body: serde_json::Value = resp.json().await.expect("error body");
     assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+    // Once it has known no leader for a while, it says so at once instead of waiting
+    // for the request timeout (10 s).
+    let asked = std::time::Instant::now();
+    let resp = http
+        .put(format!("{}/v2/cut/before/manifests/during2", bases[cut]))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(before.manifest.clone())
+        .send()
+        .await
+        .expect("second PUT during the partition");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "a cut-off node took {:?} to refuse a write",
+        asked.elapsed()
+    );
     // ...and tag reads it cannot confirm, but still serves content by digest.
     let digest = sha256_digest(&before.manifest);
     let got = http

@@ -484,11 +484,28 @@ impl ClusterNode {
     /// Propose until some leader takes the command. While leadership moves (no leader
     /// known, the leader unreachable, a node that stopped leading), the command was
     /// certainly not appended, so it is retried; the caller's timeout bounds the wait.
+    ///
+    /// A node that knows no leader for longer than an election takes (several
+    /// election timeouts) is cut off from a majority: it answers at once instead of
+    /// waiting for the caller's timeout.
     async fn propose_inner(&self, cmd: Command) -> Result<(u64, CommandResponse), ClusterError> {
         let mut backoff = Duration::from_millis(20);
+        let mut leaderless_since: Option<std::time::Instant> = None;
+        let leaderless_limit = self.inner.options.election_timeout_max * 3;
         loop {
             match self.try_propose(&cmd).await {
                 Err(Attempt::Retry(why)) => {
+                    if self.inner.raft.metrics().borrow().current_leader.is_some() {
+                        leaderless_since = None;
+                    } else {
+                        let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() >= leaderless_limit {
+                            return Err(unavailable(format!(
+                                "no leader for {:?}: this node cannot reach a majority of the cluster",
+                                since.elapsed()
+                            )));
+                        }
+                    }
                     tracing::debug!(command = cmd.kind(), %why, "no leader took the proposal yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(250));
