@@ -472,13 +472,57 @@ impl ClusterNode {
 
     /// Propose `cmd` and wait until it is committed and applied on this node.
     pub async fn propose(&self, cmd: Command) -> Result<Applied, ClusterError> {
+        let (_, response) = self.propose_applied(cmd).await?;
+        response.0.map_err(ClusterError::Rejected)
+    }
+
+    /// [`ClusterNode::propose`] for changes that take something away (deletes).
+    /// Content by digest is read from each node's own state, so before answering
+    /// this also waits (about a second at most) until every member that answers has
+    /// applied the change: a read through any healthy node then agrees with the
+    /// acknowledged delete. A member that does not answer is not waited for.
+    pub async fn propose_everywhere(&self, cmd: Command) -> Result<Applied, ClusterError> {
+        let (index, response) = self.propose_applied(cmd).await?;
+        self.wait_members_applied(index, Duration::from_secs(1)).await;
+        response.0.map_err(ClusterError::Rejected)
+    }
+
+    /// Propose and wait until applied here: the log index and the response.
+    async fn propose_applied(&self, cmd: Command) -> Result<(u64, CommandResponse), ClusterError> {
         let kind = cmd.kind();
         let timeout = self.inner.options.request_timeout;
         let (index, response) = tokio::time::timeout(timeout, self.propose_inner(cmd))
             .await
             .map_err(|_| unavailable(format!("proposal {kind} timed out after {timeout:?}")))??;
         self.wait_applied(index, timeout).await?;
-        response.0.map_err(ClusterError::Rejected)
+        Ok((index, response))
+    }
+
+    /// Wait until every other member that answers has applied `index`, or `within`.
+    async fn wait_members_applied(&self, index: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let others: Vec<String> = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .nodes()
+                .filter(|(id, _)| **id != self.inner.id)
+                .map(|(_, n)| n.grpc_addr.clone())
+                .collect()
+        };
+        futures::future::join_all(others.iter().map(|addr| async move {
+            while tokio::time::Instant::now() < deadline {
+                match self.ask_status(addr).await {
+                    Some(s) if s.applied_index.unwrap_or(0) >= index => return,
+                    Some(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    None => {
+                        tracing::debug!(member = %addr, index, "member did not answer; not waiting for it");
+                        return;
+                    }
+                }
+            }
+        }))
+        .await;
     }
 
     /// Propose until some leader takes the command. While leadership moves (no leader

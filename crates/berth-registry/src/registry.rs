@@ -225,11 +225,12 @@ impl Registry {
     }
 
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
-        self.propose(Command::UnlinkBlob {
+        // Blob reads are local on every node: wait for the others to apply it too.
+        let cmd = Command::UnlinkBlob {
             repo: repo.clone(),
             digest: digest.clone(),
-        })
-        .await?;
+        };
+        self.inner.cluster.propose_everywhere(cmd).await?;
         Ok(())
     }
 
@@ -743,7 +744,7 @@ impl Registry {
                 at,
             },
         };
-        self.propose(cmd).await?;
+        self.inner.cluster.propose_everywhere(cmd).await?;
         Ok(())
     }
 
