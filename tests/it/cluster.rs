@@ -49,6 +49,25 @@ fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// PUT an OCI image manifest at `url` (`…/manifests/<tag>`).
+async fn put_manifest(http: &reqwest::Client, url: String, manifest: &[u8]) -> reqwest::Response {
+    http.put(url)
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_vec())
+        .send()
+        .await
+        .expect("PUT manifest")
+}
+
+/// GET an OCI image manifest at `url` (`…/manifests/<reference>`).
+async fn get_manifest(http: &reqwest::Client, url: String) -> reqwest::Response {
+    http.get(url)
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("GET manifest")
+}
+
 fn range_end(resp: &reqwest::Response) -> String {
     resp.headers()
         .get("range")
@@ -71,22 +90,20 @@ async fn pushes_through_each_node_are_pulled_through_every_other() {
             "layers": []
         });
         let bytes = serde_json::to_vec(&manifest).expect("json");
-        let put = http()
-            .put(format!("{}/v2/{repo}/manifests/v1", cluster.nodes[writer].base_url()))
-            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            .body(bytes.clone())
-            .send()
-            .await
-            .expect("PUT manifest");
+        let put = put_manifest(
+            &http(),
+            format!("{}/v2/{repo}/manifests/v1", cluster.nodes[writer].base_url()),
+            &bytes,
+        )
+        .await;
         assert_eq!(put.status(), StatusCode::CREATED);
         for reader in (0..3).filter(|r| *r != writer) {
             // Tag reads are linearizable: the push is visible at once on every node.
-            let got = http()
-                .get(format!("{}/v2/{repo}/manifests/v1", cluster.nodes[reader].base_url()))
-                .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-                .send()
-                .await
-                .expect("GET manifest");
+            let got = get_manifest(
+                &http(),
+                format!("{}/v2/{repo}/manifests/v1", cluster.nodes[reader].base_url()),
+            )
+            .await;
             assert_eq!(
                 got.status(),
                 StatusCode::OK,
@@ -504,12 +521,7 @@ async fn assert_converged(nodes: &[BerthNode], acked: &[Acked], pushers: usize) 
     let http = http();
     for a in acked {
         for base in &bases {
-            let got = http
-                .get(format!("{base}/v2/{}/manifests/{}", a.repo, a.tag))
-                .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-                .send()
-                .await
-                .expect("GET manifest");
+            let got = get_manifest(&http, format!("{base}/v2/{}/manifests/{}", a.repo, a.tag)).await;
             assert_eq!(got.status(), StatusCode::OK, "{base} {}:{}", a.repo, a.tag);
             assert_eq!(got.bytes().await.expect("body").as_ref(), a.manifest.as_slice());
             let blob = http
@@ -588,13 +600,12 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
     let cut_at = std::time::Instant::now();
 
     // The node in the minority refuses writes with 503 + Retry-After...
-    let resp = http
-        .put(format!("{}/v2/cut/before/manifests/during", bases[cut]))
-        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .body(before.manifest.clone())
-        .send()
-        .await
-        .expect("PUT during the partition");
+    let resp = put_manifest(
+        &http,
+        format!("{}/v2/cut/before/manifests/during", bases[cut]),
+        &before.manifest,
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.headers().contains_key("retry-after"), "{:?}", resp.headers());
     let body: serde_json::Value = resp.json().await.expect("error body");
@@ -602,13 +613,12 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
     // Once it has known no leader for a while, it says so at once instead of waiting
     // for the request timeout (10 s).
     let asked = std::time::Instant::now();
-    let resp = http
-        .put(format!("{}/v2/cut/before/manifests/during2", bases[cut]))
-        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-        .body(before.manifest.clone())
-        .send()
-        .await
-        .expect("second PUT during the partition");
+    let resp = put_manifest(
+        &http,
+        format!("{}/v2/cut/before/manifests/during2", bases[cut]),
+        &before.manifest,
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         asked.elapsed() < Duration::from_secs(8),
@@ -617,12 +627,7 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
     );
     // ...and tag reads it cannot confirm, but still serves content by digest.
     let digest = sha256_digest(&before.manifest);
-    let got = http
-        .get(format!("{}/v2/cut/before/manifests/{digest}", bases[cut]))
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .expect("GET by digest");
+    let got = get_manifest(&http, format!("{}/v2/cut/before/manifests/{digest}", bases[cut])).await;
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.bytes().await.expect("body").as_ref(), before.manifest.as_slice());
     let blob = http
@@ -632,12 +637,7 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
         .expect("GET blob");
     assert_eq!(blob.status(), StatusCode::OK);
     assert_eq!(blob.bytes().await.expect("body").as_ref(), before.layer.as_slice());
-    let tag = http
-        .get(format!("{}/v2/cut/before/manifests/v1", bases[cut]))
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .expect("GET by tag");
+    let tag = get_manifest(&http, format!("{}/v2/cut/before/manifests/v1", bases[cut])).await;
     assert_eq!(tag.status(), StatusCode::SERVICE_UNAVAILABLE);
     // The status seen from the leader names the cut node unreachable.
     let status = berth_cluster(&nodes[leader], &["status"]);
@@ -657,12 +657,7 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
     partitions.heal();
     let acked = finish_pushers(handles, pushers * per_pusher).await;
     assert_converged(&nodes, &acked, pushers).await;
-    let pulled = http
-        .get(format!("{}/v2/cut/majority/manifests/v1", bases[cut]))
-        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await
-        .expect("GET after healing");
+    let pulled = get_manifest(&http, format!("{}/v2/cut/majority/manifests/v1", bases[cut])).await;
     assert_eq!(pulled.status(), StatusCode::OK);
     let status: Vec<serde_json::Value> = nodes.iter().map(|n| berth_cluster(n, &["status"])).collect();
     let leaders: Vec<&serde_json::Value> = status.iter().map(|s| &s["leader"]).collect();
