@@ -629,6 +629,10 @@ fn start_writeback(_file: &File, _pos: u64, _len: u64) {}
 const MAP_MIN: u64 = 1024 * 1024;
 /// Bytes per mapped piece.
 pub const MAP_CHUNK: u64 = 2 * 1024 * 1024;
+/// Pieces mapped ahead of the one being sent: while the socket takes one piece,
+/// the next is mapped and faulted in, so the connection never waits for the
+/// blocking pool between pieces.
+const MAP_AHEAD: usize = 2;
 
 /// Stream `len` bytes at `start` of a *blob* file: content-addressed, written
 /// elsewhere and renamed into place, never modified afterwards (removal unlinks,
@@ -639,24 +643,21 @@ pub const MAP_CHUNK: u64 = 2 * 1024 * 1024;
 /// less per byte, which is most of the cost of serving a large blob). Each piece is
 /// mapped and faulted in on the blocking pool, so a blob not in the page cache never
 /// stalls an async worker on disk I/O, and unmapped once sent, so the pages mapped
-/// at a time stay bounded whatever the blob size.
+/// at a time stay bounded (`MAP_AHEAD` pieces) whatever the blob size.
 pub(crate) async fn read_blob(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
     if len < MAP_MIN {
         return read_stream(file, start, len).await;
     }
     let file = Arc::new(file);
     let end = start.saturating_add(len);
-    let pieces = futures::stream::unfold(start, move |at| {
-        let file = Arc::clone(&file);
-        async move {
-            if at >= end {
-                return None;
-            }
+    let starts = (start..end).step_by(usize::try_from(MAP_CHUNK).map_err(io::Error::other)?);
+    let pieces = futures::stream::iter(starts)
+        .map(move |at| {
+            let file = Arc::clone(&file);
             let next = end.min(at + MAP_CHUNK);
-            let piece = blocking(move || map_piece(&file, at, next - at)).await;
-            Some((piece, next))
-        }
-    });
+            blocking(move || map_piece(&file, at, next - at))
+        })
+        .buffered(MAP_AHEAD);
     Ok(Box::pin(pieces))
 }
 
