@@ -9,6 +9,7 @@
 
 mod error;
 mod handover;
+mod lease;
 mod network;
 mod node;
 mod service;

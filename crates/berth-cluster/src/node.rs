@@ -3,6 +3,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use berth_meta::Applied;
 use berth_meta::Command;
@@ -36,6 +37,8 @@ use crate::GrpcNetwork;
 use crate::handover::HandOverHandler;
 use crate::handover::OwnerChannel;
 use crate::handover::SharedHandler;
+use crate::lease::LeaseCheck;
+use crate::lease::ReadLease;
 use crate::network::LinkFilter;
 use crate::network::Peers;
 use crate::network::pass_link;
@@ -56,6 +59,10 @@ pub struct RaftOptions {
     pub request_timeout: Duration,
     /// Local address of connections to other members; the OS picks when `None`.
     pub source_address: Option<std::net::IpAddr>,
+    /// How long a confirmed leadership round lets the leader answer reads without
+    /// another one (see `lease.rs`); zero: a round for every burst of reads. Must
+    /// stay well below `election_timeout_max`, what followers promise.
+    pub read_lease: Duration,
 }
 
 impl Default for RaftOptions {
@@ -68,6 +75,7 @@ impl Default for RaftOptions {
             logs_to_keep: 1_000,
             request_timeout: Duration::from_secs(10),
             source_address: None,
+            read_lease: Duration::from_millis(250),
         }
     }
 }
@@ -164,6 +172,7 @@ async fn run_barriers(
     timeout: Duration,
     filter: Option<Arc<dyn LinkFilter>>,
     peers: Peers,
+    lease: Arc<ReadLease>,
     mut rx: mpsc::UnboundedReceiver<BarrierWaiter>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -171,9 +180,10 @@ async fn run_barriers(
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = barrier_round(&raft, timeout, filter.as_ref(), &peers)
+        let result = barrier_round(&raft, timeout, filter.as_ref(), &peers, &lease)
             .await
             .map_err(|e| e.to_string());
+        lease.round_done();
         for w in waiters {
             // A caller that gave up no longer listens; nothing to do.
             let _ = w.send(result.clone());
@@ -188,9 +198,17 @@ async fn barrier_round(
     timeout: Duration,
     filter: Option<&Arc<dyn LinkFilter>>,
     peers: &Peers,
+    lease: &ReadLease,
 ) -> Result<(), ClusterError> {
+    let asked = Instant::now();
+    let term = lease.leading_term();
     let index = match raft.ensure_linearizable().await {
-        Ok(_) => return Ok(()),
+        Ok(_) => {
+            if let Some(term) = term {
+                lease.confirmed(term, asked);
+            }
+            return Ok(());
+        }
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => return Err(unavailable(e)),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
             let leader = f
@@ -262,6 +280,7 @@ struct Inner {
     reader: MetaReader,
     options: RaftOptions,
     barrier: mpsc::UnboundedSender<BarrierWaiter>,
+    lease: Arc<ReadLease>,
     hand_over: SharedHandler,
     filter: Option<Arc<dyn LinkFilter>>,
     peers: Peers,
@@ -309,9 +328,17 @@ impl ClusterNode {
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         let (barrier, rx) = mpsc::unbounded_channel();
+        let lease = Arc::new(ReadLease::new(id, options.read_lease, raft.server_metrics()));
         tokio::spawn(
-            run_barriers(raft.clone(), options.request_timeout, filter.clone(), peers.clone(), rx)
-                .instrument(tracing::info_span!("read_barriers", node = id)),
+            run_barriers(
+                raft.clone(),
+                options.request_timeout,
+                filter.clone(),
+                peers.clone(),
+                lease.clone(),
+                rx,
+            )
+            .instrument(tracing::info_span!("read_barriers", node = id)),
         );
         Ok(ClusterNode {
             inner: Arc::new(Inner {
@@ -320,6 +347,7 @@ impl ClusterNode {
                 reader: store.reader(),
                 options,
                 barrier,
+                lease,
                 hand_over: SharedHandler::default(),
                 filter,
                 peers,
@@ -722,8 +750,21 @@ impl ClusterNode {
     /// call: reads that follow are linearizable.
     ///
     /// Concurrent callers share rounds: every caller waits for the first round that
-    /// starts after it arrived, so one read index serves a whole burst of reads.
+    /// starts after it arrived, so one read index serves a whole burst of reads. On
+    /// the leader, a valid read lease (`lease.rs`) answers at once.
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        match self.inner.lease.check() {
+            LeaseCheck::Valid => return Ok(()),
+            LeaseCheck::Renew => {
+                // Renew in the background: nobody waits for this round.
+                let (tx, _) = oneshot::channel();
+                if self.inner.barrier.send(tx).is_err() {
+                    self.inner.lease.round_done();
+                }
+                return Ok(());
+            }
+            LeaseCheck::Expired => {}
+        }
         let (tx, rx) = oneshot::channel();
         self.inner
             .barrier

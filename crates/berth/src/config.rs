@@ -177,6 +177,10 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub election_timeout: Duration,
+    /// How long one confirmed leadership round lets the leader answer linearizable
+    /// reads on its own; `"0s"` asks a quorum for every burst of reads.
+    #[serde(with = "humantime_serde")]
+    pub read_lease: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -190,6 +194,7 @@ impl Default for ClusterConfig {
             initial_members: Vec::new(),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
+            read_lease: Duration::from_millis(250),
         }
     }
 }
@@ -445,6 +450,12 @@ impl Config {
         if cluster.heartbeat_interval.is_zero() || cluster.election_timeout <= cluster.heartbeat_interval * 2 {
             bail!("cluster.election_timeout: must be more than twice cluster.heartbeat_interval");
         }
+        if cluster.read_lease > cluster.election_timeout {
+            bail!(
+                "cluster.read_lease: must not exceed cluster.election_timeout (followers promise \
+                 twice that; the rest is the margin for clock drift and pauses)"
+            );
+        }
         if self.metadata.snapshot_after_logs == 0 {
             bail!("metadata.snapshot_after_logs: must be greater than zero");
         }
@@ -600,6 +611,13 @@ mod tests {
             load(&format!("{s3}{fs_cluster}initial_members = [\"x\"]"), &[]).unwrap_err()
         );
         assert!(err.contains("ID=GRPC_ADDR"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(&format!("{s3}{fs_cluster}read_lease = \"600ms\""), &[]).unwrap_err()
+        );
+        assert!(err.contains("cluster.read_lease"), "{err}");
+        let c = load(&format!("{s3}{fs_cluster}read_lease = \"0s\""), &[]).unwrap();
+        assert!(c.cluster.read_lease.is_zero());
     }
 
     #[test]
