@@ -426,8 +426,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 data: &data,
                 pusher: &pusher,
             };
+            let cpu = |pids: &[u32]| pids.iter().filter_map(|&p| rss::cpu_seconds(p)).sum::<f64>();
+            let cpu_before = cpu(&l.running.server_pids);
             rss.begin_window(&l.running.server_pids);
             let mut m = scenarios::run(s, &ctx).await;
+            let used = cpu(&l.running.server_pids) - cpu_before;
+            m.server_cpu_s = Some(used);
+            m.cpu_us_per_op = (m.ops > 0).then(|| used * 1e6 / m.ops as f64);
             if let Some(w) = rss.end_window(&l.running.server_pids) {
                 m.peak_rss_mib = Some(w.peak_mib);
                 m.start_rss_mib = Some(w.start_mib);
@@ -519,6 +524,9 @@ fn summary(m: &Measurement) -> String {
     }
     if let Some(v) = m.peak_rss_mib {
         parts.push(format!("rss {v:.0} MiB"));
+    }
+    if let Some(v) = m.cpu_us_per_op {
+        parts.push(format!("cpu {v:.0} µs/op"));
     }
     if m.errors > 0 {
         parts.push(format!("{} errors", m.errors));

@@ -221,6 +221,23 @@ pub fn render(r: &Report, systems: &[SystemKind], scenarios: &[Scenario]) -> Str
         );
     }
     let _ = writeln!(out);
+    header(&mut out, "server CPU, µs per operation");
+    for &s in scenarios {
+        let _ = write!(out, "{:<first$}  {:<second$}", s.title(&r.params), "user+system");
+        for (sys, w) in systems.iter().zip(&widths) {
+            let m = r
+                .results
+                .iter()
+                .find(|m| m.scenario == s.id() && m.system == sys.name());
+            let _ = write!(
+                out,
+                "  {:>w$}",
+                cell(m, &|m| m.cpu_us_per_op.map(|v| format!("{v:.1}")))
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
         "n/a: not available (see below); ERR: failed; '!': some requests failed (see JSON)."
@@ -355,6 +372,20 @@ pub fn targets(r: &Report) -> Vec<TargetLine> {
         2.5,
         false,
     );
+    // Context for the scaling targets: all nodes share this machine's cores, so
+    // their sum cannot exceed one node's throughput; what scales with machines is
+    // the CPU a request costs the whole cluster.
+    for k in [K::BerthCluster3, K::BerthCluster3Local] {
+        let cpu = |k| r.find(S::ManifestTag, k).and_then(|m| m.cpu_us_per_op);
+        if let (Some(c), Some(one)) = (cpu(k), cpu(K::BerthS3)) {
+            let name = format!(
+                "manifest GET by tag: server CPU per request, {} (all nodes) vs berth-s3",
+                k.name()
+            );
+            let text = format!("{name} = {c:.1} µs / {one:.1} µs = {:.2}x info", c / one);
+            t.push(&name, Some(c / one), Verdict::Info, text);
+        }
+    }
     t.ratio(
         "HEAD blob on S3",
         S::HeadBlob,

@@ -26,6 +26,24 @@ fn parse_status(text: &str) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// CPU time (user + system) `pid` has used so far, seconds; `None` if it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    parse_cpu_ticks(&text).map(|t| t as f64 / ticks.max(1) as f64)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name
+/// (field 2) is in parentheses and may hold spaces, so fields count from its end.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Resets `VmHWM` of `pid` to its current RSS. False if not allowed or gone.
 pub fn reset_hwm(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
@@ -149,6 +167,8 @@ mod tests {
     fn parses_proc_status() {
         let text = "Name:\tx\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n";
         assert_eq!(parse_status(text), Some((1024, 2048)));
+        let stat = "42 (tokio rt) S 1 42 42 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 4 0 5 1 1";
+        assert_eq!(parse_cpu_ticks(stat), Some(287));
         assert_eq!(parse_status("Name: x\n"), None);
     }
 
@@ -156,6 +176,7 @@ mod tests {
     fn own_process_is_readable_and_window_sees_it() {
         let me = std::process::id();
         let (rss, hwm) = read_status(me).expect("own status");
+        assert!(cpu_seconds(me).is_some());
         assert!(rss > 0 && hwm >= rss);
         let t = RssTracker::new();
         t.track(me);

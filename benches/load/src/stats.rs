@@ -99,6 +99,14 @@ pub struct Measurement {
     /// Their RSS when the scenario began, MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_rss_mib: Option<f64>,
+    /// CPU time (user + system) the server process(es) used during the scenario,
+    /// seconds, summed over processes (warm-up included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_s: Option<f64>,
+    /// That CPU time per counted operation (read scenarios: warm-up requests are not
+    /// counted, so this slightly overstates), microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_op: Option<f64>,
     /// Operations that were due but could not start (open-loop scenarios).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped: Option<u64>,
@@ -128,6 +136,8 @@ impl Measurement {
             readback_mib_per_s: None,
             peak_rss_mib: None,
             start_rss_mib: None,
+            server_cpu_s: None,
+            cpu_us_per_op: None,
             dropped: None,
             redirects: None,
             first_error: None,
