@@ -200,40 +200,65 @@ async fn barrier_round(
     peers: &Peers,
     lease: &ReadLease,
 ) -> Result<(), ClusterError> {
-    let asked = Instant::now();
-    let term = lease.leading_term();
-    let index = match raft.ensure_linearizable().await {
-        Ok(_) => {
-            if let Some(term) = term {
-                lease.confirmed(term, asked);
+    // A follower that knows the leader asks it directly: asking the local Raft core
+    // first would only answer "forward to the leader", at the cost of a task hop.
+    let known = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.current_leader
+            .filter(|l| m.state != ServerState::Leader && *l != m.id)
+    };
+    let index = match known.and_then(|l| leader_info(raft, Some(l)).map(|n| (l, n))) {
+        Some((id, leader)) => read_index_from(raft, filter, peers, timeout, Some(id), &leader).await?,
+        None => {
+            let asked = Instant::now();
+            let term = lease.leading_term();
+            match raft.ensure_linearizable().await {
+                Ok(_) => {
+                    if let Some(term) = term {
+                        lease.confirmed(term, asked);
+                    }
+                    return Ok(());
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => return Err(unavailable(e)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    let leader = f
+                        .leader_node
+                        .clone()
+                        .or_else(|| leader_info(raft, f.leader_id))
+                        .ok_or_else(|| unavailable("no leader known"))?;
+                    read_index_from(raft, filter, peers, timeout, f.leader_id, &leader).await?
+                }
+                Err(RaftError::Fatal(e)) => return Err(ClusterError::Fatal(e.to_string())),
             }
-            return Ok(());
         }
-        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => return Err(unavailable(e)),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-            let leader = f
-                .leader_node
-                .clone()
-                .or_else(|| leader_info(raft, f.leader_id))
-                .ok_or_else(|| unavailable("no leader known"))?;
-            if let Some(to) = f.leader_id {
-                pass_link(filter, raft_id(raft), to).await.map_err(unavailable)?;
-            }
-            let mut client = RaftServiceClient::new(peers.channel(&leader.grpc_addr).map_err(unavailable)?);
-            tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
-                .await
-                .map_err(|_| unavailable("read index timed out"))?
-                .map_err(|s| unavailable(s.message()))?
-                .into_inner()
-                .index
-        }
-        Err(RaftError::Fatal(e)) => return Err(ClusterError::Fatal(e.to_string())),
     };
     raft.wait(Some(timeout))
         .applied_index_at_least(Some(index), "read barrier")
         .await
         .map(|_| ())
         .map_err(unavailable)
+}
+
+/// The leader's read index: an index covering every write committed before the call.
+async fn read_index_from(
+    raft: &Raft<TypeConfig>,
+    filter: Option<&Arc<dyn LinkFilter>>,
+    peers: &Peers,
+    timeout: Duration,
+    id: Option<NodeId>,
+    leader: &NodeInfo,
+) -> Result<u64, ClusterError> {
+    if let Some(to) = id {
+        pass_link(filter, raft_id(raft), to).await.map_err(unavailable)?;
+    }
+    let mut client = RaftServiceClient::new(peers.channel(&leader.grpc_addr).map_err(unavailable)?);
+    Ok(tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
+        .await
+        .map_err(|_| unavailable("read index timed out"))?
+        .map_err(|s| unavailable(s.message()))?
+        .into_inner()
+        .index)
 }
 
 async fn send_proposal(
