@@ -271,6 +271,17 @@ async fn send_proposal(
     Ok(reply.into_inner())
 }
 
+/// Is the vote saved in this store (if any) for another node than `id`?
+async fn voted_for_another(store: &MetaStore, id: NodeId) -> Result<bool, ClusterError> {
+    use openraft::storage::RaftLogStorage;
+    let vote = store
+        .log_store()
+        .read_vote()
+        .await
+        .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+    Ok(vote.is_some_and(|v| v.leader_id().voted_for() != Some(id)))
+}
+
 fn raft_id(raft: &Raft<TypeConfig>) -> NodeId {
     raft.metrics().borrow().id
 }
@@ -337,6 +348,16 @@ impl ClusterNode {
         filter: Option<Arc<dyn LinkFilter>>,
     ) -> Result<ClusterNode, ClusterError> {
         let store = MetaStore::open(dir)?;
+        // A member that acknowledged a leader's heartbeat promised not to vote for
+        // anyone else for `election_timeout_max` (the leader's read lease rests on
+        // it), but that promise lived in memory. Coming back with a saved vote for
+        // another node, it might be inside such a promise still: stay out of
+        // elections for that long. (A vote for itself, as on a single node, promised
+        // nothing to anyone.)
+        if !options.read_lease.is_zero() && voted_for_another(&store, id).await? {
+            tracing::info!(wait = ?options.election_timeout_max, "restarted member: honouring its last vote promise");
+            tokio::time::sleep(options.election_timeout_max).await;
+        }
         let config = Config {
             cluster_name: "berth".to_string(),
             heartbeat_interval: options.heartbeat_interval.as_millis() as u64,

@@ -254,3 +254,35 @@ async fn the_log_stays_bounded_under_a_long_stream_of_updates() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// A follower's promise not to vote for another leader (which the leader's read lease
+/// rests on) lives in memory; a member restarting with a saved vote for another node
+/// keeps out of elections for the promise's length before it starts Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_honours_its_last_vote_promise() -> anyhow::Result<()> {
+    use berth_cluster::ClusterNode;
+    use berth_meta::MetaStore;
+    use openraft::Vote;
+    use openraft::storage::RaftLogStorage;
+
+    let options = RaftOptions {
+        election_timeout_min: Duration::from_millis(400),
+        election_timeout_max: Duration::from_millis(800),
+        ..fast_options()
+    };
+    let dir = tempfile::tempdir()?;
+    {
+        let store = MetaStore::open(dir.path())?;
+        store.log_store().save_vote(&Vote::new_committed(3, 2)).await?;
+    }
+    let started = Instant::now();
+    let node = ClusterNode::open(1, dir.path(), options.clone()).await?;
+    let waited = started.elapsed();
+    node.shutdown().await;
+    drop(node);
+    assert!(
+        waited >= options.election_timeout_max,
+        "restarted after voting for node 2, it started Raft after {waited:?}"
+    );
+    Ok(())
+}
