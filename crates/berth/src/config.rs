@@ -344,7 +344,7 @@ fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String
     Ok(())
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["listen", "data_dir", "storage", "uploads", "metadata", "log"];
+const TOP_LEVEL_KEYS: &[&str] = &["listen", "data_dir", "storage", "uploads", "metadata", "cluster", "log"];
 
 impl Config {
     /// Load from an optional file, the process environment and flags, then validate.
@@ -618,6 +618,14 @@ mod tests {
         assert!(err.contains("cluster.read_lease"), "{err}");
         let c = load(&format!("{s3}{fs_cluster}read_lease = \"0s\""), &[]).unwrap();
         assert!(c.cluster.read_lease.is_zero());
+        // Every section is reachable from the environment.
+        let c = load(
+            s3,
+            &[("BERTH_CLUSTER__READ_LEASE", "100ms"), ("BERTH_CLUSTER__NODE_ID", "7")],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.read_lease, Duration::from_millis(100));
+        assert_eq!(c.cluster.node_id, 7);
     }
 
     #[test]
