@@ -426,6 +426,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 data: &data,
                 pusher: &pusher,
             };
+            settle_disk().await;
             let cpu = |pids: &[u32]| pids.iter().filter_map(|&p| rss::cpu_seconds(p)).sum::<f64>();
             let cpu_before = cpu(&l.running.server_pids);
             rss.begin_window(&l.running.server_pids);
@@ -499,6 +500,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("JSON report: {}", shown.display());
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Write back every dirty page before a measurement, so no scenario pays for the
+/// writes of an earlier one or of another system's data (the preparation alone
+/// leaves gigabytes behind, and a synced Raft log append waits behind them).
+async fn settle_disk() {
+    let started = Instant::now();
+    // SAFETY: sync(2) has no preconditions.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
+    let took = started.elapsed();
+    if took > Duration::from_secs(1) {
+        println!(
+            "  (waited {:.1} s for earlier writes to reach the disk)",
+            took.as_secs_f64()
+        );
+    }
 }
 
 fn summary(m: &Measurement) -> String {
