@@ -111,3 +111,66 @@ impl ReadLease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::StoredMembership;
+    use openraft::Vote;
+
+    use super::*;
+
+    fn metrics(state: ServerState, term: u64, leader: Option<NodeId>) -> RaftServerMetrics<NodeId, NodeInfo> {
+        RaftServerMetrics {
+            id: 1,
+            vote: Vote::new_committed(term, leader.unwrap_or(2)),
+            state,
+            current_leader: leader,
+            membership_config: Arc::new(StoredMembership::default()),
+        }
+    }
+
+    #[test]
+    fn a_lease_holds_for_its_term_and_length_only() {
+        let (tx, rx) = watch::channel(metrics(ServerState::Leader, 3, Some(1)));
+        let lease = ReadLease::new(1, Duration::from_secs(60), rx);
+        assert_eq!(lease.check(), LeaseCheck::Expired, "no round confirmed yet");
+        assert_eq!(lease.leading_term(), Some(3));
+
+        lease.confirmed(3, Instant::now());
+        assert_eq!(lease.check(), LeaseCheck::Valid);
+
+        // Leadership lost, or regained in a later term: the lease of term 3 is void.
+        tx.send_replace(metrics(ServerState::Follower, 4, Some(2)));
+        assert_eq!(lease.check(), LeaseCheck::Expired);
+        tx.send_replace(metrics(ServerState::Leader, 5, Some(1)));
+        assert_eq!(lease.check(), LeaseCheck::Expired);
+        lease.confirmed(5, Instant::now());
+        assert_eq!(lease.check(), LeaseCheck::Valid);
+    }
+
+    #[test]
+    fn half_used_leases_ask_for_one_renewal_and_old_ones_expire() {
+        let (_tx, rx) = watch::channel(metrics(ServerState::Leader, 3, Some(1)));
+        let length = Duration::from_secs(60);
+        let lease = ReadLease::new(1, length, rx);
+        lease.confirmed(3, Instant::now() - Duration::from_secs(40));
+        assert_eq!(lease.check(), LeaseCheck::Renew);
+        assert_eq!(lease.check(), LeaseCheck::Valid, "one renewal at a time");
+        lease.round_done();
+        assert_eq!(lease.check(), LeaseCheck::Renew);
+
+        let expired = ReadLease::new(1, length, lease.server.clone());
+        expired.confirmed(3, Instant::now() - Duration::from_secs(61));
+        assert_eq!(expired.check(), LeaseCheck::Expired);
+    }
+
+    #[test]
+    fn a_zero_length_disables_leases() {
+        let (_tx, rx) = watch::channel(metrics(ServerState::Leader, 3, Some(1)));
+        let lease = ReadLease::new(1, Duration::ZERO, rx);
+        lease.confirmed(3, Instant::now());
+        assert_eq!(lease.check(), LeaseCheck::Expired);
+    }
+}
