@@ -644,6 +644,10 @@ const MAP_AHEAD: usize = 2;
 /// mapped and faulted in on the blocking pool, so a blob not in the page cache never
 /// stalls an async worker on disk I/O, and unmapped once sent, so the pages mapped
 /// at a time stay bounded (`MAP_AHEAD` pieces) whatever the blob size.
+///
+/// (`sendfile(2)` from the same pieces was tried and measured slower on loopback:
+/// 1.1–1.3 GB/s against 1.6–2.0 GB/s for a 256 MiB GET, more CPU per byte. The copy
+/// it saves is replaced by per-page splice work and smaller pushes to the socket.)
 pub(crate) async fn read_blob(file: File, start: u64, len: u64) -> io::Result<ByteStream> {
     if len < MAP_MIN {
         return read_stream(file, start, len).await;
