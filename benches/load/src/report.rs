@@ -174,33 +174,31 @@ pub fn render(r: &Report, systems: &[SystemKind], scenarios: &[Scenario]) -> Str
         let total = first + 2 + second + widths.iter().map(|w| w + 2).sum::<usize>();
         let _ = writeln!(out, "{}", "-".repeat(total));
     };
-    header(&mut out, "scenario");
-    for &s in scenarios {
-        for (i, (metric, pick)) in rows_for(s).into_iter().enumerate() {
-            let title = if i == 0 { s.title(&r.params) } else { String::new() };
+    // One row: a scenario's title and metric, then one cell per system.
+    let row =
+        |out: &mut String, s: Scenario, title: &str, metric: &str, pick: &dyn Fn(&Measurement) -> Option<String>| {
             let _ = write!(out, "{title:<first$}  {metric:<second$}");
             for (sys, w) in systems.iter().zip(&widths) {
                 let m = r
                     .results
                     .iter()
                     .find(|m| m.scenario == s.id() && m.system == sys.name());
-                let _ = write!(out, "  {:>w$}", cell(m, &pick));
+                let _ = write!(out, "  {:>w$}", cell(m, pick));
             }
             let _ = writeln!(out);
+        };
+    header(&mut out, "scenario");
+    for &s in scenarios {
+        for (i, (metric, pick)) in rows_for(s).into_iter().enumerate() {
+            let title = if i == 0 { s.title(&r.params) } else { String::new() };
+            row(&mut out, s, &title, metric, &pick);
         }
     }
     let _ = writeln!(out);
     header(&mut out, "peak RSS, MiB");
     for &s in scenarios {
-        let _ = write!(out, "{:<first$}  {:<second$}", s.title(&r.params), "during");
-        for (sys, w) in systems.iter().zip(&widths) {
-            let m = r
-                .results
-                .iter()
-                .find(|m| m.scenario == s.id() && m.system == sys.name());
-            let _ = write!(out, "  {:>w$}", cell(m, &|m| m.peak_rss_mib.map(|v| format!("{v:.1}"))));
-        }
-        let _ = writeln!(out);
+        let rss = |m: &Measurement| m.peak_rss_mib.map(|v| format!("{v:.1}"));
+        row(&mut out, s, &s.title(&r.params), "during", &rss);
     }
     let _ = write!(out, "{:<first$}  {:<second$}", "whole run", "server");
     for (sys, w) in systems.iter().zip(&widths) {
@@ -221,21 +219,10 @@ pub fn render(r: &Report, systems: &[SystemKind], scenarios: &[Scenario]) -> Str
         );
     }
     let _ = writeln!(out);
-    header(&mut out, "server CPU, µs per operation");
+    header(&mut out, "server CPU µs/op");
     for &s in scenarios {
-        let _ = write!(out, "{:<first$}  {:<second$}", s.title(&r.params), "user+system");
-        for (sys, w) in systems.iter().zip(&widths) {
-            let m = r
-                .results
-                .iter()
-                .find(|m| m.scenario == s.id() && m.system == sys.name());
-            let _ = write!(
-                out,
-                "  {:>w$}",
-                cell(m, &|m| m.cpu_us_per_op.map(|v| format!("{v:.1}")))
-            );
-        }
-        let _ = writeln!(out);
+        let cpu = |m: &Measurement| m.cpu_us_per_op.map(|v| format!("{v:.1}"));
+        row(&mut out, s, &s.title(&r.params), "user+system", &cpu);
     }
     let _ = writeln!(out);
     let _ = writeln!(
