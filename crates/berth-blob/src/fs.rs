@@ -654,8 +654,7 @@ pub(crate) async fn read_blob(file: File, start: u64, len: u64) -> io::Result<By
     }
     let file = Arc::new(file);
     let end = start.saturating_add(len);
-    let starts = (start..end).step_by(usize::try_from(MAP_CHUNK).map_err(io::Error::other)?);
-    let pieces = futures::stream::iter(starts)
+    let pieces = futures::stream::iter((start..end).step_by(MAP_CHUNK as usize))
         .map(move |at| {
             let file = Arc::clone(&file);
             let next = end.min(at + MAP_CHUNK);
