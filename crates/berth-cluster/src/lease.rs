@@ -10,10 +10,10 @@
 //! state already holds every acknowledged write (a write is acknowledged only after
 //! the leader applied it), so reads may be answered without asking anyone.
 //!
-//! The lease granted here is much shorter than what the followers promise
-//! (`election_timeout_min / 2` by default against `election_timeout_max`), which
-//! leaves room for clock-rate differences between machines and for scheduling
-//! delays. A lease is renewed in the background once half of it is used, so a
+//! The lease granted here is much shorter than what the followers promise (250 ms
+//! by default against `election_timeout_max`, 1 s by default; `ClusterNode::open`
+//! refuses a lease longer than `election_timeout_min`), which leaves room for
+//! clock-rate differences between machines and for scheduling delays. A lease is renewed in the background once half of it is used, so a
 //! steady stream of reads never waits for a round.
 
 use std::sync::Mutex;

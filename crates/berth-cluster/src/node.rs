@@ -60,8 +60,9 @@ pub struct RaftOptions {
     /// Local address of connections to other members; the OS picks when `None`.
     pub source_address: Option<std::net::IpAddr>,
     /// How long a confirmed leadership round lets the leader answer reads without
-    /// another one (see `lease.rs`); zero: a round for every burst of reads. Must
-    /// stay well below `election_timeout_max`, what followers promise.
+    /// another one (see `lease.rs`); zero: a round for every burst of reads. At most
+    /// `election_timeout_min`, well below `election_timeout_max` (what followers
+    /// promise).
     pub read_lease: Duration,
 }
 
@@ -347,6 +348,12 @@ impl ClusterNode {
         options: RaftOptions,
         filter: Option<Arc<dyn LinkFilter>>,
     ) -> Result<ClusterNode, ClusterError> {
+        if options.read_lease > options.election_timeout_min {
+            return Err(ClusterError::Config(format!(
+                "read lease {:?} is longer than the election timeout {:?}",
+                options.read_lease, options.election_timeout_min
+            )));
+        }
         let store = MetaStore::open(dir)?;
         // A member that acknowledged a leader's heartbeat promised not to vote for
         // anyone else for `election_timeout_max` (the leader's read lease rests on

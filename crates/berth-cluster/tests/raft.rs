@@ -286,3 +286,18 @@ async fn a_restarted_follower_honours_its_last_vote_promise() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_read_lease_longer_than_the_election_timeout_is_refused() -> anyhow::Result<()> {
+    let options = RaftOptions {
+        read_lease: Duration::from_millis(301),
+        ..fast_options()
+    };
+    let dir = tempfile::tempdir()?;
+    match berth_cluster::ClusterNode::open(1, dir.path(), options).await {
+        Err(ClusterError::Config(m)) => assert!(m.contains("read lease"), "{m}"),
+        Err(e) => panic!("refused with {e}"),
+        Ok(_) => panic!("a 301 ms lease with a 300 ms election timeout was accepted"),
+    }
+    Ok(())
+}
