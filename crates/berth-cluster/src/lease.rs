@@ -95,6 +95,12 @@ impl ReadLease {
         self.renewing.store(false, Ordering::Release);
     }
 
+    /// The term of the lease, if one holds right now (without asking for renewal).
+    pub(crate) fn holding(&self) -> Option<u64> {
+        let held = (*self.held.lock().unwrap_or_else(|p| p.into_inner()))?;
+        (Instant::now() < held.until && self.leading_term() == Some(held.term)).then_some(held.term)
+    }
+
     /// May a read be answered from this node's state right now?
     pub(crate) fn check(&self) -> LeaseCheck {
         let Some(held) = *self.held.lock().unwrap_or_else(|p| p.into_inner()) else {
@@ -140,10 +146,12 @@ mod tests {
 
         lease.confirmed(3, Instant::now());
         assert_eq!(lease.check(), LeaseCheck::Valid);
+        assert_eq!(lease.holding(), Some(3));
 
         // Leadership lost, or regained in a later term: the lease of term 3 is void.
         tx.send_replace(metrics(ServerState::Follower, 4, Some(2)));
         assert_eq!(lease.check(), LeaseCheck::Expired);
+        assert_eq!(lease.holding(), None);
         tx.send_replace(metrics(ServerState::Leader, 5, Some(1)));
         assert_eq!(lease.check(), LeaseCheck::Expired);
         lease.confirmed(5, Instant::now());

@@ -8,6 +8,7 @@
 //! are opaque to it.
 
 mod error;
+mod follower_lease;
 mod handover;
 mod lease;
 mod network;

@@ -13,6 +13,8 @@ use berth_meta::MetaStore;
 use berth_meta::NodeId;
 use berth_meta::NodeInfo;
 use berth_meta::TypeConfig;
+use berth_proto::cluster::v1::FollowerLeaseReply;
+use berth_proto::cluster::v1::FollowerLeaseRequest;
 use berth_proto::cluster::v1::MembershipRequest;
 use berth_proto::cluster::v1::ProposeRequest;
 use berth_proto::cluster::v1::ReadIndexRequest;
@@ -34,6 +36,12 @@ use tracing::Instrument;
 
 use crate::ClusterError;
 use crate::GrpcNetwork;
+use crate::follower_lease::CATCH_UP_SLACK;
+use crate::follower_lease::FollowerLease;
+use crate::follower_lease::Granted;
+use crate::follower_lease::LeaseHolders;
+use crate::follower_lease::RETRY_AFTER;
+use crate::follower_lease::leader_side_length;
 use crate::handover::HandOverHandler;
 use crate::handover::OwnerChannel;
 use crate::handover::SharedHandler;
@@ -64,6 +72,12 @@ pub struct RaftOptions {
     /// `election_timeout_min`, well below `election_timeout_max` (what followers
     /// promise).
     pub read_lease: Duration,
+    /// How long a follower may answer linearizable reads alone once the leader
+    /// granted it a lease (see `follower_lease.rs`); the leader then acknowledges a
+    /// write only once every lease holder applied it. Zero (or a zero `read_lease`):
+    /// followers ask the leader for a read index per burst of reads. `read_lease +
+    /// follower_lease` may be at most `election_timeout_min`.
+    pub follower_lease: Duration,
 }
 
 impl Default for RaftOptions {
@@ -77,6 +91,7 @@ impl Default for RaftOptions {
             request_timeout: Duration::from_secs(10),
             source_address: None,
             read_lease: Duration::from_millis(250),
+            follower_lease: Duration::from_millis(250),
         }
     }
 }
@@ -262,6 +277,108 @@ async fn read_index_from(
         .index)
 }
 
+/// What a follower needs to ask the leader for its read lease.
+struct LeaseAsker {
+    raft: Raft<TypeConfig>,
+    filter: Option<Arc<dyn LinkFilter>>,
+    peers: Peers,
+    timeout: Duration,
+}
+
+impl LeaseAsker {
+    async fn ask(
+        &self,
+        to: NodeId,
+        leader: &NodeInfo,
+        applied: u64,
+        want_lease: bool,
+    ) -> Result<FollowerLeaseReply, ClusterError> {
+        let from = raft_id(&self.raft);
+        pass_link(self.filter.as_ref(), from, to).await.map_err(unavailable)?;
+        let mut client = RaftServiceClient::new(self.peers.channel(&leader.grpc_addr).map_err(unavailable)?);
+        let request = FollowerLeaseRequest {
+            from,
+            applied,
+            want_lease,
+        };
+        Ok(tokio::time::timeout(self.timeout, client.follower_lease(request))
+            .await
+            .map_err(|_| unavailable("follower lease request timed out"))?
+            .map_err(|s| unavailable(s.message()))?
+            .into_inner())
+    }
+}
+
+/// On every member: while reads arrive and another member leads, hold a follower
+/// read lease (ask again once half of it is used), and while the leader may count
+/// this node as a holder, report every move of its applied index.
+async fn keep_follower_lease(asker: LeaseAsker, lease: Arc<FollowerLease>) {
+    let mut metrics = asker.raft.metrics();
+    let mut reported = 0;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let (leader, applied) = {
+            let m = metrics.borrow_and_update();
+            let other = m
+                .current_leader
+                .filter(|l| *l != m.id && m.state != ServerState::Leader);
+            (other, m.last_applied.map_or(0, |l| l.index))
+        };
+        let target = leader.and_then(|l| leader_info(&asker.raft, Some(l)).map(|n| (l, n)));
+        if target.is_none() {
+            lease.set(None);
+        }
+        let now = Instant::now();
+        let may_ask = retry_at.is_none_or(|t| now >= t);
+        let renew = may_ask && lease.renew_due(now);
+        let report = may_ask && lease.reporting(now) && applied > reported;
+        if let Some((id, info)) = target.filter(|_| renew || report) {
+            match asker.ask(id, &info, applied, renew).await {
+                Ok(reply) => {
+                    reported = applied;
+                    retry_at = None;
+                    if reply.granted {
+                        lease.set(Some(Granted {
+                            leader: id,
+                            term: reply.term,
+                            sent: now,
+                            until: now + Duration::from_micros(reply.lease_micros),
+                            index: reply.index,
+                        }));
+                    } else if renew {
+                        retry_at = Some(Instant::now() + RETRY_AFTER);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(leader = id, error = %e, "follower lease request failed");
+                    retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
+            continue;
+        }
+        let wake_at = match (lease.next_renewal(now), retry_at) {
+            (Some(t), Some(r)) => Some(t.max(r)),
+            (t, None) => t,
+            (None, Some(r)) => Some(r),
+        };
+        let deadline = async {
+            match wake_at {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = lease.woken() => {}
+            _ = deadline => {}
+        }
+    }
+}
+
 async fn send_proposal(
     channel: tonic::transport::Channel,
     command: Vec<u8>,
@@ -318,6 +435,10 @@ struct Inner {
     options: RaftOptions,
     barrier: mpsc::UnboundedSender<BarrierWaiter>,
     lease: Arc<ReadLease>,
+    /// Followers' read leases: this node's own (as a follower), and the holders it
+    /// granted leases to (as the leader).
+    follower_lease: Option<Arc<FollowerLease>>,
+    holders: LeaseHolders,
     hand_over: SharedHandler,
     filter: Option<Arc<dyn LinkFilter>>,
     peers: Peers,
@@ -352,6 +473,12 @@ impl ClusterNode {
             return Err(ClusterError::Config(format!(
                 "read lease {:?} is longer than the election timeout {:?}",
                 options.read_lease, options.election_timeout_min
+            )));
+        }
+        if options.read_lease + options.follower_lease > options.election_timeout_min {
+            return Err(ClusterError::Config(format!(
+                "read lease {:?} plus follower lease {:?} is longer than the election timeout {:?}",
+                options.read_lease, options.follower_lease, options.election_timeout_min
             )));
         }
         let store = MetaStore::open(dir)?;
@@ -393,6 +520,20 @@ impl ClusterNode {
             )
             .instrument(tracing::info_span!("read_barriers", node = id)),
         );
+        let follower_lease = (!options.read_lease.is_zero() && !options.follower_lease.is_zero()).then(|| {
+            let follower_lease = Arc::new(FollowerLease::new(id, raft.metrics()));
+            let asker = LeaseAsker {
+                raft: raft.clone(),
+                filter: filter.clone(),
+                peers: peers.clone(),
+                timeout: options.follower_lease.max(Duration::from_millis(100)),
+            };
+            tokio::spawn(
+                keep_follower_lease(asker, follower_lease.clone())
+                    .instrument(tracing::info_span!("follower_lease", node = id)),
+            );
+            follower_lease
+        });
         Ok(ClusterNode {
             inner: Arc::new(Inner {
                 id,
@@ -401,6 +542,8 @@ impl ClusterNode {
                 options,
                 barrier,
                 lease,
+                follower_lease,
+                holders: LeaseHolders::default(),
                 hand_over: SharedHandler::default(),
                 filter,
                 peers,
@@ -643,7 +786,10 @@ impl ClusterNode {
 
     async fn try_propose(&self, cmd: &Command) -> Result<(u64, CommandResponse), Attempt> {
         match self.inner.raft.client_write(cmd.clone()).await {
-            Ok(r) => Ok((r.log_id.index, r.data)),
+            Ok(r) => {
+                self.inner.holders.wait_applied(r.log_id.index).await;
+                Ok((r.log_id.index, r.data))
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let Some(leader) = f
                     .leader_node
@@ -695,10 +841,13 @@ impl ClusterNode {
     /// Propose on this node only; used by the gRPC service for forwarded proposals.
     pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<ForwardedReply, ClusterError> {
         match self.inner.raft.client_write(cmd).await {
-            Ok(r) => Ok(ForwardedReply {
-                index: r.log_id.index,
-                response: r.data,
-            }),
+            Ok(r) => {
+                self.inner.holders.wait_applied(r.log_id.index).await;
+                Ok(ForwardedReply {
+                    index: r.log_id.index,
+                    response: r.data,
+                })
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(ClusterError::NotLeader("this node no longer leads".into()))
             }
@@ -804,7 +953,8 @@ impl ClusterNode {
     ///
     /// Concurrent callers share rounds: every caller waits for the first round that
     /// starts after it arrived, so one read index serves a whole burst of reads. On
-    /// the leader, a valid read lease (`lease.rs`) answers at once.
+    /// the leader, a valid read lease (`lease.rs`) answers at once, and so does a
+    /// follower's lease (`follower_lease.rs`) on a follower.
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
         match self.inner.lease.check() {
             LeaseCheck::Valid => return Ok(()),
@@ -817,6 +967,9 @@ impl ClusterNode {
                 return Ok(());
             }
             LeaseCheck::Expired => {}
+        }
+        if self.inner.follower_lease.as_ref().is_some_and(|l| l.check()) {
+            return Ok(());
         }
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -838,6 +991,45 @@ impl ClusterNode {
     pub(crate) async fn leader_read_index(&self) -> Result<u64, ClusterError> {
         self.read_barrier().await?;
         Ok(self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index))
+    }
+
+    /// Answer a follower's lease request (see `follower_lease.rs`): take its report
+    /// of what it applied and, if it asks, grant it a lease when this node leads
+    /// under its own read lease and the follower is caught up.
+    pub(crate) async fn follower_lease_request(
+        &self,
+        req: FollowerLeaseRequest,
+    ) -> Result<FollowerLeaseReply, ClusterError> {
+        let inner = &self.inner;
+        inner.holders.report(req.from, req.applied);
+        let length = inner.options.follower_lease;
+        let mut reply = FollowerLeaseReply::default();
+        if req.want_lease && inner.follower_lease.is_some() && inner.lease.leading_term().is_some() {
+            self.read_barrier().await?;
+            let applied = || inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+            let caught_up = req.applied + CATCH_UP_SLACK >= applied();
+            if let Some(term) = inner.lease.holding().filter(|_| caught_up) {
+                // Registered before the index is read: see the module's argument.
+                inner
+                    .holders
+                    .register(req.from, Instant::now() + leader_side_length(length));
+                reply = FollowerLeaseReply {
+                    granted: true,
+                    term,
+                    index: applied(),
+                    lease_micros: u64::try_from(length.as_micros()).unwrap_or(u64::MAX),
+                };
+            }
+        }
+        pass_link(inner.filter.as_ref(), inner.id, req.from)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply)
+    }
+
+    /// Does this node hold a usable follower read lease right now?
+    pub fn holds_follower_lease(&self) -> bool {
+        self.inner.follower_lease.as_ref().is_some_and(|l| l.valid_now())
     }
 
     pub fn is_leader(&self) -> bool {

@@ -1,6 +1,8 @@
 use berth_meta::Command;
 use berth_meta::NodeId;
 use berth_meta::TypeConfig;
+use berth_proto::cluster::v1::FollowerLeaseReply;
+use berth_proto::cluster::v1::FollowerLeaseRequest;
 use berth_proto::cluster::v1::HandOverFrame;
 use berth_proto::cluster::v1::HandOverReply;
 use berth_proto::cluster::v1::MembershipReply;
@@ -121,6 +123,15 @@ impl RaftService for RaftGrpcService {
     async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
         let index = self.node.leader_read_index().await.map_err(status)?;
         Ok(Response::new(ReadIndexReply { index }))
+    }
+
+    async fn follower_lease(&self, req: Request<FollowerLeaseRequest>) -> Result<Response<FollowerLeaseReply>, Status> {
+        let reply = self
+            .node
+            .follower_lease_request(req.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(reply))
     }
 }
 

@@ -83,6 +83,53 @@ struct Read {
     saw_write: bool,
 }
 
+/// Reads on `node` (a barrier, then whether `upload` is there), every `pause`, until
+/// the returned flag is set; the handle yields every read.
+fn keep_reading(
+    node: berth_cluster::ClusterNode,
+    upload: &'static str,
+    pause: Duration,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<anyhow::Result<Vec<Read>>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut reads = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let answered = node.read_barrier().await.is_ok();
+                let saw_write = node.reader().upload(upload)?.is_some();
+                reads.push(Read {
+                    started,
+                    answered,
+                    saw_write,
+                });
+                tokio::time::sleep(pause).await;
+            }
+            anyhow::Ok(reads)
+        }
+    });
+    (stop, reader)
+}
+
+/// Some reads answered, later ones were refused, and none that started after the
+/// write was acknowledged answered without it.
+fn assert_lease_ran_out_before(reads: &[Read], acknowledged: Instant, who: &str) {
+    assert!(reads.iter().any(|r| r.answered), "no read answered under the lease");
+    assert!(
+        reads.iter().any(|r| !r.answered),
+        "the cut-off {who} kept answering reads"
+    );
+    let stale = reads
+        .iter()
+        .filter(|r| r.started > acknowledged && r.answered && !r.saw_write)
+        .count();
+    assert_eq!(
+        stale, 0,
+        "reads on the cut-off {who} answered without a write acknowledged before they started"
+    );
+}
+
 /// The leader answers reads under its lease without reaching anyone; once it is cut
 /// off, the lease runs out before the others can elect a leader and acknowledge a
 /// write, so no read on the old leader that starts after that acknowledgement misses
@@ -94,6 +141,7 @@ async fn a_cut_off_leader_stops_reading_under_its_lease_before_a_new_leader_writ
         election_timeout_min: Duration::from_millis(600),
         election_timeout_max: Duration::from_millis(1200),
         read_lease: Duration::from_millis(400),
+        follower_lease: Duration::from_millis(200),
         request_timeout: Duration::from_secs(3),
         ..RaftOptions::default()
     };
@@ -106,46 +154,85 @@ async fn a_cut_off_leader_stops_reading_under_its_lease_before_a_new_leader_writ
     // Under the lease the cut-off leader still answers: a quorum round would fail.
     leader.read_barrier().await?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut reads = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let answered = leader.read_barrier().await.is_ok();
-                let saw_write = leader.reader().upload("upload-20")?.is_some();
-                reads.push(Read {
-                    started,
-                    answered,
-                    saw_write,
-                });
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            anyhow::Ok(reads)
-        }
-    });
-
+    let (stop, reader) = keep_reading(leader, "upload-20", Duration::from_millis(5));
     cluster.leader_among(&rest, WAIT).await?;
     cluster.node(rest[0])?.propose(upload(20)).await?;
     let acknowledged = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let reads = reader.await??;
+    assert_lease_ran_out_before(&reads, acknowledged, "leader");
+    Ok(())
+}
 
-    assert!(reads.iter().any(|r| r.answered), "no read answered under the lease");
+/// Read barriers on `node` until it holds a follower read lease.
+async fn lease_on(node: &berth_cluster::ClusterNode) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while !node.holds_follower_lease() {
+        anyhow::ensure!(Instant::now() < deadline, "no follower lease granted");
+        node.read_barrier().await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// A follower with a lease answers reads alone, and still sees every write
+/// acknowledged before the read started: the leader acknowledges a write only once
+/// each lease holder applied it (writes through the leader and forwarded ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_under_its_lease_reads_every_write_acknowledged_before() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, fast_options()).await?;
+    let leader = cluster.leader(WAIT).await?;
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    let reader = cluster.node(followers[0])?.clone();
+    lease_on(&reader).await?;
+
+    let mut under_lease = 0;
+    for i in 0..200 {
+        // Through the leader, and forwarded by the other follower.
+        let writer = if i % 2 == 0 { leader } else { followers[1] };
+        cluster.node(writer)?.propose(upload(100 + i)).await?;
+        let leased = reader.holds_follower_lease();
+        reader.read_barrier().await?;
+        assert!(
+            reader.reader().upload(&format!("upload-{}", 100 + i))?.is_some(),
+            "write {i} acknowledged, then a read on the follower (lease: {leased}) missed it"
+        );
+        under_lease += usize::from(leased);
+    }
+    assert!(under_lease >= 150, "only {under_lease} of 200 reads under the lease");
+    Ok(())
+}
+
+/// A follower cut off from the leader keeps answering under its lease only until
+/// the lease runs out, and the leader acknowledges a write the follower cannot
+/// apply only after that: no read that starts after the acknowledgement misses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_follower_stops_reading_under_its_lease_before_the_leader_acknowledges_without_it()
+-> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, fast_options()).await?;
+    let leader = cluster.leader(WAIT).await?;
+    let cut = cluster.ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let follower = cluster.node(cut)?.clone();
+    lease_on(&follower).await?;
+    cluster.faults.drop_link(leader, cut);
+    cluster.faults.drop_link(cut, leader);
+    // Under the lease the cut-off follower still answers: a read index would fail.
+    follower.read_barrier().await?;
+
+    let (stop, reader) = keep_reading(follower, "upload-40", Duration::from_millis(2));
+    let writing = Instant::now();
+    cluster.node(leader)?.propose(upload(40)).await?;
+    let acknowledged = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.await??;
     assert!(
-        reads.iter().any(|r| !r.answered),
-        "the cut-off leader kept answering reads"
+        acknowledged - writing >= Duration::from_millis(50),
+        "the write did not wait for the cut-off lease holder ({:?})",
+        acknowledged - writing
     );
-    let stale = reads
-        .iter()
-        .filter(|r| r.started > acknowledged && r.answered && !r.saw_write)
-        .count();
-    assert_eq!(
-        stale, 0,
-        "reads on the old leader answered without a write acknowledged before they started"
-    );
+    assert_lease_ran_out_before(&reads, acknowledged, "follower");
     Ok(())
 }
 

@@ -88,6 +88,8 @@ pub fn fast_options() -> RaftOptions {
         election_timeout_min: Duration::from_millis(300),
         election_timeout_max: Duration::from_millis(600),
         request_timeout: Duration::from_secs(3),
+        read_lease: Duration::from_millis(150),
+        follower_lease: Duration::from_millis(150),
         ..RaftOptions::default()
     }
 }

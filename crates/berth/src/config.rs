@@ -181,6 +181,11 @@ pub struct ClusterConfig {
     /// reads on its own; `"0s"` asks a quorum for every burst of reads.
     #[serde(with = "humantime_serde")]
     pub read_lease: Duration,
+    /// How long a follower answers linearizable reads alone under a lease the leader
+    /// granted (writes then wait until every lease holder applied them); `"0s"`: a
+    /// read-index request to the leader per burst of reads.
+    #[serde(with = "humantime_serde")]
+    pub follower_lease: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -195,6 +200,7 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
             read_lease: Duration::from_millis(250),
+            follower_lease: Duration::from_millis(250),
         }
     }
 }
@@ -456,6 +462,12 @@ impl Config {
                  twice that; the rest is the margin for clock drift and pauses)"
             );
         }
+        if cluster.read_lease + cluster.follower_lease > cluster.election_timeout {
+            bail!(
+                "cluster.follower_lease: cluster.read_lease + cluster.follower_lease must not exceed \
+                 cluster.election_timeout (a follower's lease may outlive the leader's by its length)"
+            );
+        }
         if self.metadata.snapshot_after_logs == 0 {
             bail!("metadata.snapshot_after_logs: must be greater than zero");
         }
@@ -618,6 +630,17 @@ mod tests {
         assert!(err.contains("cluster.read_lease"), "{err}");
         let c = load(&format!("{s3}{fs_cluster}read_lease = \"0s\""), &[]).unwrap();
         assert!(c.cluster.read_lease.is_zero());
+        let err = format!(
+            "{:#}",
+            load(&format!("{s3}{fs_cluster}follower_lease = \"300ms\""), &[]).unwrap_err()
+        );
+        assert!(err.contains("cluster.follower_lease"), "{err}");
+        let c = load(
+            &format!("{s3}{fs_cluster}read_lease = \"100ms\"\nfollower_lease = \"400ms\""),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.follower_lease, Duration::from_millis(400));
         // Every section is reachable from the environment.
         let c = load(
             s3,

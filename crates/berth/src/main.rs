@@ -151,6 +151,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         election_timeout_max: cc.election_timeout * 2,
         source_address: cc.source_address,
         read_lease: cc.read_lease,
+        follower_lease: cc.follower_lease,
         ..RaftOptions::default()
     };
     let cluster = ClusterNode::open(node_id, &config.meta_dir(), raft_options)
