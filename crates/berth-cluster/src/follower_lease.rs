@@ -18,7 +18,8 @@
 //! - a write acknowledged before the grant was applied on the leader before the
 //!   leader read its applied index for the reply (registration comes first, so a
 //!   write whose holder list was taken before the registration has an index at most
-//!   the one in the reply);
+//!   the one in the reply). That index is read from the store, where it is written
+//!   with the command: openraft answers a write before its metrics show the index;
 //! - a write acknowledged after the registration waited for this follower's report of
 //!   having applied it, or for the leader's record of the lease to run out, which is
 //!   no earlier than the follower's own (it starts later, and is longer);
@@ -27,11 +28,17 @@
 //!   can be elected before `asked + election_timeout_max` (the vote promise the read
 //!   lease rests on). The follower's lease ends before `asked + read_lease +
 //!   follower_lease`, and `ClusterNode::open` refuses `read_lease + follower_lease`
-//!   longer than `election_timeout_min`, half the promise.
+//!   longer than `election_timeout_min`, half the promise;
+//! - a write acknowledged by the same leader after a restart: the holders lived in
+//!   its memory, and openraft resumes leading the same term at once, so a restarted
+//!   member whose saved vote is its own waits one lease (the leader's count of it)
+//!   before it starts Raft.
 //!
 //! Leases are only asked for while reads arrive (the last second), and granted only to
-//! followers that are caught up, so an idle or lagging follower does not slow writes.
-//! A follower that dies while it holds a lease delays writes by at most one lease.
+//! other members that are caught up, so an idle or lagging follower does not slow
+//! writes. A follower that dies while it holds a lease delays writes by at most one
+//! lease. A follower keeps reporting for twice the lease after each request, whether
+//! or not the grant reached it, since the leader counts it from the request on.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,6 +49,7 @@ use std::time::Instant;
 
 use berth_meta::NodeId;
 use berth_meta::NodeInfo;
+use berth_proto::cluster::v1::FollowerLeaseReply;
 use openraft::RaftMetrics;
 use openraft::ServerState;
 use tokio::sync::Notify;
@@ -138,44 +146,92 @@ impl Granted {
     }
 }
 
+/// A granted length below this is treated as a refusal (it would renew in a loop).
+const SHORTEST_GRANT: Duration = Duration::from_millis(10);
+
+/// The leases a follower holds: the newest, and the one before it (still usable
+/// while this node catches up to the newest one's index).
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    current: Option<Granted>,
+    previous: Option<Granted>,
+}
+
 /// On a follower: the lease it holds, and whether its reads want one.
 pub(crate) struct FollowerLease {
     id: NodeId,
-    held: Mutex<Option<Granted>>,
+    /// This node's configured lease length: grants are cut to it, and after a
+    /// request it reports applied moves for twice as long.
+    length: Duration,
+    held: Mutex<Held>,
     metrics: watch::Receiver<RaftMetrics<NodeId, NodeInfo>>,
     epoch: Instant,
     /// The last read, in microseconds since `epoch` (0: none yet).
     last_read: AtomicU64,
+    /// The last request for a lease (the leader may count this node from then on).
+    last_asked: Mutex<Option<Instant>>,
     wake: Notify,
 }
 
 impl FollowerLease {
-    pub(crate) fn new(id: NodeId, metrics: watch::Receiver<RaftMetrics<NodeId, NodeInfo>>) -> FollowerLease {
+    pub(crate) fn new(
+        id: NodeId,
+        length: Duration,
+        metrics: watch::Receiver<RaftMetrics<NodeId, NodeInfo>>,
+    ) -> FollowerLease {
         FollowerLease {
             id,
-            held: Mutex::new(None),
+            length,
+            held: Mutex::new(Held::default()),
             metrics,
             epoch: Instant::now(),
             last_read: AtomicU64::new(0),
+            last_asked: Mutex::new(None),
             wake: Notify::new(),
         }
     }
 
-    pub(crate) fn held(&self) -> Option<Granted> {
+    fn held(&self) -> Held {
         *self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn set(&self, granted: Option<Granted>) {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = granted;
+    /// A new lease; the one it replaces stays usable until it runs out.
+    pub(crate) fn set(&self, granted: Granted) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.previous = held.current.replace(granted);
+    }
+
+    /// Drop leases from any other leader than `leader` (all of them for `None`).
+    pub(crate) fn forget_leader(&self, leader: Option<NodeId>) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = |g: &Option<Granted>| g.filter(|g| Some(g.leader) == leader);
+        *held = Held {
+            current: keep(&held.current),
+            previous: keep(&held.previous),
+        };
+    }
+
+    /// A request for a lease goes out now.
+    pub(crate) fn asked(&self, now: Instant) {
+        *self.last_asked.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+
+    /// How long the lease in `reply` may be used, if it grants one.
+    pub(crate) fn granted_length(&self, reply: &FollowerLeaseReply) -> Option<Duration> {
+        let length = Duration::from_micros(reply.lease_micros).min(self.length);
+        (reply.granted && length >= SHORTEST_GRANT).then_some(length)
     }
 
     /// May a linearizable read be answered from this node's state right now? Also
     /// notes the read, so that a lease is asked for (or renewed) while reads come.
     pub(crate) fn check(&self) -> bool {
+        if self.metrics.borrow().state == ServerState::Leader {
+            return false;
+        }
         let now = Instant::now();
         let micros = u64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
         self.last_read.store(micros.max(1), Ordering::Relaxed);
-        let valid = self.held().is_some_and(|g| self.usable(&g, now));
+        let valid = self.usable_at(now);
         if !valid {
             self.wake.notify_one();
         }
@@ -184,7 +240,15 @@ impl FollowerLease {
 
     /// Does a usable lease hold right now? (Does not count as a read.)
     pub(crate) fn valid_now(&self) -> bool {
-        self.held().is_some_and(|g| self.usable(&g, Instant::now()))
+        self.usable_at(Instant::now())
+    }
+
+    fn usable_at(&self, now: Instant) -> bool {
+        let held = self.held();
+        [held.current, held.previous]
+            .iter()
+            .flatten()
+            .any(|g| self.usable(g, now))
     }
 
     fn usable(&self, g: &Granted, now: Instant) -> bool {
@@ -207,13 +271,15 @@ impl FollowerLease {
 
     /// Should a request for a lease go out now?
     pub(crate) fn renew_due(&self, now: Instant) -> bool {
-        self.wanted(now) && self.held().is_none_or(|g| now >= g.renew_at())
+        self.wanted(now) && self.held().current.is_none_or(|g| now >= g.renew_at())
     }
 
-    /// The leader may still count this node as a holder: applied moves must be
-    /// reported. (Its record runs an eighth longer than the lease; twice is ample.)
+    /// The leader may count this node as a holder (it asked for a lease lately,
+    /// whether or not the grant arrived): applied moves must be reported. The
+    /// leader's record runs an eighth longer than a lease; twice is ample.
     pub(crate) fn reporting(&self, now: Instant) -> bool {
-        self.held().is_some_and(|g| now < g.until + (g.until - g.sent))
+        let asked = *self.last_asked.lock().unwrap_or_else(|p| p.into_inner());
+        asked.is_some_and(|t| now < t + self.length * 2)
     }
 
     /// When the loop should look again without being woken.
@@ -221,7 +287,7 @@ impl FollowerLease {
         if !self.wanted(now) {
             return None;
         }
-        Some(self.held().map_or(now, |g| g.renew_at()))
+        Some(self.held().current.map_or(now, |g| g.renew_at()))
     }
 
     pub(crate) async fn woken(&self) {
@@ -298,7 +364,7 @@ mod tests {
     #[test]
     fn a_lease_serves_reads_only_for_its_leader_term_length_and_index() {
         let (tx, rx) = watch::channel(metrics(ServerState::Follower, 3, 1, 10));
-        let lease = FollowerLease::new(2, rx);
+        let lease = FollowerLease::new(2, Duration::from_secs(60), rx);
         assert!(!lease.check(), "no lease yet");
         assert!(lease.wanted(Instant::now()), "the read asks for one");
         assert!(lease.renew_due(Instant::now()));
@@ -311,7 +377,7 @@ mod tests {
             until: now + Duration::from_secs(60),
             index,
         };
-        lease.set(Some(grant(12)));
+        lease.set(grant(12));
         assert!(!lease.check(), "index 12 not applied yet");
         tx.send_replace(metrics(ServerState::Follower, 3, 1, 12));
         assert!(lease.check());
@@ -321,30 +387,74 @@ mod tests {
             Some(now + Duration::from_secs(30)),
             "renewed once half is used"
         );
-
-        // Another leader, a later term, or this node standing for election: void.
-        tx.send_replace(metrics(ServerState::Follower, 4, 3, 12));
-        assert!(!lease.check());
-        tx.send_replace(metrics(ServerState::Candidate, 3, 1, 12));
-        assert!(!lease.check());
-        tx.send_replace(metrics(ServerState::Follower, 3, 1, 12));
+        // A newer lease this node has not caught up with yet: the older one serves.
+        lease.set(grant(15));
         assert!(lease.check());
 
+        // Another leader, a later term, or this node standing for election: void.
+        tx.send_replace(metrics(ServerState::Follower, 4, 3, 15));
+        assert!(!lease.check());
+        tx.send_replace(metrics(ServerState::Candidate, 3, 1, 15));
+        assert!(!lease.check());
+        tx.send_replace(metrics(ServerState::Follower, 3, 1, 15));
+        assert!(lease.check());
+        lease.forget_leader(Some(3));
+        assert!(!lease.check(), "leases of leader 1 dropped on following 3");
+
         // Run out.
-        lease.set(Some(Granted {
+        lease.set(Granted {
             sent: now - Duration::from_millis(1500),
             until: now - Duration::from_millis(500),
             ..grant(12)
-        }));
+        });
         assert!(!lease.check());
-        assert!(lease.reporting(Instant::now()), "the leader may still count on it");
-        assert!(!lease.reporting(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn after_asking_applied_moves_are_reported_for_twice_the_lease() {
+        let (_tx, rx) = watch::channel(metrics(ServerState::Follower, 3, 1, 10));
+        let lease = FollowerLease::new(2, Duration::from_millis(250), rx);
+        let now = Instant::now();
+        assert!(!lease.reporting(now), "never asked");
+        lease.asked(now);
+        assert!(lease.reporting(now + Duration::from_millis(499)));
+        assert!(!lease.reporting(now + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn grants_are_cut_to_this_nodes_length_and_tiny_ones_refused() {
+        let (_tx, rx) = watch::channel(metrics(ServerState::Follower, 3, 1, 10));
+        let lease = FollowerLease::new(2, Duration::from_millis(250), rx);
+        let reply = |granted, micros| FollowerLeaseReply {
+            granted,
+            term: 3,
+            index: 10,
+            lease_micros: micros,
+        };
+        assert_eq!(
+            lease.granted_length(&reply(true, 100_000)),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            lease.granted_length(&reply(true, u64::MAX)),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(lease.granted_length(&reply(true, 1)), None);
+        assert_eq!(lease.granted_length(&reply(false, 100_000)), None);
+    }
+
+    #[test]
+    fn the_leader_neither_reads_under_nor_asks_for_a_follower_lease() {
+        let (_tx, rx) = watch::channel(metrics(ServerState::Leader, 3, 2, 10));
+        let lease = FollowerLease::new(2, Duration::from_millis(250), rx);
+        assert!(!lease.check());
+        assert!(!lease.wanted(Instant::now()));
     }
 
     #[test]
     fn without_reads_no_lease_is_asked_for() {
         let (_tx, rx) = watch::channel(metrics(ServerState::Follower, 3, 1, 10));
-        let lease = FollowerLease::new(2, rx);
+        let lease = FollowerLease::new(2, Duration::from_millis(250), rx);
         assert!(!lease.wanted(Instant::now()));
         assert!(!lease.renew_due(Instant::now()));
         assert_eq!(lease.next_renewal(Instant::now()), None);

@@ -324,29 +324,37 @@ async fn keep_follower_lease(asker: LeaseAsker, lease: Arc<FollowerLease>) {
                 .filter(|l| *l != m.id && m.state != ServerState::Leader);
             (other, m.last_applied.map_or(0, |l| l.index))
         };
-        let target = leader.and_then(|l| leader_info(&asker.raft, Some(l)).map(|n| (l, n)));
-        if target.is_none() {
-            lease.set(None);
-        }
+        let Some((id, info)) = leader.and_then(|l| leader_info(&asker.raft, Some(l)).map(|n| (l, n))) else {
+            // Leading, or no leader known: nothing to ask anyone until that changes.
+            lease.forget_leader(None);
+            if metrics.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        lease.forget_leader(Some(id));
         let now = Instant::now();
         let may_ask = retry_at.is_none_or(|t| now >= t);
         let renew = may_ask && lease.renew_due(now);
         let report = may_ask && lease.reporting(now) && applied > reported;
-        if let Some((id, info)) = target.filter(|_| renew || report) {
+        if renew || report {
+            if renew {
+                lease.asked(now);
+            }
             match asker.ask(id, &info, applied, renew).await {
                 Ok(reply) => {
                     reported = applied;
                     retry_at = None;
-                    if reply.granted {
-                        lease.set(Some(Granted {
+                    match lease.granted_length(&reply) {
+                        Some(length) => lease.set(Granted {
                             leader: id,
                             term: reply.term,
                             sent: now,
-                            until: now + Duration::from_micros(reply.lease_micros),
+                            until: now + length,
                             index: reply.index,
-                        }));
-                    } else if renew {
-                        retry_at = Some(Instant::now() + RETRY_AFTER);
+                        }),
+                        None if renew => retry_at = Some(Instant::now() + RETRY_AFTER),
+                        None => {}
                     }
                 }
                 Err(e) => {
@@ -389,15 +397,15 @@ async fn send_proposal(
     Ok(reply.into_inner())
 }
 
-/// Is the vote saved in this store (if any) for another node than `id`?
-async fn voted_for_another(store: &MetaStore, id: NodeId) -> Result<bool, ClusterError> {
+/// The node the vote saved in this store is for, if a vote was saved.
+async fn saved_vote_for(store: &MetaStore) -> Result<Option<Option<NodeId>>, ClusterError> {
     use openraft::storage::RaftLogStorage;
     let vote = store
         .log_store()
         .read_vote()
         .await
         .map_err(|e| ClusterError::Fatal(e.to_string()))?;
-    Ok(vote.is_some_and(|v| v.leader_id().voted_for() != Some(id)))
+    Ok(vote.map(|v| v.leader_id().voted_for()))
 }
 
 fn raft_id(raft: &Raft<TypeConfig>) -> NodeId {
@@ -488,9 +496,23 @@ impl ClusterNode {
         // another node, it might be inside such a promise still: stay out of
         // elections for that long. (A vote for itself, as on a single node, promised
         // nothing to anyone.)
-        if !options.read_lease.is_zero() && voted_for_another(&store, id).await? {
-            tracing::info!(wait = ?options.election_timeout_max, "restarted member: honouring its last vote promise");
-            tokio::time::sleep(options.election_timeout_max).await;
+        let follower_leases = !options.read_lease.is_zero() && !options.follower_lease.is_zero();
+        match saved_vote_for(&store).await? {
+            Some(other) if other != Some(id) && !options.read_lease.is_zero() => {
+                tracing::info!(wait = ?options.election_timeout_max, "restarted member: honouring its last vote promise");
+                tokio::time::sleep(options.election_timeout_max).await;
+            }
+            // It may have led and granted follower leases it no longer knows of, and
+            // openraft resumes leading the same term at once: let them run out.
+            Some(me) if me == Some(id) && follower_leases => {
+                let wait = leader_side_length(options.follower_lease);
+                tracing::info!(
+                    ?wait,
+                    "restarted leader: waiting out follower leases it may have granted"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            _ => {}
         }
         let config = Config {
             cluster_name: "berth".to_string(),
@@ -520,8 +542,8 @@ impl ClusterNode {
             )
             .instrument(tracing::info_span!("read_barriers", node = id)),
         );
-        let follower_lease = (!options.read_lease.is_zero() && !options.follower_lease.is_zero()).then(|| {
-            let follower_lease = Arc::new(FollowerLease::new(id, raft.metrics()));
+        let follower_lease = follower_leases.then(|| {
+            let follower_lease = Arc::new(FollowerLease::new(id, options.follower_lease, raft.metrics()));
             let asker = LeaseAsker {
                 raft: raft.clone(),
                 filter: filter.clone(),
@@ -990,7 +1012,14 @@ impl ClusterNode {
     /// here qualifies.
     pub(crate) async fn leader_read_index(&self) -> Result<u64, ClusterError> {
         self.read_barrier().await?;
-        Ok(self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index))
+        self.stored_applied_index()
+    }
+
+    /// The applied index as written with the last applied command. openraft answers
+    /// a write before it publishes the new index in its metrics, so the metrics may
+    /// not cover a write that was already acknowledged; the store does.
+    fn stored_applied_index(&self) -> Result<u64, ClusterError> {
+        Ok(self.inner.reader.applied_index()?.unwrap_or(0))
     }
 
     /// Answer a follower's lease request (see `follower_lease.rs`): take its report
@@ -1001,13 +1030,23 @@ impl ClusterNode {
         req: FollowerLeaseRequest,
     ) -> Result<FollowerLeaseReply, ClusterError> {
         let inner = &self.inner;
+        let mut reply = FollowerLeaseReply::default();
+        // Only other members count: a removed node, or anything else that reaches
+        // this port, would hold writes back for nothing.
+        let member = {
+            let m = inner.raft.metrics();
+            let m = m.borrow();
+            req.from != inner.id && m.membership_config.nodes().any(|(id, _)| *id == req.from)
+        };
+        if !member {
+            tracing::debug!(from = req.from, "follower lease request from a non-member");
+            return Ok(reply);
+        }
         inner.holders.report(req.from, req.applied);
         let length = inner.options.follower_lease;
-        let mut reply = FollowerLeaseReply::default();
         if req.want_lease && inner.follower_lease.is_some() && inner.lease.leading_term().is_some() {
             self.read_barrier().await?;
-            let applied = || inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-            let caught_up = req.applied + CATCH_UP_SLACK >= applied();
+            let caught_up = req.applied + CATCH_UP_SLACK >= self.stored_applied_index()?;
             if let Some(term) = inner.lease.holding().filter(|_| caught_up) {
                 // Registered before the index is read: see the module's argument.
                 inner
@@ -1016,7 +1055,7 @@ impl ClusterNode {
                 reply = FollowerLeaseReply {
                     granted: true,
                     term,
-                    index: applied(),
+                    index: self.stored_applied_index()?,
                     lease_micros: u64::try_from(length.as_micros()).unwrap_or(u64::MAX),
                 };
             }

@@ -374,6 +374,35 @@ async fn a_restarted_follower_honours_its_last_vote_promise() -> anyhow::Result<
     Ok(())
 }
 
+/// A leader that restarts resumes its term at once, but the follower leases it
+/// granted lived in its memory: it waits them out before starting Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_waits_out_the_follower_leases_it_may_have_granted() -> anyhow::Result<()> {
+    use berth_cluster::ClusterNode;
+    use berth_meta::MetaStore;
+    use openraft::Vote;
+    use openraft::storage::RaftLogStorage;
+
+    let options = RaftOptions {
+        follower_lease: Duration::from_millis(150),
+        ..fast_options()
+    };
+    let dir = tempfile::tempdir()?;
+    {
+        let store = MetaStore::open(dir.path())?;
+        store.log_store().save_vote(&Vote::new_committed(3, 1)).await?;
+    }
+    let started = Instant::now();
+    let node = ClusterNode::open(1, dir.path(), options.clone()).await?;
+    let waited = started.elapsed();
+    node.shutdown().await;
+    assert!(
+        waited >= options.follower_lease,
+        "restarted after leading, it started Raft after {waited:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_read_lease_longer_than_the_election_timeout_is_refused() -> anyhow::Result<()> {
     let options = RaftOptions {

@@ -151,7 +151,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         election_timeout_max: cc.election_timeout * 2,
         source_address: cc.source_address,
         read_lease: cc.read_lease,
-        follower_lease: cc.follower_lease,
+        // A node that serves no cluster has nobody to grant a lease to (and would
+        // otherwise wait one out on every restart).
+        follower_lease: if cc.is_clustered() {
+            cc.follower_lease
+        } else {
+            Duration::ZERO
+        },
         ..RaftOptions::default()
     };
     let cluster = ClusterNode::open(node_id, &config.meta_dir(), raft_options)
