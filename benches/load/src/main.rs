@@ -7,6 +7,7 @@
 //! every process by PID, print the table and the target ratios and write the JSON.
 //! Ctrl-C or SIGTERM stops every started process too. See `benches/README.md`.
 
+mod cpulimit;
 mod oci;
 mod physical;
 mod rawhttp;
@@ -100,6 +101,10 @@ struct Args {
     /// berth's local blob cache in front of S3 (MiB).
     #[arg(long, default_value_t = 4096)]
     cache_mib: u64,
+    /// CPU budget of every server process, in cores (e.g. 0.25), enforced by a
+    /// cgroup each: emulates a machine per node (needs root). Default: no limit.
+    #[arg(long)]
+    server_cpus: Option<f64>,
     /// Where the JSON report goes (default: <repo>/target/bench/report.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -233,6 +238,8 @@ fn machine_info() -> serde_json::Value {
 struct Live {
     kind: SystemKind,
     running: Running,
+    /// Dropped after `running`: its cgroups go once the processes are gone.
+    _cpu_limit: Option<cpulimit::CpuLimit>,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -268,6 +275,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tag_rate: args.tag_rate.clamp(1, 10_000),
         tag_duration: args.tag_duration,
         request_timeout: args.request_timeout,
+        server_cpus: args.server_cpus,
     };
     let settings = LaunchSettings {
         berth_bin: args.berth_bin.clone().unwrap_or_else(default_berth_bin),
@@ -387,6 +395,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             }
         };
+        let cpu_limit = match args.server_cpus.map(|c| cpulimit::limit(&running.server_pids, c)) {
+            None => None,
+            Some(Ok(l)) => Some(l),
+            Some(Err(e)) => {
+                println!("  failed: CPU budget: {e:#}");
+                let _ = running.stop().await;
+                infos.push(failed(format!("CPU budget: {e:#}")));
+                continue;
+            }
+        };
         for &pid in &running.server_pids {
             rss.track(pid);
         }
@@ -394,7 +412,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         match scenarios::prepare(&running.endpoints, &data, &pusher).await {
             Ok(()) => {
                 println!("  pushed and verified the data in {:.1} s", t0.elapsed().as_secs_f64());
-                live.push(Live { kind: k, running });
+                live.push(Live {
+                    kind: k,
+                    running,
+                    _cpu_limit: cpu_limit,
+                });
             }
             Err(e) => {
                 println!("  preparing data failed: {e:#}");
@@ -422,17 +444,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let ctx = scenarios::Ctx {
                 system: l.kind.name(),
                 endpoints: &l.running.endpoints,
+                server_pids: &l.running.server_pids,
                 params: &params,
                 data: &data,
                 pusher: &pusher,
             };
             settle_disk().await;
-            let cpu = |pids: &[u32]| pids.iter().filter_map(|&p| rss::cpu_seconds(p)).sum::<f64>();
-            let cpu_before = cpu(&l.running.server_pids);
+            let cpu_before = rss::cpu_seconds_of(&l.running.server_pids);
             rss.begin_window(&l.running.server_pids);
             let mut m = scenarios::run(s, &ctx).await;
-            let used = cpu(&l.running.server_pids) - cpu_before;
-            m.server_cpu_s = Some(used);
+            // Read scenarios measured their own window (without the warm-up).
+            let used = *m
+                .server_cpu_s
+                .get_or_insert_with(|| rss::cpu_seconds_of(&l.running.server_pids) - cpu_before);
             m.cpu_us_per_op = (m.ops > 0).then(|| used * 1e6 / m.ops as f64);
             if let Some(w) = rss.end_window(&l.running.server_pids) {
                 m.peak_rss_mib = Some(w.peak_mib);
@@ -474,9 +498,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         generated_unix: now,
         generated_utc: report::utc(now),
         machine,
-        note: "One run on a shared 2-core machine: client and servers share the cores, \
-               other work may run at the same time. Compare systems only within one run."
-            .into(),
+        note: match args.server_cpus {
+            None => "One run on a shared 2-core machine: client and servers share the cores, \
+                     other work may run at the same time. Compare systems only within one run."
+                .into(),
+            Some(c) => format!(
+                "One run on a shared 2-core machine, every server process limited to {c} CPU \
+                 cores by a cgroup of its own (a machine per node, emulated); the client and \
+                 SeaweedFS are not limited. Compare systems only within one run."
+            ),
+        },
         params: params.clone(),
         scenarios: scenarios.iter().map(|s| s.id().to_owned()).collect(),
         physical: Some(physical),

@@ -626,6 +626,7 @@ mod tests {
             tag_rate: 200,
             tag_duration: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            server_cpus: None,
         }
     }
 

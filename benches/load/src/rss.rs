@@ -34,6 +34,11 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     parse_cpu_ticks(&text).map(|t| t as f64 / ticks.max(1) as f64)
 }
 
+/// CPU time all of `pids` have used so far, seconds (those gone count nothing).
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&p| cpu_seconds(p)).sum()
+}
+
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name
 /// (field 2) is in parentheses and may hold spaces, so fields count from its end.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {

@@ -148,6 +148,8 @@ pub struct Params {
     pub tag_duration: Duration,
     #[serde(serialize_with = "secs")]
     pub request_timeout: Duration,
+    /// CPU budget of each server process in cores (`--server-cpus`), if any.
+    pub server_cpus: Option<f64>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -462,6 +464,8 @@ fn read_request(s: Scenario, data: &Dataset) -> Option<ReadReq> {
 pub struct Ctx<'a> {
     pub system: &'a str,
     pub endpoints: &'a [Url],
+    /// The servers' processes: read scenarios count their CPU after the warm-up.
+    pub server_pids: &'a [u32],
     pub params: &'a Params,
     pub data: &'a Dataset,
     pub pusher: &'a Pusher,
@@ -489,8 +493,11 @@ async fn read_scenario(s: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Measurement
     if !p.warmup.is_zero() {
         closed_read_loop(ctx.endpoints, clients, p.warmup, p.request_timeout, &req).await?;
     }
+    let cpu_before = crate::rss::cpu_seconds_of(ctx.server_pids);
     let out = closed_read_loop(ctx.endpoints, clients, p.duration, p.request_timeout, &req).await?;
     let mut m = out.into_measurement(s, ctx.system);
+    // The same window as the operations counted, the warm-up left out.
+    m.server_cpu_s = Some(crate::rss::cpu_seconds_of(ctx.server_pids) - cpu_before);
     if matches!(s, Scenario::ManifestTag | Scenario::ManifestDigest | Scenario::HeadBlob) {
         m.mib_per_s = None;
     }
@@ -725,6 +732,7 @@ mod tests {
             tag_rate: 10,
             tag_duration: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
+            server_cpus: None,
         }
     }
 
