@@ -151,6 +151,77 @@ async fn pushes_through_each_node_are_pulled_through_every_other() {
     }
 }
 
+/// Followers that serve reads take follower leases and then answer tag reads alone;
+/// a tag moved through any node is still seen at once through every other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_moves_are_seen_at_once_through_followers_reading_under_leases() {
+    let cluster = Cluster::start(3).await;
+    let repo = "team/moving";
+    let http = http();
+    // Two manifests the tag moves between.
+    let mut manifests = Vec::new();
+    for seed in 0..2u64 {
+        let config = random_bytes(512, 70 + seed);
+        let digest = cluster.reg(0).push_blob(repo, &config).await.expect("push config");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": config.len()},
+            "layers": []
+        });
+        let bytes = serde_json::to_vec(&manifest).expect("json");
+        manifests.push((sha256_digest(&bytes), bytes));
+    }
+    let url = |node: usize| format!("{}/v2/{repo}/manifests/latest", cluster.nodes[node].base_url());
+    let put = put_manifest(&http, url(0), &manifests[0].1).await;
+    assert_eq!(put.status(), StatusCode::CREATED);
+
+    // Reads through every node until both followers hold a lease.
+    let leased = |status: &serde_json::Value| {
+        status["members"]
+            .as_object()
+            .map_or(0, |m| m.values().filter(|m| m["follower_lease"] == true).count())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for node in 0..3 {
+            assert_eq!(get_manifest(&http, url(node)).await.status(), StatusCode::OK);
+        }
+        if leased(&berth_cluster(&cluster.nodes[0], &["status"])) == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the followers got no lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for round in 0..60 {
+        let writer = round % 3;
+        let (digest, bytes) = &manifests[(round + 1) % 2];
+        let put = put_manifest(&http, url(writer), bytes).await;
+        assert_eq!(put.status(), StatusCode::CREATED, "round {round}");
+        for reader in (0..3).filter(|r| *r != writer) {
+            let got = get_manifest(&http, url(reader)).await;
+            assert_eq!(got.status(), StatusCode::OK, "round {round}");
+            let served = got
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            assert_eq!(
+                &served, digest,
+                "round {round}: tag moved through node {writer}, node {reader} served the old manifest"
+            );
+        }
+    }
+    let status = berth_cluster(&cluster.nodes[0], &["status"]);
+    assert_eq!(
+        leased(&status),
+        2,
+        "followers lost their leases while reading: {status}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_upload_may_hit_a_different_node_every_time() {
     let cluster = Cluster::start(3).await;

@@ -111,6 +111,9 @@ pub struct NodeStatus {
     pub voters: BTreeSet<NodeId>,
     /// On the leader: the log index each member is known to hold.
     pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
+    /// It answers linearizable reads alone under a follower lease right now.
+    #[serde(default)]
+    pub follower_lease: bool,
 }
 
 impl NodeStatus {
@@ -144,6 +147,8 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
     /// Entries it is behind the leader's log.
     pub lag: Option<u64>,
+    /// It reported answering linearizable reads under a follower lease.
+    pub follower_lease: Option<bool>,
 }
 
 /// The cluster as seen from the node asked, completed with every member's own
@@ -635,9 +640,11 @@ impl ClusterNode {
     }
 
     pub fn status(&self) -> NodeStatus {
+        let follower_lease = self.holds_follower_lease();
         let m = self.inner.raft.metrics();
         let m = m.borrow();
         NodeStatus {
+            follower_lease,
             id: self.inner.id,
             state: format!("{:?}", m.state),
             leader: m.current_leader,
@@ -691,6 +698,7 @@ impl ClusterNode {
                     applied_index: report.as_ref().and_then(|r| r.applied_index),
                     matched_index: matched,
                     lag: leader_last.zip(held).map(|(last, held)| last.saturating_sub(held)),
+                    follower_lease: report.as_ref().map(|r| r.follower_lease),
                 };
                 (*id, status)
             })
@@ -1101,6 +1109,7 @@ mod tests {
             members: BTreeMap::new(),
             voters: voters.iter().copied().collect(),
             replication: Some(replication.iter().copied().collect()),
+            follower_lease: false,
         }
     }
 
