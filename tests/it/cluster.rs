@@ -151,11 +151,13 @@ async fn pushes_through_each_node_are_pulled_through_every_other() {
     }
 }
 
-/// Followers that serve reads take follower leases and then answer tag reads alone;
-/// a tag moved through any node is still seen at once through every other one.
+/// With `follower_lease` on, followers that serve reads take leases and then answer
+/// tag reads alone; a tag moved through any node is still seen at once through
+/// every other one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_moves_are_seen_at_once_through_followers_reading_under_leases() {
-    let cluster = Cluster::start(3).await;
+    let (nodes, s3, _) = start_cluster_with(3, "", "follower_lease = \"250ms\"", false).await;
+    let cluster = Cluster { nodes, s3 };
     let repo = "team/moving";
     let http = http();
     // Two manifests the tag moves between.
@@ -654,7 +656,7 @@ async fn no_acknowledged_push_is_lost_when_the_leader_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
-    let (nodes, _s3, partitions) = start_cluster_with(3, "", true).await;
+    let (nodes, _s3, partitions) = start_cluster_with(3, "", "", true).await;
     let partitions = partitions.expect("fault proxies");
     let bases: Vec<String> = nodes.iter().map(|n| n.base_url()).collect();
     let http = http();

@@ -126,7 +126,7 @@ macro_rules! on_every_backend {
 /// `n` nodes of a new cluster on one fresh SeaweedFS bucket, all ready (a leader is
 /// known everywhere). `extra_toml` is added to every node's configuration.
 pub async fn start_cluster(n: u64, extra_toml: &str) -> (Vec<BerthNode>, SeaweedFs) {
-    let (nodes, s3, _) = start_cluster_with(n, extra_toml, false).await;
+    let (nodes, s3, _) = start_cluster_with(n, extra_toml, "", false).await;
     (nodes, s3)
 }
 
@@ -136,6 +136,7 @@ pub async fn start_cluster(n: u64, extra_toml: &str) -> (Vec<BerthNode>, Seaweed
 pub async fn start_cluster_with(
     n: u64,
     extra_toml: &str,
+    cluster_toml: &str,
     partitionable: bool,
 ) -> (Vec<BerthNode>, SeaweedFs, Option<Partitions>) {
     let s3 = SeaweedFs::start()
@@ -158,7 +159,7 @@ pub async fn start_cluster_with(
     let starts = (1..=n).map(|id| {
         let mut toml = format!(
             "{}{extra_toml}\n[cluster]\nnode_id = {id}\ngrpc_listen = \"{}\"\nadvertise_grpc = \"{}\"\n\
-             initial_members = [{}]\nheartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n",
+             initial_members = [{}]\nheartbeat_interval = \"100ms\"\nelection_timeout = \"500ms\"\n{cluster_toml}\n",
             s3_toml(&s3, "proxy"),
             grpc[&id],
             advertised(id),

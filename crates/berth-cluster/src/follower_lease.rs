@@ -34,6 +34,17 @@
 //!   member whose saved vote is its own waits one lease (the leader's count of it)
 //!   before it starts Raft.
 //!
+//! What it gives up, and why it is off by default (`follower_lease = "0s"`): the
+//! order of reads through different nodes while a write is in flight. A write is
+//! visible on the leader (and on a follower that applied it) as soon as it is
+//! applied there, but acknowledged only once every holder applied it. Until then a
+//! read through the leader may return the new value and a later read through a
+//! slower lease holder the old one. Every acknowledged write is seen by every read
+//! that starts after the acknowledgement (the property above), so a pull after a
+//! push sees the push, but two readers racing a push through different nodes may
+//! see it in different orders. Strict linearizability would need each read to wait
+//! until every holder applied what it observed (not built).
+//!
 //! Leases are only asked for while reads arrive (the last second), and granted only to
 //! other members that are caught up, so an idle or lagging follower does not slow
 //! writes. A follower that dies while it holds a lease delays writes by at most one

@@ -74,9 +74,10 @@ pub struct RaftOptions {
     pub read_lease: Duration,
     /// How long a follower may answer linearizable reads alone once the leader
     /// granted it a lease (see `follower_lease.rs`); the leader then acknowledges a
-    /// write only once every lease holder applied it. Zero (or a zero `read_lease`):
-    /// followers ask the leader for a read index per burst of reads. `read_lease +
-    /// follower_lease` may be at most `election_timeout_min`.
+    /// write only once every lease holder applied it. Zero (the default, or a zero
+    /// `read_lease`): followers ask the leader for a read index per burst of reads.
+    /// `read_lease + follower_lease` may be at most `election_timeout_min`. Off by
+    /// default: see `follower_lease.rs` for the read-order guarantee it gives up.
     pub follower_lease: Duration,
 }
 
@@ -91,7 +92,7 @@ impl Default for RaftOptions {
             request_timeout: Duration::from_secs(10),
             source_address: None,
             read_lease: Duration::from_millis(250),
-            follower_lease: Duration::from_millis(250),
+            follower_lease: Duration::ZERO,
         }
     }
 }
@@ -1041,20 +1042,22 @@ impl ClusterNode {
         let mut reply = FollowerLeaseReply::default();
         // Only other members count: a removed node, or anything else that reaches
         // this port, would hold writes back for nothing.
-        let member = {
+        let (member, last_log) = {
             let m = inner.raft.metrics();
             let m = m.borrow();
-            req.from != inner.id && m.membership_config.nodes().any(|(id, _)| *id == req.from)
+            let member = req.from != inner.id && m.membership_config.nodes().any(|(id, _)| *id == req.from);
+            (member, m.last_log_index.unwrap_or(0))
         };
         if !member {
             tracing::debug!(from = req.from, "follower lease request from a non-member");
             return Ok(reply);
         }
-        inner.holders.report(req.from, req.applied);
+        // Nobody has applied what this node has not even logged.
+        inner.holders.report(req.from, req.applied.min(last_log));
         let length = inner.options.follower_lease;
         if req.want_lease && inner.follower_lease.is_some() && inner.lease.leading_term().is_some() {
             self.read_barrier().await?;
-            let caught_up = req.applied + CATCH_UP_SLACK >= self.stored_applied_index()?;
+            let caught_up = req.applied.saturating_add(CATCH_UP_SLACK) >= self.stored_applied_index()?;
             if let Some(term) = inner.lease.holding().filter(|_| caught_up) {
                 // Registered before the index is read: see the module's argument.
                 inner

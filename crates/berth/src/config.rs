@@ -181,9 +181,9 @@ pub struct ClusterConfig {
     /// reads on its own; `"0s"` asks a quorum for every burst of reads.
     #[serde(with = "humantime_serde")]
     pub read_lease: Duration,
-    /// How long a follower answers linearizable reads alone under a lease the leader
-    /// granted (writes then wait until every lease holder applied them); `"0s"`: a
-    /// read-index request to the leader per burst of reads.
+    /// How long a follower answers tag reads alone under a lease the leader granted
+    /// (writes then wait until every lease holder applied them); `"0s"` (default): a
+    /// read-index request to the leader per burst of reads, fully linearizable.
     #[serde(with = "humantime_serde")]
     pub follower_lease: Duration,
 }
@@ -200,7 +200,7 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
             read_lease: Duration::from_millis(250),
-            follower_lease: Duration::from_millis(250),
+            follower_lease: Duration::ZERO,
         }
     }
 }
