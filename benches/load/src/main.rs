@@ -105,6 +105,10 @@ struct Args {
     /// cgroup each: emulates a machine per node (needs root). Default: no limit.
     #[arg(long)]
     server_cpus: Option<f64>,
+    /// `[cluster] follower_lease` of the 3-node systems (e.g. 250ms); default: the
+    /// binary's (off).
+    #[arg(long)]
+    follower_lease: Option<String>,
     /// Where the JSON report goes (default: <repo>/target/bench/report.json).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -289,6 +293,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registry_bin: args.registry_bin.clone(),
         log_level: args.server_log_level.clone(),
         cache_max_bytes: args.cache_mib.saturating_mul(1024 * 1024),
+        follower_lease: args.follower_lease.clone(),
     };
     let out_path = args
         .out

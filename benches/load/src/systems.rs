@@ -117,6 +117,10 @@ pub struct LaunchSettings {
     pub log_level: String,
     /// berth's local blob cache in front of S3.
     pub cache_max_bytes: u64,
+    /// `[cluster] follower_lease` of the cluster systems (e.g. "250ms"); the
+    /// binary's default when `None`. (Servers get no BERTH_* variables from the
+    /// harness's environment: the generated config is the whole truth.)
+    pub follower_lease: Option<String>,
 }
 
 /// The shared S3 (SeaweedFS) every S3 system stores into, each under its own prefix.
@@ -369,7 +373,11 @@ async fn start_cluster(kind: SystemKind, settings: &LaunchSettings, s3: &S3Targe
     let mut starts = Vec::new();
     for i in 0..CLUSTER_NODES {
         let mut table = berth_extra_table(kind, settings, Some((s3, "proxy")))?;
-        table.extend(cluster_table(i + 1, &members));
+        let mut cluster = cluster_table(i + 1, &members);
+        if let (Some(lease), Some(toml::Value::Table(c))) = (&settings.follower_lease, cluster.get_mut("cluster")) {
+            c.insert("follower_lease".into(), lease.clone().into());
+        }
+        table.extend(cluster);
         let opts = NodeOptions {
             ready_timeout: Some(READY_TIMEOUT),
             port: Some(ports[i as usize]),
@@ -647,6 +655,7 @@ mod tests {
             registry_bin: PathBuf::from("/nonexistent/docker-registry"),
             log_level: "warn".into(),
             cache_max_bytes: 1 << 30,
+            follower_lease: None,
         }
     }
 
