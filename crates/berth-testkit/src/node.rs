@@ -364,7 +364,14 @@ impl BerthNode {
                 );
             }
             match self.http.get(&url).send().await {
-                Ok(resp) if resp.status() == reqwest::StatusCode::OK => return Ok(()),
+                // Only our process counts: between our free-port pick and its bind,
+                // another test's node may have taken the port and be answering.
+                Ok(resp) if resp.status() == reqwest::StatusCode::OK && listens_on(self.last_pid, self.port) => {
+                    return Ok(());
+                }
+                Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
+                    last = format!("port {} answered by another process", self.port);
+                }
                 Ok(resp) => last = format!("GET /readyz answered {}", resp.status()),
                 Err(e) => last = format!("GET /readyz failed: {e}"),
             }
@@ -465,6 +472,41 @@ pub fn pid_alive(pid: u32) -> bool {
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
+/// Does process `pid` hold a TCP socket listening on `port`? (Linux: the socket
+/// inodes of its descriptors against `/proc/net/tcp`.)
+#[cfg(target_os = "linux")]
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    // Rows: "sl local_address rem_address st ... inode"; LISTEN is state 0A.
+    let listening: std::collections::HashSet<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            (local_port == port && *f.get(3)? == "0A").then_some(*f.get(9)?)
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']'))
+                .is_some_and(|inode| listening.contains(inode))
+        })
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn listens_on(_pid: u32, _port: u16) -> bool {
+    true
+}
+
 /// Makes the kernel send `sig` to the child when the thread that spawned it dies, so
 /// a test process killed by its runner does not leave servers behind.
 pub(crate) fn set_parent_death_signal(cmd: &mut Command, sig: libc::c_int) {
@@ -487,6 +529,18 @@ fn exited_by_sigterm(status: ExitStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_listening_socket_is_found_on_its_owner_only() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port));
+        // PID 1 is not this test.
+        assert!(!listens_on(1, port));
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
+    }
 
     #[test]
     fn extra_toml_merges_over_generated_tables() {
