@@ -168,7 +168,8 @@ impl BerthNode {
             match node.spawn_and_wait_ready().await {
                 Ok(()) => return Ok(node),
                 Err(e) => {
-                    let port_taken = node.log_tail(40).to_lowercase().contains("in use");
+                    // The whole log of this start: a backtrace may follow the error.
+                    let port_taken = node.last_start_log().to_lowercase().contains("in use");
                     node.kill9();
                     if !port_taken {
                         return Err(e);
@@ -283,6 +284,17 @@ impl BerthNode {
     /// Last `lines` lines of the node's log.
     pub fn log_tail(&self, lines: usize) -> String {
         tail_of_file(&self.log_path, lines)
+    }
+
+    /// What the log holds since the last start's marker line.
+    fn last_start_log(&self) -> String {
+        let text = std::fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        match text.rfind("=== berth-testkit: start #") {
+            Some(i) => text[i..].to_string(),
+            None => text,
+        }
     }
 
     fn log_tail_block(&self) -> String {
