@@ -68,6 +68,17 @@ async fn get_manifest(http: &reqwest::Client, url: String) -> reqwest::Response 
         .expect("GET manifest")
 }
 
+/// An OCI image manifest whose config is the blob `digest` of `size` bytes, no layers.
+fn config_only_manifest(digest: &str, size: usize) -> Vec<u8> {
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": size},
+        "layers": []
+    });
+    serde_json::to_vec(&manifest).expect("json")
+}
+
 fn range_end(resp: &reqwest::Response) -> String {
     resp.headers()
         .get("range")
@@ -83,13 +94,7 @@ async fn pushes_through_each_node_are_pulled_through_every_other() {
         let repo = format!("team/written-by-{writer}");
         let data = random_bytes(256 * 1024 + writer, writer as u64 + 40);
         let digest = cluster.reg(writer).push_blob(&repo, &data).await.expect("push blob");
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": data.len()},
-            "layers": []
-        });
-        let bytes = serde_json::to_vec(&manifest).expect("json");
+        let bytes = config_only_manifest(&digest, data.len());
         let put = put_manifest(
             &http(),
             format!("{}/v2/{repo}/manifests/v1", cluster.nodes[writer].base_url()),
@@ -165,13 +170,7 @@ async fn tag_moves_are_seen_at_once_through_followers_reading_under_leases() {
     for seed in 0..2u64 {
         let config = random_bytes(512, 70 + seed);
         let digest = cluster.reg(0).push_blob(repo, &config).await.expect("push config");
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": config.len()},
-            "layers": []
-        });
-        let bytes = serde_json::to_vec(&manifest).expect("json");
+        let bytes = config_only_manifest(&digest, config.len());
         manifests.push((sha256_digest(&bytes), bytes));
     }
     let url = |node: usize| format!("{}/v2/{repo}/manifests/latest", cluster.nodes[node].base_url());

@@ -271,16 +271,38 @@ async fn read_index_from(
     id: Option<NodeId>,
     leader: &NodeInfo,
 ) -> Result<u64, ClusterError> {
-    if let Some(to) = id {
-        pass_link(filter, raft_id(raft), to).await.map_err(unavailable)?;
-    }
-    let mut client = RaftServiceClient::new(peers.channel(&leader.grpc_addr).map_err(unavailable)?);
-    Ok(tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {}))
-        .await
-        .map_err(|_| unavailable("read index timed out"))?
-        .map_err(|s| unavailable(s.message()))?
-        .into_inner()
+    let mut client = peer_client(filter, peers, raft_id(raft), id, &leader.grpc_addr).await?;
+    Ok(bounded(timeout, "read index", client.read_index(ReadIndexRequest {}))
+        .await?
         .index)
+}
+
+/// A client of the member `to` at `addr`, once the link filter (tests) lets a
+/// message from `from` pass.
+async fn peer_client(
+    filter: Option<&Arc<dyn LinkFilter>>,
+    peers: &Peers,
+    from: NodeId,
+    to: Option<NodeId>,
+    addr: &str,
+) -> Result<RaftServiceClient<tonic::transport::Channel>, ClusterError> {
+    if let Some(to) = to {
+        pass_link(filter, from, to).await.map_err(unavailable)?;
+    }
+    Ok(RaftServiceClient::new(peers.channel(addr).map_err(unavailable)?))
+}
+
+/// A call to another member bounded by `timeout`; every failure is "unavailable".
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ClusterError> {
+    Ok(tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| unavailable(format!("{what} timed out")))?
+        .map_err(|s| unavailable(s.message()))?
+        .into_inner())
 }
 
 /// What a follower needs to ask the leader for its read lease.
@@ -300,18 +322,13 @@ impl LeaseAsker {
         want_lease: bool,
     ) -> Result<FollowerLeaseReply, ClusterError> {
         let from = raft_id(&self.raft);
-        pass_link(self.filter.as_ref(), from, to).await.map_err(unavailable)?;
-        let mut client = RaftServiceClient::new(self.peers.channel(&leader.grpc_addr).map_err(unavailable)?);
+        let mut client = peer_client(self.filter.as_ref(), &self.peers, from, Some(to), &leader.grpc_addr).await?;
         let request = FollowerLeaseRequest {
             from,
             applied,
             want_lease,
         };
-        Ok(tokio::time::timeout(self.timeout, client.follower_lease(request))
-            .await
-            .map_err(|_| unavailable("follower lease request timed out"))?
-            .map_err(|s| unavailable(s.message()))?
-            .into_inner())
+        bounded(self.timeout, "follower lease request", client.follower_lease(request)).await
     }
 }
 

@@ -347,26 +347,12 @@ async fn the_log_stays_bounded_under_a_long_stream_of_updates() -> anyhow::Resul
 /// keeps out of elections for the promise's length before it starts Raft.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_honours_its_last_vote_promise() -> anyhow::Result<()> {
-    use berth_cluster::ClusterNode;
-    use berth_meta::MetaStore;
-    use openraft::Vote;
-    use openraft::storage::RaftLogStorage;
-
     let options = RaftOptions {
         election_timeout_min: Duration::from_millis(400),
         election_timeout_max: Duration::from_millis(800),
         ..fast_options()
     };
-    let dir = tempfile::tempdir()?;
-    {
-        let store = MetaStore::open(dir.path())?;
-        store.log_store().save_vote(&Vote::new_committed(3, 2)).await?;
-    }
-    let started = Instant::now();
-    let node = ClusterNode::open(1, dir.path(), options.clone()).await?;
-    let waited = started.elapsed();
-    node.shutdown().await;
-    drop(node);
+    let waited = start_after_saved_vote(2, &options).await?;
     assert!(
         waited >= options.election_timeout_max,
         "restarted after voting for node 2, it started Raft after {waited:?}"
@@ -374,28 +360,35 @@ async fn a_restarted_follower_honours_its_last_vote_promise() -> anyhow::Result<
     Ok(())
 }
 
-/// A leader that restarts resumes its term at once, but the follower leases it
-/// granted lived in its memory: it waits them out before starting Raft.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_leader_waits_out_the_follower_leases_it_may_have_granted() -> anyhow::Result<()> {
+/// Open node 1 on a store whose saved vote (term 3, committed) is for `voted_for`;
+/// how long it took to start.
+async fn start_after_saved_vote(voted_for: u64, options: &RaftOptions) -> anyhow::Result<Duration> {
     use berth_cluster::ClusterNode;
     use berth_meta::MetaStore;
     use openraft::Vote;
     use openraft::storage::RaftLogStorage;
 
-    let options = RaftOptions {
-        follower_lease: Duration::from_millis(150),
-        ..fast_options()
-    };
     let dir = tempfile::tempdir()?;
     {
         let store = MetaStore::open(dir.path())?;
-        store.log_store().save_vote(&Vote::new_committed(3, 1)).await?;
+        store.log_store().save_vote(&Vote::new_committed(3, voted_for)).await?;
     }
     let started = Instant::now();
     let node = ClusterNode::open(1, dir.path(), options.clone()).await?;
     let waited = started.elapsed();
     node.shutdown().await;
+    Ok(waited)
+}
+
+/// A leader that restarts resumes its term at once, but the follower leases it
+/// granted lived in its memory: it waits them out before starting Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_waits_out_the_follower_leases_it_may_have_granted() -> anyhow::Result<()> {
+    let options = RaftOptions {
+        follower_lease: Duration::from_millis(150),
+        ..fast_options()
+    };
+    let waited = start_after_saved_vote(1, &options).await?;
     assert!(
         waited >= options.follower_lease,
         "restarted after leading, it started Raft after {waited:?}"
