@@ -105,8 +105,8 @@ struct Args {
     /// cgroup each: emulates a machine per node (needs root). Default: no limit.
     #[arg(long)]
     server_cpus: Option<f64>,
-    /// `[cluster] follower_lease` of the 3-node systems (e.g. 250ms); default: the
-    /// binary's (off).
+    /// `[cluster] follower_lease` of the 3-node systems (e.g. 0s: read index per
+    /// burst instead); default: the binary's (250ms).
     #[arg(long)]
     follower_lease: Option<String>,
     /// Where the JSON report goes (default: <repo>/target/bench/report.json).

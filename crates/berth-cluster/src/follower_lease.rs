@@ -2,27 +2,26 @@
 //!
 //! Without a lease, a linearizable read on a follower costs a read-index request to
 //! the leader per burst of reads. With one, the follower answers alone, and the
-//! leader pays instead on writes: it acknowledges a write only once every member
-//! holding a lease has applied it, or that member's lease ran out.
+//! leader pays instead on writes: it applies (and so acknowledges) an entry only once
+//! every member holding a lease has it in its log, or that member's lease ran out
+//! (`visibility.rs`, which also gives the order of reads across nodes).
 //!
 //! The exchange (`FollowerLease` RPC): a follower that serves reads asks the leader
-//! for a lease, and reports its applied index whenever it moves while it may hold one.
-//! The leader grants a lease of `follower_lease` only while its own read lease holds
-//! (`lease.rs`): it registers the follower as a holder until `now + length` (plus an
-//! eighth for clock-rate drift), then answers with its term and its applied index.
-//! The follower's lease runs from when it *sent* the request, and it reads under it
-//! only once it has applied that index, while it still follows that leader in that
-//! term.
+//! for a lease. The leader grants one of `follower_lease` only while its own read
+//! lease holds (`lease.rs`) and only to a caught-up member: it registers the
+//! follower as a holder until `now + length` (plus an eighth for clock-rate drift),
+//! then answers with its term and its last log index. The follower's lease runs from
+//! when it *sent* the request, and it reads under it only once it has applied that
+//! index, while it still follows that leader in that term. Each read first applies
+//! whatever the follower's log held when the read arrived.
 //!
 //! Why a read under the lease sees every write acknowledged before it started:
-//! - a write acknowledged before the grant was applied on the leader before the
-//!   leader read its applied index for the reply (registration comes first, so a
-//!   write whose holder list was taken before the registration has an index at most
-//!   the one in the reply). That index is read from the store, where it is written
-//!   with the command: openraft answers a write before its metrics show the index;
-//! - a write acknowledged after the registration waited for this follower's report of
-//!   having applied it, or for the leader's record of the lease to run out, which is
-//!   no earlier than the follower's own (it starts later, and is longer);
+//! - a write the leader applied before the registration is in the leader's log when
+//!   it reads its last log index for the reply, so the follower applied it before
+//!   its first read under the lease;
+//! - a write applied after the registration waited for this follower to log it (or
+//!   for the leader's record of the lease to run out, which is no earlier than the
+//!   follower's own: it starts later and is longer), and the read applies the log;
 //! - a write acknowledged by a later leader: the grant was made under the old
 //!   leader's read lease, which ends before `asked + read_lease`, and no other leader
 //!   can be elected before `asked + election_timeout_max` (the vote promise the read
@@ -34,24 +33,11 @@
 //!   member whose saved vote is its own waits one lease (the leader's count of it)
 //!   before it starts Raft.
 //!
-//! What it gives up, and why it is off by default (`follower_lease = "0s"`): the
-//! order of reads through different nodes while a write is in flight. A write is
-//! visible on the leader (and on a follower that applied it) as soon as it is
-//! applied there, but acknowledged only once every holder applied it. Until then a
-//! read through the leader may return the new value and a later read through a
-//! slower lease holder the old one. Every acknowledged write is seen by every read
-//! that starts after the acknowledgement (the property above), so a pull after a
-//! push sees the push, but two readers racing a push through different nodes may
-//! see it in different orders. Strict linearizability would need each read to wait
-//! until every holder applied what it observed (not built).
-//!
-//! Leases are only asked for while reads arrive (the last second), and granted only to
-//! other members that are caught up, so an idle or lagging follower does not slow
+//! Leases are only asked for while reads arrive (the last second), and granted only
+//! to other members that are caught up, so an idle or lagging follower does not slow
 //! writes. A follower that dies while it holds a lease delays writes by at most one
-//! lease. A follower keeps reporting for twice the lease after each request, whether
-//! or not the grant reached it, since the leader counts it from the request on.
+//! lease.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -79,63 +65,6 @@ pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(50);
 /// The extra time the leader counts a lease on for, against clock-rate differences.
 pub(crate) fn leader_side_length(length: Duration) -> Duration {
     length + length / 8
-}
-
-/// On the leader: the members holding a lease, and how far each has applied.
-#[derive(Default)]
-pub(crate) struct LeaseHolders {
-    holders: Mutex<HashMap<NodeId, Holder>>,
-}
-
-struct Holder {
-    until: Instant,
-    applied: watch::Sender<u64>,
-}
-
-impl LeaseHolders {
-    fn with<R>(&self, id: NodeId, f: impl FnOnce(&mut Holder) -> R) -> R {
-        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        let holder = holders.entry(id).or_insert_with(|| Holder {
-            until: Instant::now(),
-            applied: watch::Sender::new(0),
-        });
-        f(holder)
-    }
-
-    /// `id` reports that it has applied up to `applied`.
-    pub(crate) fn report(&self, id: NodeId, applied: u64) {
-        self.with(id, |h| {
-            h.applied.send_if_modified(|a| {
-                let moved = applied > *a;
-                *a = (*a).max(applied);
-                moved
-            })
-        });
-    }
-
-    /// `id` holds a lease until `until` (by this node's clock).
-    pub(crate) fn register(&self, id: NodeId, until: Instant) {
-        self.with(id, |h| h.until = h.until.max(until));
-    }
-
-    /// Wait until every member whose lease still runs has applied `index`, or until
-    /// its lease ran out.
-    pub(crate) async fn wait_applied(&self, index: u64) {
-        let pending: Vec<(Instant, watch::Receiver<u64>)> = {
-            let holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            holders
-                .values()
-                .filter(|h| h.until > now && *h.applied.borrow() < index)
-                .map(|h| (h.until, h.applied.subscribe()))
-                .collect()
-        };
-        for (until, mut applied) in pending {
-            let caught_up = applied.wait_for(|a| *a >= index);
-            // Out of time: the holder's lease is over, its reads go to the leader.
-            let _ = tokio::time::timeout_at(until.into(), caught_up).await;
-        }
-    }
 }
 
 /// A lease this follower holds.
@@ -171,16 +100,13 @@ struct Held {
 /// On a follower: the lease it holds, and whether its reads want one.
 pub(crate) struct FollowerLease {
     id: NodeId,
-    /// This node's configured lease length: grants are cut to it, and after a
-    /// request it reports applied moves for twice as long.
+    /// This node's configured lease length: grants are cut to it.
     length: Duration,
     held: Mutex<Held>,
     metrics: watch::Receiver<RaftMetrics<NodeId, NodeInfo>>,
     epoch: Instant,
     /// The last read, in microseconds since `epoch` (0: none yet).
     last_read: AtomicU64,
-    /// The last request for a lease (the leader may count this node from then on).
-    last_asked: Mutex<Option<Instant>>,
     wake: Notify,
 }
 
@@ -197,7 +123,6 @@ impl FollowerLease {
             metrics,
             epoch: Instant::now(),
             last_read: AtomicU64::new(0),
-            last_asked: Mutex::new(None),
             wake: Notify::new(),
         }
     }
@@ -220,11 +145,6 @@ impl FollowerLease {
             current: keep(&held.current),
             previous: keep(&held.previous),
         };
-    }
-
-    /// A request for a lease goes out now.
-    pub(crate) fn asked(&self, now: Instant) {
-        *self.last_asked.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
     }
 
     /// How long the lease in `reply` may be used, if it grants one.
@@ -285,14 +205,6 @@ impl FollowerLease {
         self.wanted(now) && self.held().current.is_none_or(|g| now >= g.renew_at())
     }
 
-    /// The leader may count this node as a holder (it asked for a lease lately,
-    /// whether or not the grant arrived): applied moves must be reported. The
-    /// leader's record runs an eighth longer than a lease; twice is ample.
-    pub(crate) fn reporting(&self, now: Instant) -> bool {
-        let asked = *self.last_asked.lock().unwrap_or_else(|p| p.into_inner());
-        asked.is_some_and(|t| now < t + self.length * 2)
-    }
-
     /// When the loop should look again without being woken.
     pub(crate) fn next_renewal(&self, now: Instant) -> Option<Instant> {
         if !self.wanted(now) {
@@ -315,51 +227,6 @@ mod tests {
     use openraft::Vote;
 
     use super::*;
-
-    #[tokio::test]
-    async fn writes_wait_for_holders_until_they_applied_or_their_lease_ran_out() {
-        let holders = Arc::new(LeaseHolders::default());
-        let until = Instant::now() + Duration::from_millis(400);
-        holders.report(2, 5);
-        holders.register(2, until);
-        holders.report(3, 5);
-        // 3's lease is over: it is not waited for.
-        holders.register(3, Instant::now());
-
-        // Already applied: no wait.
-        holders.wait_applied(5).await;
-
-        let waiting = tokio::spawn({
-            let holders = holders.clone();
-            async move { holders.wait_applied(7).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished());
-        holders.report(2, 6);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "6 is not 7");
-        holders.report(2, 7);
-        waiting.await.unwrap();
-        assert!(Instant::now() < until, "released by the report, not by the lease's end");
-
-        // A silent holder holds writes back until its lease ends, no longer.
-        holders.wait_applied(8).await;
-        let now = Instant::now();
-        assert!(now >= until && now < until + Duration::from_secs(1));
-    }
-
-    #[test]
-    fn reports_and_registrations_only_move_forward() {
-        let holders = LeaseHolders::default();
-        let later = Instant::now() + Duration::from_secs(5);
-        holders.register(2, later);
-        holders.register(2, Instant::now());
-        holders.report(2, 9);
-        holders.report(2, 4);
-        let h = holders.holders.lock().unwrap();
-        assert_eq!(h[&2].until, later);
-        assert_eq!(*h[&2].applied.borrow(), 9);
-    }
 
     fn metrics(state: ServerState, term: u64, leader: NodeId, applied: u64) -> RaftMetrics<NodeId, NodeInfo> {
         let mut m = RaftMetrics::new_initial(2);
@@ -419,17 +286,6 @@ mod tests {
             ..grant(12)
         });
         assert!(!lease.check());
-    }
-
-    #[test]
-    fn after_asking_applied_moves_are_reported_for_twice_the_lease() {
-        let (_tx, rx) = watch::channel(metrics(ServerState::Follower, 3, 1, 10));
-        let lease = FollowerLease::new(2, Duration::from_millis(250), rx);
-        let now = Instant::now();
-        assert!(!lease.reporting(now), "never asked");
-        lease.asked(now);
-        assert!(lease.reporting(now + Duration::from_millis(499)));
-        assert!(!lease.reporting(now + Duration::from_millis(500)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod lease;
 mod network;
 mod node;
 mod service;
+mod visibility;
 
 pub use error::ClusterError;
 pub use handover::BodyStream;

@@ -29,6 +29,8 @@ use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
+use crate::visibility::Visibility;
+
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
 
 /// The HTTP/2 channels of one node to its peers: one per peer address, shared by Raft
@@ -91,16 +93,27 @@ impl Peers {
 }
 
 /// Creates gRPC clients to the other members.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct GrpcNetwork {
     from: NodeId,
     filter: Option<Arc<dyn LinkFilter>>,
     peers: Peers,
+    visibility: Arc<Visibility>,
 }
 
 impl GrpcNetwork {
-    pub fn new(peers: Peers, from: NodeId, filter: Option<Arc<dyn LinkFilter>>) -> Self {
-        GrpcNetwork { from, filter, peers }
+    pub(crate) fn new(
+        peers: Peers,
+        from: NodeId,
+        filter: Option<Arc<dyn LinkFilter>>,
+        visibility: Arc<Visibility>,
+    ) -> Self {
+        GrpcNetwork {
+            from,
+            filter,
+            peers,
+            visibility,
+        }
     }
 }
 
@@ -136,6 +149,7 @@ pub struct PeerClient {
     target: NodeId,
     filter: Option<Arc<dyn LinkFilter>>,
     client: Result<RaftServiceClient<Channel>, String>,
+    visibility: Arc<Visibility>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -148,6 +162,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             target,
             filter: self.filter.clone(),
             client: client.map(RaftServiceClient::new),
+            visibility: self.visibility.clone(),
         }
     }
 }
@@ -207,9 +222,11 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        // Followers show nothing the leader has not applied (`visibility.rs`).
+        rpc.leader_commit = self.visibility.cap(rpc.leader_commit);
         self.call("append_entries", &rpc, &option).await
     }
 

@@ -39,7 +39,6 @@ use crate::GrpcNetwork;
 use crate::follower_lease::CATCH_UP_SLACK;
 use crate::follower_lease::FollowerLease;
 use crate::follower_lease::Granted;
-use crate::follower_lease::LeaseHolders;
 use crate::follower_lease::RETRY_AFTER;
 use crate::follower_lease::leader_side_length;
 use crate::handover::HandOverHandler;
@@ -50,6 +49,7 @@ use crate::lease::ReadLease;
 use crate::network::LinkFilter;
 use crate::network::Peers;
 use crate::network::pass_link;
+use crate::visibility::Visibility;
 
 /// Raft timing and log-compaction settings.
 #[derive(Debug, Clone)]
@@ -73,11 +73,10 @@ pub struct RaftOptions {
     /// promise).
     pub read_lease: Duration,
     /// How long a follower may answer linearizable reads alone once the leader
-    /// granted it a lease (see `follower_lease.rs`); the leader then acknowledges a
-    /// write only once every lease holder applied it. Zero (the default, or a zero
+    /// granted it a lease (see `follower_lease.rs`); the leader then applies, and so
+    /// acknowledges, a write only once every lease holder logged it. Zero (or a zero
     /// `read_lease`): followers ask the leader for a read index per burst of reads.
-    /// `read_lease + follower_lease` may be at most `election_timeout_min`. Off by
-    /// default: see `follower_lease.rs` for the read-order guarantee it gives up.
+    /// `read_lease + follower_lease` may be at most `election_timeout_min`.
     pub follower_lease: Duration,
 }
 
@@ -92,7 +91,7 @@ impl Default for RaftOptions {
             request_timeout: Duration::from_secs(10),
             source_address: None,
             read_lease: Duration::from_millis(250),
-            follower_lease: Duration::ZERO,
+            follower_lease: Duration::from_millis(250),
         }
     }
 }
@@ -314,30 +313,18 @@ struct LeaseAsker {
 }
 
 impl LeaseAsker {
-    async fn ask(
-        &self,
-        to: NodeId,
-        leader: &NodeInfo,
-        applied: u64,
-        want_lease: bool,
-    ) -> Result<FollowerLeaseReply, ClusterError> {
+    async fn ask(&self, to: NodeId, leader: &NodeInfo, applied: u64) -> Result<FollowerLeaseReply, ClusterError> {
         let from = raft_id(&self.raft);
         let mut client = peer_client(self.filter.as_ref(), &self.peers, from, Some(to), &leader.grpc_addr).await?;
-        let request = FollowerLeaseRequest {
-            from,
-            applied,
-            want_lease,
-        };
+        let request = FollowerLeaseRequest { from, applied };
         bounded(self.timeout, "follower lease request", client.follower_lease(request)).await
     }
 }
 
 /// On every member: while reads arrive and another member leads, hold a follower
-/// read lease (ask again once half of it is used), and while the leader may count
-/// this node as a holder, report every move of its applied index.
+/// read lease (ask again once half of it is used).
 async fn keep_follower_lease(asker: LeaseAsker, lease: Arc<FollowerLease>) {
     let mut metrics = asker.raft.metrics();
-    let mut reported = 0;
     let mut retry_at: Option<Instant> = None;
     loop {
         let (leader, applied) = {
@@ -358,15 +345,9 @@ async fn keep_follower_lease(asker: LeaseAsker, lease: Arc<FollowerLease>) {
         lease.forget_leader(Some(id));
         let now = Instant::now();
         let may_ask = retry_at.is_none_or(|t| now >= t);
-        let renew = may_ask && lease.renew_due(now);
-        let report = may_ask && lease.reporting(now) && applied > reported;
-        if renew || report {
-            if renew {
-                lease.asked(now);
-            }
-            match asker.ask(id, &info, applied, renew).await {
+        if may_ask && lease.renew_due(now) {
+            match asker.ask(id, &info, applied).await {
                 Ok(reply) => {
-                    reported = applied;
                     retry_at = None;
                     match lease.granted_length(&reply) {
                         Some(length) => lease.set(Granted {
@@ -376,8 +357,7 @@ async fn keep_follower_lease(asker: LeaseAsker, lease: Arc<FollowerLease>) {
                             until: now + length,
                             index: reply.index,
                         }),
-                        None if renew => retry_at = Some(Instant::now() + RETRY_AFTER),
-                        None => {}
+                        None => retry_at = Some(Instant::now() + RETRY_AFTER),
                     }
                 }
                 Err(e) => {
@@ -406,6 +386,26 @@ async fn keep_follower_lease(asker: LeaseAsker, lease: Arc<FollowerLease>) {
             }
             _ = lease.woken() => {}
             _ = deadline => {}
+        }
+    }
+}
+
+/// On the leader: after a commit index was held back from followers until this node
+/// applied it (`visibility.rs`), send it at once with a heartbeat.
+async fn send_held_back_commits(raft: Raft<TypeConfig>, visibility: Arc<Visibility>) {
+    let mut metrics = raft.metrics();
+    loop {
+        tokio::select! {
+            _ = visibility.heartbeat_wanted() => {
+                if raft.trigger().heartbeat().await.is_err() {
+                    return;
+                }
+            }
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -466,10 +466,12 @@ struct Inner {
     options: RaftOptions,
     barrier: mpsc::UnboundedSender<BarrierWaiter>,
     lease: Arc<ReadLease>,
-    /// Followers' read leases: this node's own (as a follower), and the holders it
-    /// granted leases to (as the leader).
+    /// This node's own follower read lease (as a follower).
     follower_lease: Option<Arc<FollowerLease>>,
-    holders: LeaseHolders,
+    /// When entries become visible here, and who holds follower leases (as the
+    /// leader): see `visibility.rs`.
+    visibility: Arc<Visibility>,
+    store: MetaStore,
     hand_over: SharedHandler,
     filter: Option<Arc<dyn LinkFilter>>,
     peers: Peers,
@@ -548,10 +550,17 @@ impl ClusterNode {
         };
         let config = Arc::new(config.validate().map_err(|e| ClusterError::Config(e.to_string()))?);
         let peers = Peers::new(Duration::from_secs(2), options.source_address);
-        let network = GrpcNetwork::new(peers.clone(), id, filter.clone());
-        let raft = Raft::new(id, config, network, store.log_store(), store.state_machine()?)
+        let visibility = Arc::new(Visibility::default());
+        let network = GrpcNetwork::new(peers.clone(), id, filter.clone(), visibility.clone());
+        let state_machine = store.state_machine()?.with_gate(visibility.clone());
+        let raft = Raft::new(id, config, network, store.log_store(), state_machine)
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
+        visibility.attach(raft.metrics());
+        tokio::spawn(
+            send_held_back_commits(raft.clone(), visibility.clone())
+                .instrument(tracing::info_span!("commit_heartbeats", node = id)),
+        );
         let (barrier, rx) = mpsc::unbounded_channel();
         let lease = Arc::new(ReadLease::new(id, options.read_lease, raft.server_metrics()));
         tokio::spawn(
@@ -583,12 +592,13 @@ impl ClusterNode {
             inner: Arc::new(Inner {
                 id,
                 raft,
-                reader: store.reader(),
                 options,
                 barrier,
                 lease,
                 follower_lease,
-                holders: LeaseHolders::default(),
+                visibility,
+                reader: store.reader(),
+                store,
                 hand_over: SharedHandler::default(),
                 filter,
                 peers,
@@ -834,10 +844,7 @@ impl ClusterNode {
 
     async fn try_propose(&self, cmd: &Command) -> Result<(u64, CommandResponse), Attempt> {
         match self.inner.raft.client_write(cmd.clone()).await {
-            Ok(r) => {
-                self.inner.holders.wait_applied(r.log_id.index).await;
-                Ok((r.log_id.index, r.data))
-            }
+            Ok(r) => Ok((r.log_id.index, r.data)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let Some(leader) = f
                     .leader_node
@@ -889,13 +896,10 @@ impl ClusterNode {
     /// Propose on this node only; used by the gRPC service for forwarded proposals.
     pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<ForwardedReply, ClusterError> {
         match self.inner.raft.client_write(cmd).await {
-            Ok(r) => {
-                self.inner.holders.wait_applied(r.log_id.index).await;
-                Ok(ForwardedReply {
-                    index: r.log_id.index,
-                    response: r.data,
-                })
-            }
+            Ok(r) => Ok(ForwardedReply {
+                index: r.log_id.index,
+                response: r.data,
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(ClusterError::NotLeader("this node no longer leads".into()))
             }
@@ -1016,7 +1020,7 @@ impl ClusterNode {
             }
             LeaseCheck::Expired => {}
         }
-        if self.inner.follower_lease.as_ref().is_some_and(|l| l.check()) {
+        if self.inner.follower_lease.as_ref().is_some_and(|l| l.check()) && self.drain_log().await {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
@@ -1031,8 +1035,26 @@ impl ClusterNode {
         }
     }
 
+    /// Under a follower lease: apply everything this node's log holds now, since
+    /// another node may already show it (`visibility.rs`). `false` when that takes
+    /// longer than a lease: the read then goes through the leader.
+    async fn drain_log(&self) -> bool {
+        let tip = self.inner.store.log_tip();
+        let applied = self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        if applied >= tip {
+            return true;
+        }
+        self.inner
+            .raft
+            .wait(Some(self.inner.options.follower_lease))
+            .applied_index_at_least(Some(tip), "follower lease read")
+            .await
+            .is_ok()
+    }
+
     /// A read index for a follower's read barrier: an index that covers every write
-    /// committed before this call. The request joins this node's batched barrier
+    /// acknowledged before this call, and whatever any member showed before it
+    /// (members show only what the leader applied: `visibility.rs`). The request joins this node's batched barrier
     /// rounds, so the reads of all followers and of the leader itself share one
     /// leadership check per burst; once the barrier passed, everything applied
     /// here qualifies.
@@ -1048,9 +1070,8 @@ impl ClusterNode {
         Ok(self.inner.reader.applied_index()?.unwrap_or(0))
     }
 
-    /// Answer a follower's lease request (see `follower_lease.rs`): take its report
-    /// of what it applied and, if it asks, grant it a lease when this node leads
-    /// under its own read lease and the follower is caught up.
+    /// Answer a follower's lease request (see `follower_lease.rs`): grant it a lease
+    /// when this node leads under its own read lease and the follower is caught up.
     pub(crate) async fn follower_lease_request(
         &self,
         req: FollowerLeaseRequest,
@@ -1059,31 +1080,30 @@ impl ClusterNode {
         let mut reply = FollowerLeaseReply::default();
         // Only other members count: a removed node, or anything else that reaches
         // this port, would hold writes back for nothing.
-        let (member, last_log) = {
+        let member = {
             let m = inner.raft.metrics();
             let m = m.borrow();
-            let member = req.from != inner.id && m.membership_config.nodes().any(|(id, _)| *id == req.from);
-            (member, m.last_log_index.unwrap_or(0))
+            req.from != inner.id && m.membership_config.nodes().any(|(id, _)| *id == req.from)
         };
         if !member {
             tracing::debug!(from = req.from, "follower lease request from a non-member");
             return Ok(reply);
         }
-        // Nobody has applied what this node has not even logged.
-        inner.holders.report(req.from, req.applied.min(last_log));
         let length = inner.options.follower_lease;
-        if req.want_lease && inner.follower_lease.is_some() && inner.lease.leading_term().is_some() {
+        if inner.follower_lease.is_some() && inner.lease.leading_term().is_some() {
             self.read_barrier().await?;
             let caught_up = req.applied.saturating_add(CATCH_UP_SLACK) >= self.stored_applied_index()?;
             if let Some(term) = inner.lease.holding().filter(|_| caught_up) {
-                // Registered before the index is read: see the module's argument.
+                // Registered before the index is read: everything applied here
+                // without waiting for this holder is in this node's log by then
+                // (`visibility.rs`).
                 inner
-                    .holders
+                    .visibility
                     .register(req.from, Instant::now() + leader_side_length(length));
                 reply = FollowerLeaseReply {
                     granted: true,
                     term,
-                    index: self.stored_applied_index()?,
+                    index: inner.store.log_tip(),
                     lease_micros: u64::try_from(length.as_micros()).unwrap_or(u64::MAX),
                 };
             }

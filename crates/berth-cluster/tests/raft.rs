@@ -204,6 +204,68 @@ async fn a_follower_under_its_lease_reads_every_write_acknowledged_before() -> a
     Ok(())
 }
 
+/// Reads through different nodes see writes in one order, even while a write is
+/// in flight and one lease holder is slow to receive it: once any read returned
+/// the write, no read that starts later, on any node, misses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_read_on_any_node_saw_a_write_no_later_read_misses_it() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(3, fast_options()).await?;
+    let leader = cluster.leader(WAIT).await?;
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    let (fast, slow) = (followers[0], followers[1]);
+    // The slow holder gets everything from the leader late, lease grants included.
+    cluster.faults.delay(leader, slow, Duration::from_millis(40));
+    for id in [fast, slow] {
+        lease_on(cluster.node(id)?).await?;
+    }
+
+    let mut slow_under_lease = 0;
+    for i in 0..10 {
+        let name = format!("upload-{}", 300 + i);
+        let writing = tokio::spawn({
+            let node = cluster.node(leader)?.clone();
+            async move { node.propose(upload(300 + i)).await }
+        });
+        let mut seen_by: Option<u64> = None;
+        let mut rounds = 0;
+        loop {
+            // One read after another: each starts after the one before it ended.
+            let mut all_saw = true;
+            for id in [fast, leader, slow] {
+                let node = cluster.node(id)?;
+                let leased = node.holds_follower_lease();
+                node.read_barrier().await?;
+                let saw = node.reader().upload(&name)?.is_some();
+                if let Some(first) = seen_by {
+                    assert!(
+                        saw,
+                        "write {i}: a read on node {first} returned it, then a later read on node {id} \
+                         (follower lease: {leased}) missed it"
+                    );
+                }
+                if saw {
+                    seen_by.get_or_insert(id);
+                    if id == slow && leased {
+                        slow_under_lease += 1;
+                    }
+                }
+                all_saw &= saw;
+            }
+            rounds += 1;
+            if all_saw && writing.is_finished() {
+                break;
+            }
+            anyhow::ensure!(rounds < 10_000, "write {i} never became visible everywhere");
+        }
+        writing.await??;
+    }
+    assert!(
+        slow_under_lease >= 5,
+        "only {slow_under_lease} of 10 reads on the slow follower were under its lease"
+    );
+    Ok(())
+}
+
 /// A follower cut off from the leader keeps answering under its lease only until
 /// the lease runs out, and the leader acknowledges a write the follower cannot
 /// apply only after that: no read that starts after the acknowledgement misses it.

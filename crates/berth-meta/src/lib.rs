@@ -38,6 +38,7 @@ pub use records::ManifestRecord;
 pub use records::NodeInfo;
 pub use records::TagRecord;
 pub use records::UploadRecord;
+pub use state_machine::ApplyGate;
 pub use state_machine::StateMachineStore;
 pub use store::MetaStore;
 

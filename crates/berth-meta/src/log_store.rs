@@ -162,15 +162,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.store.cf(CF_LOGS).map_err(write_err)?;
         let mut batch = WriteBatch::default();
+        let mut last = None;
         for e in entries {
             let bytes = encode("log entry", &e).map_err(write_err)?;
             batch.put_cf(cf, index(e.log_id.index), bytes);
+            last = Some(e.log_id.index);
         }
         // A synchronous write: the entries are durable when it returns, so the
         // callback may report them flushed.
         let res = self.store.db().write_opt(batch, &sync_opts());
         match res {
             Ok(()) => {
+                // Before the callback: the leader learns of the entries after this.
+                if let Some(last) = last {
+                    self.store.set_log_tip(last);
+                }
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -188,7 +194,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         db.delete_range_cf(cf, index(log_id.index), index(u64::MAX))
             .map_err(write_err)?;
         // delete_range excludes its end key.
-        db.delete_cf_opt(cf, index(u64::MAX), &sync_opts()).map_err(write_err)
+        db.delete_cf_opt(cf, index(u64::MAX), &sync_opts()).map_err(write_err)?;
+        self.store.set_log_tip(log_id.index.saturating_sub(1));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

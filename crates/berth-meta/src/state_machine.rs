@@ -1,7 +1,9 @@
 // openraft's storage traits fix the error type (`StorageError`, which is large).
 #![allow(clippy::result_large_err)]
 
+use std::future::Future;
 use std::io::Cursor;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -89,6 +91,19 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     store: MetaStore,
     snapshot_seq: Arc<AtomicU64>,
+    gate: Option<Arc<dyn ApplyGate>>,
+}
+
+/// Decides when committed entries may become visible on this node, and hears what
+/// was applied. `berth-cluster` uses it to keep reads in one order across nodes
+/// (see its `visibility` module); without a gate, entries apply as they commit.
+pub trait ApplyGate: Send + Sync + 'static {
+    /// Resolves once the entries up to `index` may be applied.
+    fn admit(&self, index: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Everything up to `log_id` is applied (also called at start-up and after a
+    /// snapshot was installed).
+    fn applied(&self, log_id: LogId<NodeId>);
 }
 
 impl StateMachineStore {
@@ -96,7 +111,20 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             store,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            gate: None,
         })
+    }
+
+    /// Apply entries only as `gate` admits them, and tell it what was applied.
+    pub fn with_gate(mut self, gate: Arc<dyn ApplyGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn report_applied(&self, applied: Option<LogId<NodeId>>) {
+        if let (Some(gate), Some(applied)) = (&self.gate, applied) {
+            gate.applied(applied);
+        }
     }
 
     fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), MetaError> {
@@ -441,7 +469,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = StateMachineStore;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
-        self.applied().map_err(sm_read_err)
+        let state = self.applied().map_err(sm_read_err)?;
+        self.report_applied(state.0);
+        Ok(state)
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
@@ -449,10 +479,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut out = Vec::new();
-        for entry in entries {
-            out.push(self.apply_entry(&entry).map_err(sm_write_err)?);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        if let Some(gate) = &self.gate {
+            gate.admit(last.index).await;
         }
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            out.push(self.apply_entry(entry).map_err(sm_write_err)?);
+        }
+        self.report_applied(Some(last));
         Ok(out)
     }
 
@@ -472,10 +510,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let this = self.clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
+        let applied = meta.last_log_id;
         tokio::task::spawn_blocking(move || this.install(&meta, data))
             .await
             .map_err(sm_write_err)?
-            .map_err(sm_write_err)
+            .map_err(sm_write_err)?;
+        self.report_applied(applied);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {

@@ -1,5 +1,7 @@
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use rocksdb::ColumnFamily;
 use rocksdb::ColumnFamilyDescriptor;
@@ -19,6 +21,9 @@ use crate::state_machine::StateMachineStore;
 #[derive(Clone)]
 pub struct MetaStore {
     db: Arc<DB>,
+    /// Index of the last entry in the Raft log (0: none), kept by the log store as
+    /// it appends and truncates: read on every follower-lease read.
+    log_tip: Arc<AtomicU64>,
 }
 
 impl MetaStore {
@@ -31,7 +36,24 @@ impl MetaStore {
         opts.set_max_total_wal_size(64 << 20);
         let cfs = all_cfs().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(MetaStore { db: Arc::new(db) })
+        let store = MetaStore {
+            db: Arc::new(db),
+            log_tip: Arc::default(),
+        };
+        let tip = store.log_store().last_index()?.unwrap_or(0);
+        store.log_tip.store(tip, Ordering::Release);
+        Ok(store)
+    }
+
+    /// Index of the last entry in this node's Raft log, as of the last append or
+    /// truncation that completed (0 when the log is empty). An append counts once
+    /// it is durable, before it is acknowledged to the leader.
+    pub fn log_tip(&self) -> u64 {
+        self.log_tip.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_log_tip(&self, index: u64) {
+        self.log_tip.store(index, Ordering::Release);
     }
 
     pub fn log_store(&self) -> LogStore {

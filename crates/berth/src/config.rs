@@ -181,11 +181,13 @@ pub struct ClusterConfig {
     /// reads on its own; `"0s"` asks a quorum for every burst of reads.
     #[serde(with = "humantime_serde")]
     pub read_lease: Duration,
-    /// How long a follower answers tag reads alone under a lease the leader granted
-    /// (writes then wait until every lease holder applied them); `"0s"` (default): a
-    /// read-index request to the leader per burst of reads, fully linearizable.
-    #[serde(with = "humantime_serde")]
-    pub follower_lease: Duration,
+    /// How long a follower answers reads alone under a lease the leader granted
+    /// (the leader then applies a write once every lease holder logged it); `"0s"`:
+    /// a read-index request to the leader per burst of reads. Unset: what
+    /// `read_lease` leaves of `election_timeout`, at most 250 ms
+    /// ([`ClusterConfig::follower_lease`]).
+    #[serde(with = "humantime_serde::option")]
+    pub follower_lease: Option<Duration>,
 }
 
 impl Default for ClusterConfig {
@@ -200,12 +202,22 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
             read_lease: Duration::from_millis(250),
-            follower_lease: Duration::ZERO,
+            follower_lease: None,
         }
     }
 }
 
+/// The follower lease when none is configured, if `read_lease` leaves that much.
+const DEFAULT_FOLLOWER_LEASE: Duration = Duration::from_millis(250);
+
 impl ClusterConfig {
+    /// The follower lease this node grants and holds: the configured one, or the
+    /// default cut to what `read_lease` leaves under `election_timeout`.
+    pub fn follower_lease(&self) -> Duration {
+        self.follower_lease
+            .unwrap_or_else(|| DEFAULT_FOLLOWER_LEASE.min(self.election_timeout.saturating_sub(self.read_lease)))
+    }
+
     /// Is this node (meant to be) part of a multi-node cluster?
     pub fn is_clustered(&self) -> bool {
         self.grpc_listen.is_some()
@@ -462,7 +474,7 @@ impl Config {
                  twice that; the rest is the margin for clock drift and pauses)"
             );
         }
-        if cluster.read_lease + cluster.follower_lease > cluster.election_timeout {
+        if cluster.read_lease + cluster.follower_lease() > cluster.election_timeout {
             bail!(
                 "cluster.follower_lease: cluster.read_lease + cluster.follower_lease must not exceed \
                  cluster.election_timeout (a follower's lease may outlive the leader's by its length)"
@@ -640,7 +652,14 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(c.cluster.follower_lease, Duration::from_millis(400));
+        assert_eq!(c.cluster.follower_lease(), Duration::from_millis(400));
+        // Unset: the default, cut to what the read lease leaves.
+        let c = load(&format!("{s3}{fs_cluster}"), &[]).unwrap();
+        assert_eq!(c.cluster.follower_lease(), Duration::from_millis(250));
+        let c = load(&format!("{s3}{fs_cluster}read_lease = \"400ms\""), &[]).unwrap();
+        assert_eq!(c.cluster.follower_lease(), Duration::from_millis(100));
+        let c = load(&format!("{s3}{fs_cluster}follower_lease = \"0s\""), &[]).unwrap();
+        assert!(c.cluster.follower_lease().is_zero());
         // Every section is reachable from the environment.
         let c = load(
             s3,

@@ -154,7 +154,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // A node that serves no cluster has nobody to grant a lease to (and would
         // otherwise wait one out on every restart).
         follower_lease: if cc.is_clustered() {
-            cc.follower_lease
+            cc.follower_lease()
         } else {
             Duration::ZERO
         },
