@@ -8,7 +8,7 @@
 //!
 //! The exchange (`FollowerLease` RPC): a follower that serves reads asks the leader
 //! for a lease. The leader grants one of `follower_lease` only while its own read
-//! lease holds (`lease.rs`) and only to a caught-up member: it registers the
+//! lease holds (`lease.rs`) and only to a caught-up member; it registers the
 //! follower as a holder until `now + length` (plus an eighth for clock-rate drift),
 //! then answers with its term and its last log index. The follower's lease runs from
 //! when it *sent* the request, and it reads under it only once it has applied that
@@ -34,9 +34,12 @@
 //!   before it starts Raft.
 //!
 //! Leases are only asked for while reads arrive (the last second), and granted only
-//! to other members that are caught up, so an idle or lagging follower does not slow
-//! writes. A follower that dies while it holds a lease delays writes by at most one
-//! lease.
+//! to other members that have logged everything committed and applied nearly all of
+//! it, so an idle or lagging follower does not slow writes. A follower that dies, or
+//! stops logging, while it holds a lease delays writes once, by at most one lease
+//! plus an eighth (and reads that need the leader, whose applies wait as well); it
+//! gets no new lease until it has logged everything committed again. Only members
+//! that say they apply their log before reading (`drains_log`) get a lease.
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -52,8 +55,8 @@ use openraft::ServerState;
 use tokio::sync::Notify;
 use tokio::sync::watch;
 
-/// A follower more than this many entries behind the leader is not granted a lease:
-/// writes would wait for it to catch up.
+/// A follower that applied more than this many entries less than the commit index
+/// is not granted a lease: its reads would wait for it to catch up.
 pub(crate) const CATCH_UP_SLACK: u64 = 64;
 
 /// Leases are asked for while reads arrived within this long.

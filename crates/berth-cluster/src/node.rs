@@ -316,7 +316,11 @@ impl LeaseAsker {
     async fn ask(&self, to: NodeId, leader: &NodeInfo, applied: u64) -> Result<FollowerLeaseReply, ClusterError> {
         let from = raft_id(&self.raft);
         let mut client = peer_client(self.filter.as_ref(), &self.peers, from, Some(to), &leader.grpc_addr).await?;
-        let request = FollowerLeaseRequest { from, applied };
+        let request = FollowerLeaseRequest {
+            from,
+            applied,
+            drains_log: true,
+        };
         bounded(self.timeout, "follower lease request", client.follower_lease(request)).await
     }
 }
@@ -1090,10 +1094,12 @@ impl ClusterNode {
             return Ok(reply);
         }
         let length = inner.options.follower_lease;
-        if inner.follower_lease.is_some() && inner.lease.leading_term().is_some() {
+        // A member that does not say it applies its log before reading under a lease
+        // (an older version) must not get one: the leader only waits for holders to
+        // log writes.
+        if req.drains_log && inner.follower_lease.is_some() && inner.lease.leading_term().is_some() {
             self.read_barrier().await?;
-            let caught_up = req.applied.saturating_add(CATCH_UP_SLACK) >= self.stored_applied_index()?;
-            if let Some(term) = inner.lease.holding().filter(|_| caught_up) {
+            if let Some(term) = inner.lease.holding().filter(|_| self.may_hold_lease(&req)) {
                 // Registered before the index is read: everything applied here
                 // without waiting for this holder is in this node's log by then
                 // (`visibility.rs`).
@@ -1112,6 +1118,27 @@ impl ClusterNode {
             .await
             .map_err(unavailable)?;
         Ok(reply)
+    }
+
+    /// Is the member asking for a lease caught up? It must have logged and applied
+    /// nearly everything committed (else writes, and its own reads, would wait for
+    /// it), and not be what the leader's applies wait for (`visibility.rs`).
+    fn may_hold_lease(&self, req: &FollowerLeaseRequest) -> bool {
+        let status = self.status();
+        let Some(committed) = status.quorum_index() else {
+            return false;
+        };
+        let logged = status
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&req.from).copied().flatten())
+            .unwrap_or(0);
+        logged.saturating_add(CATCH_UP_SLACK) >= committed
+            && req.applied.saturating_add(CATCH_UP_SLACK) >= committed
+            && self
+                .inner
+                .visibility
+                .may_register(req.from, logged, committed, self.inner.options.follower_lease / 4)
     }
 
     /// Does this node hold a usable follower read lease right now?

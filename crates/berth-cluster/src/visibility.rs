@@ -18,6 +18,10 @@
 //!    Whatever any node showed before the read started was in that log, so the read
 //!    sees it too.
 //!
+//! The gate holds on a leader that stepped down, too: openraft still answers a
+//! write proposed there once it is applied, and the holders it registered may still
+//! read under their leases.
+//!
 //! Rule 2 also gives a holder every acknowledged write: the leader acknowledges a
 //! write after applying it, hence after every holder logged it. A member that
 //! becomes a holder does so with a grant whose index is the leader's last log index
@@ -30,10 +34,12 @@
 //! runs: a heartbeat after each applied batch tells followers the new commit index.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::OnceLock;
+use std::time::Duration;
 use std::time::Instant;
 
 use berth_meta::ApplyGate;
@@ -41,7 +47,6 @@ use berth_meta::NodeId;
 use berth_meta::NodeInfo;
 use openraft::LogId;
 use openraft::RaftMetrics;
-use openraft::ServerState;
 use tokio::sync::Notify;
 use tokio::sync::watch;
 
@@ -55,11 +60,23 @@ struct Sent {
     held_back: bool,
 }
 
+#[derive(Default)]
+struct Holders {
+    /// Members holding a follower lease, until when (by this node's clock).
+    until: HashMap<NodeId, Instant>,
+    /// Members whose lease ran out while the leader waited for them to log an
+    /// entry: no new lease until they logged everything committed.
+    stalled: HashSet<NodeId>,
+    /// The index the leader waits for holders to log before applying it (0: none),
+    /// and since when.
+    waiting_for: u64,
+    waiting_since: Option<Instant>,
+}
+
 /// One per node; the leader's side is what counts (followers only report applies).
 #[derive(Default)]
 pub(crate) struct Visibility {
-    /// Members holding a follower lease, until when (by this node's clock).
-    holders: Mutex<HashMap<NodeId, Instant>>,
+    holders: Mutex<Holders>,
     /// This node's Raft metrics (set once Raft runs; the gate is open until then).
     metrics: OnceLock<Metrics>,
     sent: Mutex<Sent>,
@@ -74,31 +91,80 @@ impl Visibility {
 
     /// `id` holds a follower lease until `until` (by this node's clock).
     pub(crate) fn register(&self, id: NodeId, until: Instant) {
-        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holders = self.holders();
         let now = Instant::now();
-        holders.retain(|_, u| *u > now);
-        let entry = holders.entry(id).or_insert(until);
+        holders.until.retain(|_, u| *u > now);
+        let entry = holders.until.entry(id).or_insert(until);
         *entry = (*entry).max(until);
     }
 
+    fn holders(&self) -> std::sync::MutexGuard<'_, Holders> {
+        self.holders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May `id`, which has logged up to `logged`, get a lease (the leader's other
+    /// checks aside)? Not once the leader has waited longer than `grace` for it to
+    /// log an entry (renewing would hold the leader back for as long as it keeps
+    /// asking), and not after it stalled the leader once, until it has logged
+    /// everything `committed`.
+    pub(crate) fn may_register(&self, id: NodeId, logged: u64, committed: u64, grace: Duration) -> bool {
+        let mut holders = self.holders();
+        let overdue = holders.waiting_since.is_some_and(|t| t.elapsed() > grace);
+        if overdue && logged < holders.waiting_for {
+            return false;
+        }
+        if holders.stalled.contains(&id) {
+            if logged < committed {
+                return false;
+            }
+            holders.stalled.remove(&id);
+        }
+        true
+    }
+
     /// When the first lease of a holder that has not logged `index` runs out, if
-    /// any such holder's lease still runs (`None`: `index` may be applied).
+    /// any such holder's lease still runs (`None`: `index` may be applied). Without
+    /// replication progress (this node no longer leads) no holder counts as having
+    /// logged anything.
+    /// Holders whose lease ran out meanwhile and that had not logged `index` are
+    /// marked stalled. Sets (or clears) what the leader waits for.
     fn blocked_until(&self, index: u64, m: &RaftMetrics<NodeId, NodeInfo>) -> Option<Instant> {
-        let holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holders = self.holders();
         let now = Instant::now();
-        holders
-            .iter()
-            .filter(|(_, until)| **until > now)
-            .filter(|(id, _)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(*id).copied().flatten())
-                    .map_or(0, |l| l.index);
-                matched < index
-            })
-            .map(|(_, until)| *until)
-            .min()
+        let logged = |id: &NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten())
+                .map_or(0, |l| l.index)
+        };
+        let mut blocked = None;
+        let mut stalled = Vec::new();
+        for (id, until) in &holders.until {
+            if logged(id) >= index {
+                continue;
+            }
+            if *until > now {
+                blocked = Some(blocked.map_or(*until, |b: Instant| b.min(*until)));
+            } else if holders.waiting_for == index {
+                stalled.push(*id);
+            }
+        }
+        if !stalled.is_empty() {
+            tracing::info!(
+                ?stalled,
+                index,
+                "lease holders did not log an entry before their leases ran out"
+            );
+        }
+        holders.stalled.extend(stalled);
+        if blocked.is_none() {
+            holders.waiting_for = 0;
+            holders.waiting_since = None;
+        } else if holders.waiting_for != index {
+            holders.waiting_for = index;
+            holders.waiting_since = Some(now);
+        }
+        blocked
     }
 
     /// The commit index to send to a follower: never beyond what this node applied
@@ -130,13 +196,9 @@ impl ApplyGate for Visibility {
             let mut metrics = metrics.clone();
             let mut waited = false;
             loop {
-                let blocked = {
-                    let m = metrics.borrow_and_update();
-                    if m.state != ServerState::Leader {
-                        return;
-                    }
-                    self.blocked_until(index, &m)
-                };
+                // Whatever this node's role now: a leader that stepped down may still
+                // apply (and acknowledge) entries while leases it granted run.
+                let blocked = self.blocked_until(index, &metrics.borrow_and_update());
                 let Some(until) = blocked else {
                     if waited {
                         tracing::trace!(index, "lease holders logged the entries: applying");
@@ -171,9 +233,9 @@ impl ApplyGate for Visibility {
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
-    use std::time::Duration;
 
     use openraft::CommittedLeaderId;
+    use openraft::ServerState;
     use openraft::StoredMembership;
     use openraft::Vote;
 
@@ -220,27 +282,47 @@ mod tests {
         tx.send_replace(leader_metrics(&[(2, 6), (3, 5)]));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "6 is not 7");
+        assert!(vis.may_register(2, 6, 7, Duration::from_secs(1)), "within the grace");
+        assert!(
+            !vis.may_register(2, 6, 7, Duration::from_millis(10)),
+            "no renewal for what the leader waited for too long"
+        );
+        assert!(vis.may_register(3, 7, 7, Duration::ZERO));
         tx.send_replace(leader_metrics(&[(2, 7), (3, 5)]));
         waiting.await.unwrap();
         assert!(Instant::now() < until, "released by the log, not by the lease's end");
 
-        // A silent holder holds the leader back until its lease ends, no longer.
+        // A silent holder holds the leader back until its lease ends, no longer...
         vis.admit(8).await;
         let now = Instant::now();
         assert!(now >= until && now < until + Duration::from_secs(1));
+        // ... and gets no new lease until it logged everything committed.
+        let grace = Duration::from_secs(1);
+        assert!(!vis.may_register(2, 7, 9, grace));
+        assert!(vis.may_register(2, 9, 9, grace));
+        assert!(
+            vis.may_register(2, 9, 10, grace),
+            "caught up once: the usual checks again"
+        );
     }
 
     #[tokio::test]
-    async fn a_follower_applies_as_its_leader_says() {
-        let mut m = leader_metrics(&[]);
+    async fn a_leader_that_stepped_down_still_waits_for_the_leases_it_granted() {
+        let mut m = leader_metrics(&[(2, 9)]);
         m.state = ServerState::Follower;
+        m.replication = None;
         let (_tx, rx) = watch::channel(m);
         let vis = Visibility::default();
         vis.attach(rx);
-        vis.register(2, Instant::now() + Duration::from_secs(60));
+        // A node that granted no lease applies as its leader says.
         tokio::time::timeout(Duration::from_secs(1), vis.admit(9))
             .await
             .unwrap();
+
+        let until = Instant::now() + Duration::from_millis(200);
+        vis.register(2, until);
+        vis.admit(9).await;
+        assert!(Instant::now() >= until, "applied while a lease it granted ran");
     }
 
     #[tokio::test]
