@@ -13,6 +13,14 @@
 #   --quick        short durations and small blobs, to check the setup
 #   --no-install   skip the package checks
 #   --no-build     use the release binaries already in $CARGO_TARGET_DIR
+#   --scaling      only the scaling phase (below)
+#   --no-scaling   no scaling phase
+#
+# Scaling phase (after a run without harness options, or with --scaling): tag
+# reads on one node against 3 nodes round robin, every server limited to a quarter
+# core by a cgroup of its own (a machine per node, emulated; needs root). On the
+# shared cores of the main run, 3 nodes cannot sum to more than one.
+# JSON in target/bench/scaling.json.
 #
 # Environment: CARGO_TARGET_DIR (default /var/cache/berth-target), BERTH_TOOLS
 # (default /var/cache/berth-tools; the venv is $BERTH_TOOLS/venv).
@@ -30,17 +38,27 @@ VENV="$BERTH_TOOLS/venv"
 
 install=1
 build=1
+main=1
+scaling=auto
+quick=0
 args=()
 for a in "$@"; do
     case "$a" in
         --quick)
+            quick=1
             args+=(--duration 2s --warmup 300ms --tag-duration 3s --large-blob-mib 32 --push-mib 128 --physical-reps 1)
             ;;
         --no-install) install=0 ;;
         --no-build) build=0 ;;
+        --scaling) main=0; scaling=1 ;;
+        --no-scaling) scaling=0 ;;
         *) args+=("$a") ;;
     esac
 done
+if [ "$scaling" = auto ]; then
+    # Only after a default run: chosen systems or scenarios are what the user asked for.
+    if [ "${#args[@]}" -eq $((quick * 13)) ]; then scaling=1; else scaling=0; fi
+fi
 
 log() { echo "benches/run.sh: $*" >&2; }
 
@@ -71,4 +89,17 @@ for b in berth berth-bench; do
     [ -x "$BIN/$b" ] || { log "$BIN/$b is missing (run without --no-build)"; exit 1; }
 done
 
-exec "$BIN/berth-bench" --berth-bin "$BIN/berth" --out "$ROOT/target/bench/report.json" "${args[@]}"
+if [ "$main" = 1 ]; then
+    "$BIN/berth-bench" --berth-bin "$BIN/berth" --out "$ROOT/target/bench/report.json" "${args[@]}"
+fi
+if [ "$scaling" = 1 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        log "scaling phase skipped: CPU budgets per server need root (cgroups)"
+        exit 0
+    fi
+    log "scaling phase: one node against 3 nodes, each server limited to 0.25 cores"
+    # Options given to this script come last: they win (a --quick duration too).
+    "$BIN/berth-bench" --berth-bin "$BIN/berth" --out "$ROOT/target/bench/scaling.json" \
+        --systems berth-s3,berth-cluster3 --scenarios manifest-tag \
+        --server-cpus 0.25 --clients 96 --duration 8s "${args[@]}"
+fi

@@ -42,7 +42,7 @@ use crate::systems::SystemKind;
 
 /// Load harness: berth against CNCF Distribution 2.8.2, side by side on 127.0.0.1.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "berth-bench", version)]
+#[command(name = "berth-bench", version, args_override_self = true)]
 struct Args {
     /// Concurrent clients of the request scenarios (manifest, HEAD, small blob, push-small).
     #[arg(long, default_value_t = 16)]

@@ -299,7 +299,18 @@ impl Targets<'_> {
                 let v = a / b;
                 let ok = if at_most { v <= want } else { v >= want };
                 let verdict = if ok { Verdict::Pass } else { Verdict::Miss };
-                let text = format!("{name} = {v:.2}x (target {op} {want}x) {}", verdict_str(&verdict));
+                // Nodes that share the machine's cores cannot sum to more than one
+                // node: scaling is judged in a run that gives each server its own CPU
+                // budget (`--server-cpus`, the scaling phase of benches/run.sh).
+                let shared = num.nodes() > 1 && self.r.params.server_cpus.is_none();
+                let (verdict, why) = match verdict {
+                    Verdict::Miss if shared => (
+                        Verdict::Info,
+                        "; every server shares this machine's cores: see the run with --server-cpus",
+                    ),
+                    v => (v, ""),
+                };
+                let text = format!("{name} = {v:.2}x (target {op} {want}x{why}) {}", verdict_str(&verdict));
                 self.push(&name, Some(v), verdict, text);
             }
             _ => {
@@ -681,6 +692,28 @@ mod tests {
         assert!(cluster.text.contains("not available"), "{}", cluster.text);
         let head_proxy = lines.iter().find(|l| l.target.contains("dist-s3-proxy")).unwrap();
         assert_eq!(head_proxy.verdict, Verdict::Miss);
+    }
+
+    #[test]
+    fn scaling_is_judged_only_when_every_server_has_its_own_cpu_budget() {
+        let results = || {
+            vec![
+                m(Scenario::ManifestTag, SystemKind::BerthS3, 1000.0),
+                m(Scenario::ManifestTag, SystemKind::BerthCluster3, 900.0),
+            ]
+        };
+        let line = |r: &Report| {
+            targets(r)
+                .into_iter()
+                .find(|l| l.target.contains("berth-cluster3/berth-s3"))
+                .unwrap()
+        };
+        let shared = line(&report(results()));
+        assert_eq!(shared.verdict, Verdict::Info, "{}", shared.text);
+        assert!(shared.text.contains("shares this machine's cores"), "{}", shared.text);
+        let mut budgeted = report(results());
+        budgeted.params.server_cpus = Some(0.25);
+        assert_eq!(line(&budgeted).verdict, Verdict::Miss);
     }
 
     #[test]

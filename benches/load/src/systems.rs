@@ -106,6 +106,14 @@ impl SystemKind {
     pub fn uses_s3(self) -> bool {
         !matches!(self, SystemKind::BerthFs | SystemKind::DistFs)
     }
+
+    /// How many server processes (nodes) the system runs.
+    pub fn nodes(self) -> usize {
+        match self {
+            SystemKind::BerthCluster3 | SystemKind::BerthCluster3Local => 3,
+            _ => 1,
+        }
+    }
 }
 
 /// Where the binaries are and how the servers are configured.
