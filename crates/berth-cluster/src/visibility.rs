@@ -81,6 +81,8 @@ pub(crate) struct Visibility {
     metrics: OnceLock<Metrics>,
     sent: Mutex<Sent>,
     heartbeat: Notify,
+    /// Woken on every apply.
+    applied_moved: Notify,
 }
 
 impl Visibility {
@@ -180,6 +182,22 @@ impl Visibility {
         }
     }
 
+    /// Wait (at most `within`) until this node has applied `commit`: a commit
+    /// notice sent then carries it whole, and needs no heartbeat after it.
+    pub(crate) async fn settle(&self, commit: Option<LogId<NodeId>>, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Created before the check: an apply in between still wakes it.
+            let moved = self.applied_moved.notified();
+            if self.sent.lock().unwrap_or_else(|p| p.into_inner()).applied >= commit {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Resolves when a commit index was held back and this node applied more since:
     /// time for a heartbeat.
     pub(crate) async fn heartbeat_wanted(&self) {
@@ -226,6 +244,7 @@ impl ApplyGate for Visibility {
         if std::mem::take(&mut sent.held_back) {
             self.heartbeat.notify_one();
         }
+        self.applied_moved.notify_waiters();
     }
 }
 
@@ -346,6 +365,24 @@ mod tests {
             .await
             .expect("the apply asks for a heartbeat");
         assert_eq!(vis.cap(Some(log_id(6))), Some(log_id(6)));
+        // A commit notice may wait for the apply, and then goes out whole.
+        let vis = Arc::new(vis);
+        let settling = tokio::spawn({
+            let vis = vis.clone();
+            async move { vis.settle(Some(log_id(8)), Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!settling.is_finished());
+        vis.applied(log_id(8));
+        tokio::time::timeout(Duration::from_secs(1), settling)
+            .await
+            .expect("woken by the apply")
+            .unwrap();
+        assert_eq!(vis.cap(Some(log_id(8))), Some(log_id(8)));
+        // It does not wait longer than asked.
+        let started = Instant::now();
+        vis.settle(Some(log_id(9)), Duration::from_millis(30)).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
         // Applies never move it back.
         vis.applied(log_id(5));
         assert_eq!(vis.cap(Some(log_id(6))), Some(log_id(6)));
