@@ -80,6 +80,9 @@ struct Args {
     /// Tag writes per second.
     #[arg(long, default_value_t = 200)]
     tag_rate: u32,
+    /// Tag reads per second alongside the tag writes (tag-writes-reads).
+    #[arg(long, default_value_t = 2000)]
+    tag_read_rate: u32,
     /// How long tag writes run.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     tag_duration: Duration,
@@ -284,6 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         push_reps: args.push_reps.clamp(1, 20),
         image_layer: args.image_layer_kib.max(2) * 1024,
         tag_rate: args.tag_rate.clamp(1, 10_000),
+        tag_read_rate: args.tag_read_rate.clamp(1, 100_000),
         tag_duration: args.tag_duration,
         request_timeout: args.request_timeout,
         server_cpus: args.server_cpus,

@@ -126,6 +126,18 @@ fn rows_for(s: Scenario) -> Vec<(&'static str, Pick)> {
                 Box::new(|m| Some(format!("{}/{}", m.ops, m.dropped.unwrap_or(0)))),
             ),
         ],
+        Scenario::TagWritesReads => vec![
+            ("write p50/p99 ms", lat),
+            (
+                "ok/dropped",
+                Box::new(|m| Some(format!("{}/{}", m.ops, m.dropped.unwrap_or(0)))),
+            ),
+            ("reads/s", Box::new(|m| m.reads_per_s.map(f))),
+            (
+                "read p50/p99 ms",
+                Box::new(|m| Some(format!("{}/{}", f(m.read_p50_ms?), f(m.read_p99_ms?)))),
+            ),
+        ],
         Scenario::TagWriteMax => vec![("writes/s", rps), ("p50/p99 ms", lat)],
         Scenario::PushSmall => vec![("images/s", rps), ("p50/p99 ms", lat)],
         Scenario::PushLarge => vec![
@@ -510,11 +522,23 @@ pub fn targets(r: &Report) -> Vec<TargetLine> {
         }
     }
 
-    // Tag writes: the target is on the cluster; single nodes for context.
+    // Tag writes: the target is on the cluster; single nodes for context. Under
+    // reads, the cluster's followers hold leases, which writes wait for.
     let rate = r.params.tag_rate;
-    for (sys, is_target) in [(K::BerthCluster3, true), (K::BerthFs, false), (K::BerthS3, false)] {
-        let name = format!("tag write p99 at {rate}/s on {}", sys.name());
-        match r.find(S::TagWrites, sys).and_then(|m| m.p99_ms) {
+    let reads = r.params.tag_read_rate;
+    for (scenario, sys, is_target) in [
+        (S::TagWrites, K::BerthCluster3, true),
+        (S::TagWritesReads, K::BerthCluster3, true),
+        (S::TagWrites, K::BerthFs, false),
+        (S::TagWrites, K::BerthS3, false),
+    ] {
+        let during = if scenario == S::TagWritesReads {
+            format!(" with {reads} reads/s")
+        } else {
+            String::new()
+        };
+        let name = format!("tag write p99 at {rate}/s{during} on {}", sys.name());
+        match r.find(scenario, sys).and_then(|m| m.p99_ms) {
             Some(p99) => {
                 let verdict = match (is_target, p99 < 20.0) {
                     (false, _) => Verdict::Info,
@@ -525,7 +549,7 @@ pub fn targets(r: &Report) -> Vec<TargetLine> {
                 t.push(&name, Some(p99), verdict, text);
             }
             None if is_target => {
-                let why = t.why_missing(S::TagWrites, &[sys]);
+                let why = t.why_missing(scenario, &[sys]);
                 t.push(
                     &name,
                     None,
@@ -635,6 +659,7 @@ mod tests {
             push_reps: 1,
             image_layer: 4096,
             tag_rate: 200,
+            tag_read_rate: 2000,
             tag_duration: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             server_cpus: None,

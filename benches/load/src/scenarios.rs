@@ -58,6 +58,9 @@ pub enum Scenario {
     BlobGetLargeRange,
     /// Move tags at a steady rate (PUT manifest by tag).
     TagWrites,
+    /// The same tag writes while tags are read at a steady rate, spread over the nodes
+    /// (on a cluster: followers read under leases, which writes must wait for).
+    TagWritesReads,
     /// Tag writes from `clients` writers back to back: the write throughput ceiling.
     TagWriteMax,
     /// Push many small images concurrently.
@@ -68,7 +71,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Run order: reads first, writes after, the big push (heavy disk writeback) last.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::ManifestTag,
         Scenario::ManifestDigest,
         Scenario::HeadBlob,
@@ -77,6 +80,7 @@ impl Scenario {
         Scenario::BlobGetLarge,
         Scenario::BlobGetLargeRange,
         Scenario::TagWrites,
+        Scenario::TagWritesReads,
         Scenario::TagWriteMax,
         Scenario::PushSmall,
         Scenario::PushLarge,
@@ -92,6 +96,7 @@ impl Scenario {
             Scenario::BlobGetLarge => "blob-get-large",
             Scenario::BlobGetLargeRange => "blob-get-large-range",
             Scenario::TagWrites => "tag-writes",
+            Scenario::TagWritesReads => "tag-writes-reads",
             Scenario::TagWriteMax => "tag-write-max",
             Scenario::PushSmall => "push-small",
             Scenario::PushLarge => "push-large",
@@ -108,6 +113,7 @@ impl Scenario {
             Scenario::BlobGetLarge => format!("blob GET {}", size(p.large_blob)),
             Scenario::BlobGetLargeRange => format!("blob GET {}, Range {}", size(p.large_blob), size(p.large_blob / 2)),
             Scenario::TagWrites => format!("tag writes at {}/s", p.tag_rate),
+            Scenario::TagWritesReads => format!("tag writes at {}/s, reads at {}/s", p.tag_rate, p.tag_read_rate),
             Scenario::TagWriteMax => format!("tag writes, {} writers back to back", p.clients),
             Scenario::PushSmall => format!("push small images ({} layer)", size(p.image_layer)),
             Scenario::PushLarge => format!("push {} layer", size(p.push_size)),
@@ -144,6 +150,8 @@ pub struct Params {
     pub push_reps: usize,
     pub image_layer: u64,
     pub tag_rate: u32,
+    /// Tag reads per second during `tag-writes-reads`.
+    pub tag_read_rate: u32,
     #[serde(serialize_with = "secs")]
     pub tag_duration: Duration,
     #[serde(serialize_with = "secs")]
@@ -333,21 +341,14 @@ async fn closed_read_loop(
         let req = req.clone();
         tasks.push(tokio::spawn(async move {
             let mut out = LoopOut::default();
-            let mut client = RawClient::new();
-            let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut reader = Reader::new(&req);
             for i in 0..MAX_OPS_PER_CLIENT {
                 if Instant::now() >= deadline || out.errors >= MAX_ERRORS_PER_CLIENT {
                     break;
                 }
                 let url = &urls[(worker + i as usize) % urls.len()];
                 let t0 = Instant::now();
-                let res = tokio::time::timeout(timeout, client.request(req.method, url, &headers, false)).await;
-                let verdict = match res {
-                    Err(_) => Err(format!("{} {url}: no answer within {timeout:?}", req.method)),
-                    Ok(Err(e)) => Err(format!("{} {url}: {e:#}", req.method)),
-                    Ok(Ok(r)) => check(&req, &r).map(|()| (r.body_len, r.redirects)),
-                };
-                match verdict {
+                match reader.send(url, timeout).await {
                     Ok((n, redirects)) => {
                         out.lat.record(t0.elapsed());
                         out.ops += 1;
@@ -357,8 +358,7 @@ async fn closed_read_loop(
                     Err(e) => {
                         out.errors += 1;
                         out.first_error.get_or_insert(e);
-                        // A fresh connection next time, and no hot error loop.
-                        client = RawClient::new();
+                        // No hot error loop.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
@@ -372,6 +372,39 @@ async fn closed_read_loop(
         total.absorb(t.await.context("read client task failed")?);
     }
     Ok(total)
+}
+
+/// One connection sending a read request and checking each answer.
+struct Reader<'r> {
+    client: RawClient,
+    req: &'r ReadReq,
+    headers: Vec<(&'r str, &'r str)>,
+}
+
+impl<'r> Reader<'r> {
+    fn new(req: &'r ReadReq) -> Self {
+        Reader {
+            client: RawClient::new(),
+            req,
+            headers: req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+        }
+    }
+
+    /// Send the request to `url`: the body length and redirects followed, or why
+    /// the answer is wrong (the next request then goes on a fresh connection).
+    async fn send(&mut self, url: &Url, timeout: Duration) -> Result<(u64, usize), String> {
+        let method = self.req.method;
+        let res = tokio::time::timeout(timeout, self.client.request(method, url, &self.headers, false)).await;
+        let verdict = match res {
+            Err(_) => Err(format!("{method} {url}: no answer within {timeout:?}")),
+            Ok(Err(e)) => Err(format!("{method} {url}: {e:#}")),
+            Ok(Ok(r)) => check(self.req, &r).map(|()| (r.body_len, r.redirects)),
+        };
+        if verdict.is_err() {
+            self.client = RawClient::new();
+        }
+        verdict
+    }
 }
 
 fn check(req: &ReadReq, r: &crate::rawhttp::RawResponse) -> Result<(), String> {
@@ -456,7 +489,11 @@ fn read_request(s: Scenario, data: &Dataset) -> Option<ReadReq> {
                 len,
             }
         }
-        Scenario::TagWrites | Scenario::TagWriteMax | Scenario::PushSmall | Scenario::PushLarge => return None,
+        Scenario::TagWrites
+        | Scenario::TagWritesReads
+        | Scenario::TagWriteMax
+        | Scenario::PushSmall
+        | Scenario::PushLarge => return None,
     })
 }
 
@@ -474,7 +511,8 @@ pub struct Ctx<'a> {
 /// Runs one scenario on one system.
 pub async fn run(s: Scenario, ctx: &Ctx<'_>) -> Measurement {
     let result = match s {
-        Scenario::TagWrites => tag_writes(ctx).await,
+        Scenario::TagWrites => tag_writes(ctx, Scenario::TagWrites).await,
+        Scenario::TagWritesReads => tag_writes_reads(ctx).await,
         Scenario::TagWriteMax => tag_write_max(ctx).await,
         Scenario::PushSmall => push_small(ctx).await,
         Scenario::PushLarge => push_large(ctx).await,
@@ -506,7 +544,7 @@ async fn read_scenario(s: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Measurement
 
 /// PUT manifest by tag at `tag_rate` per second for `tag_duration`, alternating two
 /// manifests so every write moves a tag; 16 tags.
-async fn tag_writes(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
+async fn tag_writes(ctx: &Ctx<'_>, scenario: Scenario) -> anyhow::Result<Measurement> {
     let p = ctx.params;
     let rate = f64::from(p.tag_rate.max(1));
     let total = (rate * p.tag_duration.as_secs_f64()).round() as u64;
@@ -534,7 +572,7 @@ async fn tag_writes(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
         }));
     }
     let mut lat = Latencies::new();
-    let mut m = Measurement::new(Scenario::TagWrites.id(), ctx.system);
+    let mut m = Measurement::new(scenario.id(), ctx.system);
     for t in tasks {
         match t.await {
             Ok((d, Ok(()))) => {
@@ -560,6 +598,77 @@ async fn tag_writes(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
         m.note = Some("no tag write succeeded".into());
     }
     Ok(m)
+}
+
+/// Readers of the open read loop: each sends every `READERS`-th request of the
+/// schedule on its own connection.
+const READERS: u64 = 8;
+
+/// Tag writes as in `tag-writes`, while tags are read at `tag_read_rate` per
+/// second (an open loop too, latency from the scheduled start) for as long.
+async fn tag_writes_reads(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
+    let p = ctx.params;
+    let req = read_request(Scenario::ManifestTag, ctx.data).context("tag read request")?;
+    let urls: Vec<Url> = ctx
+        .endpoints
+        .iter()
+        .map(|e| e.join(&req.path))
+        .collect::<Result<_, _>>()?;
+    let reads = tokio::spawn(open_read_loop(
+        urls,
+        p.tag_read_rate,
+        p.tag_duration,
+        p.request_timeout,
+        req,
+    ));
+    let mut m = tag_writes(ctx, Scenario::TagWritesReads).await?;
+    let reads = reads.await.context("read loop task failed")??;
+    let secs = p.tag_duration.as_secs_f64().max(1e-9);
+    m.reads_per_s = Some(reads.ops as f64 / secs);
+    m.read_p50_ms = reads.lat.pct_ms(50.0);
+    m.read_p99_ms = reads.lat.pct_ms(99.0);
+    m.read_errors = Some(reads.errors);
+    if m.first_error.is_none() {
+        m.first_error = reads.first_error;
+    }
+    Ok(m)
+}
+
+/// `req` at `rate` per second for `duration`, round robin over `urls`, from
+/// `READERS` connections; each request's latency counts from when it was due.
+async fn open_read_loop(
+    urls: Vec<Url>,
+    rate: u32,
+    duration: Duration,
+    timeout: Duration,
+    req: ReadReq,
+) -> anyhow::Result<LoopOut> {
+    let total = (f64::from(rate.max(1)) * duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = Instant::now() + Duration::from_millis(20);
+    let urls = Arc::new(urls);
+    let mut tasks = Vec::new();
+    for reader in 0..READERS {
+        let urls = urls.clone();
+        let req = req.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = LoopOut::default();
+            let mut connection = Reader::new(&req);
+            for i in (reader..total).step_by(READERS as usize) {
+                let due = start + interval.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let url = &urls[(i as usize) % urls.len()];
+                let sent = connection.send(url, timeout).await.map(|_| ());
+                out.record(due, sent);
+            }
+            out
+        }));
+    }
+    let mut total = LoopOut::default();
+    for t in tasks {
+        total.absorb(t.await.context("read client task failed")?);
+    }
+    Ok(total)
 }
 
 /// `clients` writers each moving its own tags back to back for `tag_duration`.
@@ -730,6 +839,7 @@ mod tests {
             push_reps: 1,
             image_layer: 4096,
             tag_rate: 10,
+            tag_read_rate: 100,
             tag_duration: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
             server_cpus: None,

@@ -110,6 +110,15 @@ pub struct Measurement {
     /// Operations that were due but could not start (open-loop scenarios).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped: Option<u64>,
+    /// Reads alongside the writes (`tag-writes-reads`): per second, latency, errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reads_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_errors: Option<u64>,
     /// Redirects the read client followed (Distribution's redirect mode: to S3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirects: Option<u64>,
@@ -139,6 +148,10 @@ impl Measurement {
             server_cpu_s: None,
             cpu_us_per_op: None,
             dropped: None,
+            reads_per_s: None,
+            read_p50_ms: None,
+            read_p99_ms: None,
+            read_errors: None,
             redirects: None,
             first_error: None,
         }
