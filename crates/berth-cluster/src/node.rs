@@ -857,16 +857,42 @@ impl ClusterNode {
                 else {
                     return Err(Attempt::Retry("no leader known".into()));
                 };
-                if let Some(to) = f.leader_id {
-                    pass_link(self.inner.filter.as_ref(), self.inner.id, to)
-                        .await
-                        .map_err(Attempt::Retry)?;
+                let term = self.inner.raft.metrics().borrow().current_term;
+                let sent = async {
+                    if let Some(to) = f.leader_id {
+                        pass_link(self.inner.filter.as_ref(), self.inner.id, to)
+                            .await
+                            .map_err(Attempt::Retry)?;
+                    }
+                    self.forward(&leader, cmd).await
+                };
+                // A leader that stops answering (a black hole, not a refused
+                // connection) would hold the proposal until TCP gives up. Once this
+                // node sees another leader or a later term, answer at once: the
+                // outcome is unknown, so the caller must retry (not this node: the
+                // command might be applied twice).
+                tokio::select! {
+                    done = sent => done,
+                    () = self.leader_moved(f.leader_id, term) => Err(Attempt::Failed(unavailable(
+                        "the leader changed while a proposal was on its way to it: it may or may not \
+                         have been applied; retry",
+                    ))),
                 }
-                self.forward(&leader, cmd).await
             }
             Err(RaftError::APIError(e)) => Err(Attempt::Failed(unavailable(e))),
             Err(RaftError::Fatal(e)) => Err(Attempt::Failed(ClusterError::Fatal(e.to_string()))),
         }
+    }
+
+    /// Resolves once this node no longer sees `leader` leading `term`.
+    async fn leader_moved(&self, leader: Option<NodeId>, term: u64) {
+        let Some(leader) = leader else {
+            return std::future::pending().await;
+        };
+        let mut metrics = self.inner.raft.metrics();
+        let _ = metrics
+            .wait_for(|m| m.current_term > term || m.current_leader.is_some_and(|l| l != leader))
+            .await;
     }
 
     async fn forward(&self, leader: &NodeInfo, cmd: &Command) -> Result<(u64, CommandResponse), Attempt> {

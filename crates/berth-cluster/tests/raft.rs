@@ -346,6 +346,41 @@ async fn a_holder_that_stops_logging_holds_writes_back_once() -> anyhow::Result<
     Ok(())
 }
 
+/// A follower forwarding a write to a leader that went silent (messages vanish,
+/// nothing is refused) answers "unavailable" once the others elected a new leader,
+/// instead of waiting on the old one; a retry then goes to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_silent_leader_fails_fast_once_another_leads() -> anyhow::Result<()> {
+    // A request timeout far beyond an election: the answer must come from the
+    // leader change, not from the timeout.
+    let options = RaftOptions {
+        request_timeout: Duration::from_secs(20),
+        ..fast_options()
+    };
+    let cluster = TestCluster::start(3, options).await?;
+    let old = cluster.leader(WAIT).await?;
+    let rest: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != old).collect();
+    for id in &rest {
+        cluster.faults.delay(old, *id, Duration::from_secs(60));
+        cluster.faults.delay(*id, old, Duration::from_secs(60));
+    }
+    let follower = cluster.node(rest[0])?.clone();
+    let started = Instant::now();
+    let res = follower.propose(upload(70)).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(res, Err(ClusterError::Unavailable(_))),
+        "a write forwarded into the silence answered {res:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "it waited {waited:?} on the silent leader"
+    );
+    cluster.leader_among(&rest, WAIT).await?;
+    follower.propose(upload(71)).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_links_still_commit_and_a_minority_cannot() -> anyhow::Result<()> {
     let cluster = TestCluster::start(3, fast_options()).await?;
