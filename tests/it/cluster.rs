@@ -9,6 +9,7 @@ use berth_testkit::NodeOptions;
 use berth_testkit::Registry;
 use berth_testkit::SeaweedFs;
 use berth_testkit::node::free_port;
+use berth_testkit::proxy::Partitions;
 use berth_testkit::random_bytes;
 use berth_testkit::sha256_digest;
 use reqwest::StatusCode;
@@ -653,15 +654,96 @@ async fn no_acknowledged_push_is_lost_when_the_leader_is_killed() {
     assert_converged(&cluster.nodes, &acked, pushers).await;
 }
 
+/// Three nodes whose links run through fault proxies, and one image pushed through
+/// the first node before any fault.
+struct PartitionableCluster {
+    nodes: Vec<BerthNode>,
+    /// Bound by name where the struct is taken apart: dropping it stops S3.
+    _s3: SeaweedFs,
+    partitions: Partitions,
+    bases: Vec<String>,
+    http: reqwest::Client,
+    before: Acked,
+}
+
+impl PartitionableCluster {
+    async fn start(repo: &str, seed: u64) -> PartitionableCluster {
+        let (nodes, s3, partitions) = start_cluster_with(3, "", "", true).await;
+        let bases: Vec<String> = nodes.iter().map(|n| n.base_url()).collect();
+        let http = http();
+        let before = try_push(&http, &bases[0], repo, "v1", seed)
+            .await
+            .expect("push before any fault");
+        PartitionableCluster {
+            nodes,
+            _s3: s3,
+            partitions: partitions.expect("fault proxies"),
+            bases,
+            http,
+            before,
+        }
+    }
+}
+
+/// A write sent to a follower just as the leader goes silent (its links hold every
+/// byte, nothing is refused) is answered soon after the two others elect a new
+/// leader, not when the 10 s request timeout runs out; pushes through that follower
+/// then go to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_follower_is_answered_soon_when_the_leader_goes_silent() {
+    let PartitionableCluster {
+        nodes,
+        partitions,
+        bases,
+        http,
+        before,
+        _s3,
+    } = PartitionableCluster::start("silent/before", 11).await;
+    let leader = leader_index(&berth_cluster(&nodes[0], &["status"])).expect("a leader");
+    let follower = (leader + 1) % nodes.len();
+    partitions.isolate(leader as u64 + 1);
+
+    let asked = std::time::Instant::now();
+    let resp = put_manifest(
+        &http,
+        format!("{}/v2/silent/before/manifests/during", bases[follower]),
+        &before.manifest,
+    )
+    .await;
+    let took = asked.elapsed();
+    // The forward's outcome is unknown once the leader changed: 503, for the client
+    // to retry (201 if the new leader was elected before the write arrived).
+    assert!(
+        resp.status() == StatusCode::SERVICE_UNAVAILABLE || resp.status() == StatusCode::CREATED,
+        "{}",
+        resp.status()
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "the follower took {took:?} to answer a write forwarded into the silence"
+    );
+    let mut pushed = Err(String::new());
+    for attempt in 0..10 {
+        pushed = try_push(&http, &bases[follower], "silent/after", "v1", 12 + attempt).await;
+        if pushed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    pushed.expect("a push through the follower once another node leads");
+    partitions.heal();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
-    let (nodes, _s3, partitions) = start_cluster_with(3, "", "", true).await;
-    let partitions = partitions.expect("fault proxies");
-    let bases: Vec<String> = nodes.iter().map(|n| n.base_url()).collect();
-    let http = http();
-    let before = try_push(&http, &bases[0], "cut/before", "v1", 7)
-        .await
-        .expect("push before the partition");
+    let PartitionableCluster {
+        nodes,
+        partitions,
+        bases,
+        http,
+        before,
+        _s3,
+    } = PartitionableCluster::start("cut/before", 7).await;
 
     let (pushers, per_pusher) = (4, 30);
     let handles = start_pushers(&bases, pushers, per_pusher);
