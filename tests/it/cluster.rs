@@ -125,7 +125,7 @@ async fn pushes_through_each_node_are_pulled_through_every_other() {
 
     // `berth cluster status` through a follower shows every member's role, health
     // and progress, with the leader's commit index.
-    let leader = leader_index(&berth_cluster(&cluster.nodes[0], &["status"])).expect("a leader");
+    let leader = current_leader(&cluster.nodes);
     let follower = (leader + 1) % 3;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -519,6 +519,17 @@ fn leader_index(status: &serde_json::Value) -> Option<usize> {
     status["leader"].as_u64().map(|id| id as usize - 1)
 }
 
+/// The index of the node that leads now, as the first node's status says.
+fn current_leader(nodes: &[BerthNode]) -> usize {
+    leader_index(&berth_cluster(&nodes[0], &["status"])).expect("a leader")
+}
+
+/// PUT the manifest of `pushed` again, under `tag` in its repository, through `base`.
+async fn put_again(http: &reqwest::Client, base: &str, pushed: &Acked, tag: &str) -> reqwest::Response {
+    let url = format!("{base}/v2/{}/manifests/{tag}", pushed.repo);
+    put_manifest(http, url, &pushed.manifest).await
+}
+
 type Pushers = Vec<tokio::task::JoinHandle<(Vec<Acked>, Vec<String>)>>;
 
 /// `pushers` clients each pushing `per_pusher` images to `load/pusher-N`, spread
@@ -699,17 +710,12 @@ async fn a_write_through_a_follower_is_answered_soon_when_the_leader_goes_silent
         before,
         _s3,
     } = PartitionableCluster::start("silent/before", 11).await;
-    let leader = leader_index(&berth_cluster(&nodes[0], &["status"])).expect("a leader");
+    let leader = current_leader(&nodes);
     let follower = (leader + 1) % nodes.len();
     partitions.isolate(leader as u64 + 1);
 
     let asked = std::time::Instant::now();
-    let resp = put_manifest(
-        &http,
-        format!("{}/v2/silent/before/manifests/during", bases[follower]),
-        &before.manifest,
-    )
-    .await;
+    let resp = put_again(&http, &bases[follower], &before, "during").await;
     let took = asked.elapsed();
     // The forward's outcome is unknown once the leader changed: 503, for the client
     // to retry (201 if the new leader was elected before the write arrived).
@@ -748,18 +754,13 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
     let (pushers, per_pusher) = (4, 30);
     let handles = start_pushers(&bases, pushers, per_pusher);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let leader = leader_index(&berth_cluster(&nodes[0], &["status"])).expect("a leader");
+    let leader = current_leader(&nodes);
     let cut = (leader + 1) % nodes.len();
     partitions.isolate(cut as u64 + 1);
     let cut_at = std::time::Instant::now();
 
     // The node in the minority refuses writes with 503 + Retry-After...
-    let resp = put_manifest(
-        &http,
-        format!("{}/v2/cut/before/manifests/during", bases[cut]),
-        &before.manifest,
-    )
-    .await;
+    let resp = put_again(&http, &bases[cut], &before, "during").await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.headers().contains_key("retry-after"), "{:?}", resp.headers());
     let body: serde_json::Value = resp.json().await.expect("error body");
@@ -767,12 +768,7 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
     // Once it has known no leader for a while, it says so at once instead of waiting
     // for the request timeout (10 s).
     let asked = std::time::Instant::now();
-    let resp = put_manifest(
-        &http,
-        format!("{}/v2/cut/before/manifests/during2", bases[cut]),
-        &before.manifest,
-    )
-    .await;
+    let resp = put_again(&http, &bases[cut], &before, "during2").await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         asked.elapsed() < Duration::from_secs(8),
