@@ -702,20 +702,13 @@ impl PartitionableCluster {
 /// then go to the new leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_a_follower_is_answered_soon_when_the_leader_goes_silent() {
-    let PartitionableCluster {
-        nodes,
-        partitions,
-        bases,
-        http,
-        before,
-        _s3,
-    } = PartitionableCluster::start("silent/before", 11).await;
-    let leader = current_leader(&nodes);
-    let follower = (leader + 1) % nodes.len();
-    partitions.isolate(leader as u64 + 1);
+    let c = PartitionableCluster::start("silent/before", 11).await;
+    let leader = current_leader(&c.nodes);
+    let follower = (leader + 1) % c.nodes.len();
+    c.partitions.isolate(leader as u64 + 1);
 
     let asked = std::time::Instant::now();
-    let resp = put_again(&http, &bases[follower], &before, "during").await;
+    let resp = put_again(&c.http, &c.bases[follower], &c.before, "during").await;
     let took = asked.elapsed();
     // The forward's outcome is unknown once the leader changed: 503, for the client
     // to retry (201 if the new leader was elected before the write arrived).
@@ -730,14 +723,14 @@ async fn a_write_through_a_follower_is_answered_soon_when_the_leader_goes_silent
     );
     let mut pushed = Err(String::new());
     for attempt in 0..10 {
-        pushed = try_push(&http, &bases[follower], "silent/after", "v1", 12 + attempt).await;
+        pushed = try_push(&c.http, &c.bases[follower], "silent/after", "v1", 12 + attempt).await;
         if pushed.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     pushed.expect("a push through the follower once another node leads");
-    partitions.heal();
+    c.partitions.heal();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -395,21 +395,16 @@ async fn keep_follower_lease(asker: LeaseAsker, lease: Arc<FollowerLease>) {
 }
 
 /// On the leader: after a commit index was held back from followers until this node
-/// applied it (`visibility.rs`), send it at once with a heartbeat.
-async fn send_held_back_commits(raft: Raft<TypeConfig>, visibility: Arc<Visibility>) {
-    let mut metrics = raft.metrics();
+/// applied it (`visibility.rs`), send it at once with a heartbeat. Holds the node
+/// weakly: it ends with the node (or with Raft), and keeps neither alive.
+async fn send_held_back_commits(node: std::sync::Weak<Inner>, visibility: Arc<Visibility>) {
     loop {
-        tokio::select! {
-            _ = visibility.heartbeat_wanted() => {
-                if raft.trigger().heartbeat().await.is_err() {
-                    return;
-                }
-            }
-            changed = metrics.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
+        visibility.heartbeat_wanted().await;
+        let Some(inner) = node.upgrade() else {
+            return;
+        };
+        if inner.raft.trigger().heartbeat().await.is_err() {
+            return;
         }
     }
 }
@@ -475,7 +470,6 @@ struct Inner {
     /// When entries become visible here, and who holds follower leases (as the
     /// leader): see `visibility.rs`.
     visibility: Arc<Visibility>,
-    store: MetaStore,
     hand_over: SharedHandler,
     filter: Option<Arc<dyn LinkFilter>>,
     peers: Peers,
@@ -561,10 +555,6 @@ impl ClusterNode {
             .await
             .map_err(|e| ClusterError::Fatal(e.to_string()))?;
         visibility.attach(raft.metrics());
-        tokio::spawn(
-            send_held_back_commits(raft.clone(), visibility.clone())
-                .instrument(tracing::info_span!("commit_heartbeats", node = id)),
-        );
         let (barrier, rx) = mpsc::unbounded_channel();
         let lease = Arc::new(ReadLease::new(id, options.read_lease, raft.server_metrics()));
         tokio::spawn(
@@ -592,7 +582,7 @@ impl ClusterNode {
             );
             follower_lease
         });
-        Ok(ClusterNode {
+        let node = ClusterNode {
             inner: Arc::new(Inner {
                 id,
                 raft,
@@ -602,12 +592,16 @@ impl ClusterNode {
                 follower_lease,
                 visibility,
                 reader: store.reader(),
-                store,
                 hand_over: SharedHandler::default(),
                 filter,
                 peers,
             }),
-        })
+        };
+        tokio::spawn(
+            send_held_back_commits(Arc::downgrade(&node.inner), node.inner.visibility.clone())
+                .instrument(tracing::info_span!("commit_heartbeats", node = id)),
+        );
+        Ok(node)
     }
 
     /// Initialise a new cluster with `members`, unless this node already belongs to
@@ -1069,7 +1063,7 @@ impl ClusterNode {
     /// another node may already show it (`visibility.rs`). `false` when that takes
     /// longer than a lease: the read then goes through the leader.
     async fn drain_log(&self) -> bool {
-        let tip = self.inner.store.log_tip();
+        let tip = self.inner.reader.log_tip();
         let applied = self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         if applied >= tip {
             return true;
@@ -1084,10 +1078,10 @@ impl ClusterNode {
 
     /// A read index for a follower's read barrier: an index that covers every write
     /// acknowledged before this call, and whatever any member showed before it
-    /// (members show only what the leader applied: `visibility.rs`). The request joins this node's batched barrier
-    /// rounds, so the reads of all followers and of the leader itself share one
-    /// leadership check per burst; once the barrier passed, everything applied
-    /// here qualifies.
+    /// (members show only what the leader applied: `visibility.rs`). The request
+    /// joins this node's batched barrier rounds, so the reads of all followers and of
+    /// the leader itself share one leadership check per burst; once the barrier
+    /// passed, everything applied here qualifies.
     pub(crate) async fn leader_read_index(&self) -> Result<u64, ClusterError> {
         self.read_barrier().await?;
         self.stored_applied_index()
@@ -1135,7 +1129,7 @@ impl ClusterNode {
                 reply = FollowerLeaseReply {
                     granted: true,
                     term,
-                    index: inner.store.log_tip(),
+                    index: inner.reader.log_tip(),
                     lease_micros: u64::try_from(length.as_micros()).unwrap_or(u64::MAX),
                 };
             }

@@ -40,6 +40,11 @@ impl MetaReader {
         MetaReader { store }
     }
 
+    /// Index of the last entry in this node's Raft log ([`MetaStore::log_tip`]).
+    pub fn log_tip(&self) -> u64 {
+        self.store.log_tip()
+    }
+
     /// Index of the last log entry applied to this node's state machine.
     pub fn applied_index(&self) -> Result<Option<u64>, MetaError> {
         let applied: Option<Option<LogId<NodeId>>> = self.store.get(CF_SM, b"last_applied")?;
