@@ -58,6 +58,10 @@ use crate::fs::{
 };
 use crate::{BlobError, BlobStore, ByteRange, ByteStream};
 
+/// How long requesters reading along a fill may see no progress before the fill
+/// writes out a partial batch for them.
+const FILL_STALL: Duration = Duration::from_millis(20);
+
 /// Counters of a [`CachedBlobStore`] (monotonic since open, except the
 /// `entries` / `bytes` / `reserved_bytes` gauges).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -616,20 +620,28 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
             let changed = p.written != done;
             p.written = done;
             changed
-        });
+        })
     };
     let streamed: Result<u64, BlobError> = async {
         let mut received = 0u64;
+        // When requesters reading along last saw the file grow.
+        let mut progressed = tokio::time::Instant::now();
         loop {
-            // Batch writes while the source keeps up; when it stalls, write
-            // out what has arrived so requesters are never held back by the
-            // batching.
+            // Batch writes; once requesters reading along have seen no progress
+            // for `FILL_STALL`, write out what has arrived, so a slow source
+            // never holds them back long. (Not at every gap between two chunks:
+            // whole aligned batches give the cached file huge-page-sized
+            // page-cache folios, which serve faster; see `fs::WRITE_BATCH`.)
             let item = match data.next().now_or_never() {
                 Some(item) => item,
-                None => {
-                    publish(writer.flush().await?);
-                    data.next().await
-                }
+                None => match tokio::time::timeout_at(progressed + FILL_STALL, data.next()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        publish(writer.flush().await?);
+                        progressed = tokio::time::Instant::now();
+                        data.next().await
+                    }
+                },
             };
             let Some(item) = item else { break };
             let chunk = item?;
@@ -643,7 +655,9 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
                 )));
             }
             writer.write(chunk).await?;
-            publish(writer.completed().await?);
+            if publish(writer.completed().await?) {
+                progressed = tokio::time::Instant::now();
+            }
         }
         Ok(writer.flush().await?)
     }

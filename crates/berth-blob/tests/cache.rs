@@ -22,6 +22,8 @@ struct Counting {
     corrupt: AtomicBool,
     /// Delay per yielded chunk, in microseconds (0 = none).
     delay_us: AtomicU64,
+    /// Bytes yielded by every stream so far.
+    sent: Arc<AtomicU64>,
     /// Streams stop after this many bytes until `gate` is true (MAX = never).
     gate_after: AtomicU64,
     gate: tokio::sync::watch::Sender<bool>,
@@ -34,6 +36,7 @@ impl Counting {
             gets: AtomicUsize::new(0),
             corrupt: AtomicBool::new(false),
             delay_us: AtomicU64::new(0),
+            sent: Arc::new(AtomicU64::new(0)),
             gate_after: AtomicU64::new(u64::MAX),
             gate: tokio::sync::watch::Sender::new(false),
         })
@@ -101,11 +104,28 @@ impl BlobStore for Counting {
         }
         let delay = self.delay_us.load(Ordering::SeqCst);
         if delay > 0 {
-            stream = Box::pin(stream.then(move |c| async move {
+            // Pieces of at most 128 KiB, each after the delay: a steady trickle.
+            let pieces = stream.flat_map(|c| {
+                let parts: Vec<std::io::Result<Bytes>> = match c {
+                    Ok(b) => (0..b.len())
+                        .step_by(128 * KIB)
+                        .map(|i| Ok(b.slice(i..b.len().min(i + 128 * KIB))))
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(parts)
+            });
+            stream = Box::pin(pieces.then(move |c| async move {
                 tokio::time::sleep(Duration::from_micros(delay)).await;
                 c
             }));
         }
+        let sent = Arc::clone(&self.sent);
+        stream = Box::pin(stream.inspect(move |c| {
+            if let Ok(b) = c {
+                sent.fetch_add(b.len() as u64, Ordering::SeqCst);
+            }
+        }));
         Ok(stream)
     }
     async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
@@ -359,6 +379,28 @@ async fn first_bytes_arrive_before_the_fill_completes() {
         got.extend_from_slice(&c);
     }
     f.inner.open_gate();
+    while let Some(c) = stream.next().await {
+        got.extend_from_slice(&c.expect("chunk"));
+    }
+    assert!(got == data);
+}
+
+/// A source that never pauses long but trickles (a chunk every 10 ms, so a whole
+/// 2 MiB write batch takes 160 ms): the fill must still hand what arrived to the
+/// requester soon, not once a batch is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trickling_source_is_served_before_a_write_batch_fills() {
+    let f = fixture(64 * MIB as u64).await;
+    let (digest, data) = put_blob(&f.fs, 4, 8 * MIB).await;
+    f.inner.set_delay(Duration::from_millis(10));
+    let mut stream = f.cache.get(&digest, None).await.expect("get");
+    let first = stream.next().await.expect("a chunk").expect("ok chunk");
+    let sent = f.inner.sent.load(Ordering::SeqCst);
+    assert!(
+        sent < 2 * MIB as u64,
+        "the first bytes waited until the source had sent {sent} bytes"
+    );
+    let mut got = first.to_vec();
     while let Some(c) = stream.next().await {
         got.extend_from_slice(&c.expect("chunk"));
     }
