@@ -711,7 +711,8 @@ fn batch_room(end: u64) -> usize {
 }
 
 /// A batch on the blocking pool; gives the hasher back when done.
-type Inflight = JoinHandle<(Option<Hasher>, io::Result<()>)>;
+/// The batch's bytes come back too, so its buffer can take the next batch.
+pub(crate) type Inflight = JoinHandle<(Option<Hasher>, io::Result<()>, Bytes)>;
 
 /// Batches writes into `WRITE_BATCH` pieces written with `pwrite` on the
 /// blocking pool; one batch may be in flight while the next is collected.
@@ -725,6 +726,10 @@ pub(crate) struct FileWriter {
     /// `None` while a batch is in flight (it travels with the batch).
     hasher: Option<Hasher>,
     inflight: Option<Inflight>,
+    /// The buffer of the last batch written, for the next one: a writer keeps
+    /// reusing two buffers instead of allocating one per batch (fresh allocations
+    /// spread over the allocator's per-thread arenas, which keep them).
+    spare: Option<BytesMut>,
     /// File offset up to which every byte has been written.
     done: u64,
     /// Start writing each batch back to disk as soon as it is written, so that the
@@ -740,6 +745,7 @@ impl FileWriter {
             buf: BytesMut::new(),
             hasher: None,
             inflight: None,
+            spare: None,
             done: pos,
             writeback: false,
         }
@@ -759,6 +765,17 @@ impl FileWriter {
         }
     }
 
+    /// Bytes taken so far, written or not: the file's length once flushed.
+    pub(crate) fn len(&self) -> u64 {
+        self.pos + self.buf.len() as u64
+    }
+
+    /// The batch being written, for a caller that must wait for it elsewhere
+    /// (a rollback that runs after this writer is gone).
+    pub(crate) fn take_inflight(&mut self) -> Option<Inflight> {
+        self.inflight.take()
+    }
+
     /// The hasher, once everything has been flushed.
     pub(crate) fn take_hasher(&mut self) -> Option<Hasher> {
         self.hasher.take()
@@ -773,9 +790,14 @@ impl FileWriter {
                 continue;
             }
             let piece = chunk.split_to(room.min(chunk.len()));
+            if self.buf.capacity() == 0
+                && let Some(spare) = self.spare.take()
+            {
+                self.buf = spare;
+            }
             self.buf.extend_from_slice(&piece);
             if batch_room(self.pos + self.buf.len() as u64) == WRITE_BATCH {
-                let full = std::mem::replace(&mut self.buf, BytesMut::with_capacity(WRITE_BATCH)).freeze();
+                let full = std::mem::take(&mut self.buf).freeze();
                 self.dispatch(full).await?;
             }
         }
@@ -797,7 +819,7 @@ impl FileWriter {
             if writeback && res.is_ok() {
                 start_writeback(&file, pos, data.len() as u64);
             }
-            (hasher, res)
+            (hasher, res, data)
         }));
         Ok(())
     }
@@ -806,9 +828,16 @@ impl FileWriter {
     async fn wait(&mut self) -> io::Result<()> {
         match self.inflight.take() {
             Some(handle) => {
-                let (hasher, res) = handle.await.map_err(join_error)?;
+                let (hasher, res, data) = handle.await.map_err(join_error)?;
                 self.hasher = hasher;
                 res?;
+                // A whole batch's own buffer (not a slice of a received chunk).
+                if let Ok(mut buf) = data.try_into_mut()
+                    && buf.capacity() >= WRITE_BATCH
+                {
+                    buf.clear();
+                    self.spare = Some(buf);
+                }
                 // Everything dispatched so far is now written.
                 self.done = self.pos;
                 Ok(())
@@ -979,6 +1008,30 @@ mod tests {
         assert_eq!(batch_room(1), WRITE_BATCH - 1);
         assert_eq!(batch_room(WRITE_BATCH as u64 * 3 - 5), 5);
         assert_eq!(batch_room(WRITE_BATCH as u64 * 3), WRITE_BATCH);
+    }
+
+    /// Batches collected from small chunks go out in the writer's own buffers,
+    /// which come back for the next batch instead of a new allocation each.
+    #[tokio::test]
+    async fn batch_buffers_are_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("f")).unwrap();
+        let mut w = FileWriter::new(file, 0);
+        let chunk = Bytes::from(vec![1u8; 64 * 1024]);
+        // Capacity of each batch's buffer right after its first chunk.
+        let mut started = Vec::new();
+        for _ in 0..(4 * WRITE_BATCH / chunk.len()) {
+            w.write(chunk.clone()).await.unwrap();
+            if w.buf.len() == chunk.len() {
+                started.push(w.buf.capacity());
+            }
+        }
+        assert_eq!(w.flush().await.unwrap(), 4 * WRITE_BATCH as u64);
+        assert_eq!(started.len(), 4);
+        // The first two batches allocate; the next ones start in a returned buffer.
+        assert!(started[2..].iter().all(|&c| c >= WRITE_BATCH), "{started:?}");
+        let spare = w.spare.as_ref().expect("the last batch's buffer is kept");
+        assert!(spare.capacity() >= WRITE_BATCH);
     }
 
     /// Chunks of every awkward size, written from an unaligned offset, go to disk in

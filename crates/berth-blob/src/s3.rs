@@ -63,7 +63,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,9 +81,8 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use berth_oci::{Digest, Hasher};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::fs::{FileWriter, TempFile, blocking, clean_dir, read_stream};
@@ -101,8 +99,6 @@ pub use plan::{MAX_OBJECT_PART, MAX_PARTS, MIN_PART_SIZE, PARTS_PER_DOUBLING, co
 const MIB: u64 = plan::MIB;
 /// Largest chunk yielded by the streams this backend returns.
 const STREAM_CHUNK: usize = 1024 * 1024;
-/// Spool writes are batched into pieces of this size.
-const SPOOL_BATCH: usize = 1024 * 1024;
 /// Buffer size used to stream files into request bodies.
 const FILE_BODY_BUFFER: usize = 256 * 1024;
 /// Parallel part uploads / part copies of one multipart upload.
@@ -654,7 +650,7 @@ impl Inner {
             OpenOptions::new().write(true).create(true).truncate(true).open(&path)
         })
         .await?;
-        let mut writer = SpoolWriter::new(file, 0);
+        let mut writer = FileWriter::new(file, 0);
         let res: Result<u64, BlobError> = async {
             while let Some(chunk) = body.next().await {
                 writer.write(chunk?).await?;
@@ -1187,86 +1183,6 @@ fn rollback_spools(dir: &Path, k0: u32, s0: u64, last: u32) -> io::Result<()> {
 
 // ---- spool writer --------------------------------------------------------------------------
 
-/// Appends to a spool file in `SPOOL_BATCH` pieces written with `pwrite` on
-/// the blocking pool, one batch in flight while the next is collected.
-struct SpoolWriter {
-    file: Arc<File>,
-    /// Logical length: written + in flight + buffered.
-    len: u64,
-    /// Offset after everything dispatched.
-    dispatched: u64,
-    buf: BytesMut,
-    inflight: Option<JoinHandle<io::Result<()>>>,
-}
-
-impl SpoolWriter {
-    fn new(file: File, len: u64) -> Self {
-        SpoolWriter {
-            file: Arc::new(file),
-            len,
-            dispatched: len,
-            buf: BytesMut::new(),
-            inflight: None,
-        }
-    }
-
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
-        self.len += chunk.len() as u64;
-        if self.buf.is_empty() && chunk.len() >= SPOOL_BATCH {
-            return self.dispatch(chunk).await;
-        }
-        self.buf.extend_from_slice(&chunk);
-        if self.buf.len() >= SPOOL_BATCH {
-            let full = self.buf.split().freeze();
-            self.dispatch(full).await?;
-        }
-        Ok(())
-    }
-
-    async fn dispatch(&mut self, data: Bytes) -> io::Result<()> {
-        self.wait().await?;
-        let file = Arc::clone(&self.file);
-        let pos = self.dispatched;
-        self.dispatched += data.len() as u64;
-        self.inflight = Some(tokio::task::spawn_blocking(move || file.write_all_at(&data, pos)));
-        Ok(())
-    }
-
-    async fn wait(&mut self) -> io::Result<()> {
-        match self.inflight.take() {
-            Some(h) => h
-                .await
-                .map_err(|e| io::Error::other(format!("spool write task failed: {e}")))?,
-            None => Ok(()),
-        }
-    }
-
-    async fn wait_quiet(&mut self) {
-        if let Err(e) = self.wait().await {
-            debug!(error = %e, "spool write failed while rolling back");
-        }
-    }
-
-    /// Write out everything; returns the length.
-    async fn flush(&mut self) -> io::Result<u64> {
-        if !self.buf.is_empty() {
-            let rest = self.buf.split().freeze();
-            self.dispatch(rest).await?;
-        }
-        self.wait().await?;
-        Ok(self.len)
-    }
-
-    async fn sync(&self) -> io::Result<()> {
-        let file = Arc::clone(&self.file);
-        blocking(move || file.sync_data()).await
-    }
-}
-
 // ---- appends -------------------------------------------------------------------------------
 
 /// One running append. Unless disarmed it rolls the local spool back — inline
@@ -1282,7 +1198,7 @@ struct AppendTx {
     s0: u64,
     /// Highest spool number this append created.
     last: u32,
-    writer: Option<SpoolWriter>,
+    writer: Option<FileWriter>,
     lock: Option<KeyedGuard>,
     armed: bool,
 }
@@ -1328,7 +1244,7 @@ impl AppendTx {
                     let file = blocking(move || OpenOptions::new().write(true).create(true).truncate(true).open(&next))
                         .await
                         .map_err(|e| self.missing_upload(e))?;
-                    self.writer = Some(SpoolWriter::new(file, 0));
+                    self.writer = Some(FileWriter::new(file, 0));
                     if k - 1 != self.k0 {
                         // The spool of `offset` stays until the end: it is the undo.
                         blocking(move || {
@@ -1369,7 +1285,7 @@ impl AppendTx {
         Ok(new_len)
     }
 
-    fn writer_mut(&mut self) -> Result<&mut SpoolWriter, BlobError> {
+    fn writer_mut(&mut self) -> Result<&mut FileWriter, BlobError> {
         self.writer
             .as_mut()
             .ok_or_else(|| BlobError::Backend("upload spool writer missing".into()))
@@ -1400,7 +1316,7 @@ impl Drop for AppendTx {
         if !self.armed {
             return;
         }
-        let inflight = self.writer.as_mut().and_then(|w| w.inflight.take());
+        let inflight = self.writer.as_mut().and_then(|w| w.take_inflight());
         let (dir, k0, s0, last) = (self.dir.clone(), self.k0, self.s0, self.last);
         let lock = self.lock.take();
         let id = std::mem::take(&mut self.id);
@@ -1658,7 +1574,7 @@ impl BlobStore for S3BlobStore {
             id: id.to_owned(),
             dir,
             s0: state.spool_len,
-            writer: Some(SpoolWriter::new(file, state.spool_len)),
+            writer: Some(FileWriter::new(file, state.spool_len)),
             base: state,
             k0,
             last: k0,
