@@ -706,8 +706,8 @@ pub(crate) async fn read_stream(file: File, start: u64, len: u64) -> io::Result<
 
 /// Bytes from file offset `end` to the end of its write batch (a whole batch on a
 /// boundary).
-fn batch_room(end: u64) -> usize {
-    WRITE_BATCH - (end % WRITE_BATCH as u64) as usize
+fn batch_room(end: u64, batch: usize) -> usize {
+    batch - (end % batch as u64) as usize
 }
 
 /// A batch on the blocking pool; gives the hasher back when done.
@@ -730,6 +730,8 @@ pub(crate) struct FileWriter {
     /// reusing two buffers instead of allocating one per batch (fresh allocations
     /// spread over the allocator's per-thread arenas, which keep them).
     spare: Option<BytesMut>,
+    /// Bytes per batch (`WRITE_BATCH` unless set with [`FileWriter::with_batch`]).
+    batch: usize,
     /// File offset up to which every byte has been written.
     done: u64,
     /// Start writing each batch back to disk as soon as it is written, so that the
@@ -746,6 +748,7 @@ impl FileWriter {
             hasher: None,
             inflight: None,
             spare: None,
+            batch: WRITE_BATCH,
             done: pos,
             writeback: false,
         }
@@ -755,6 +758,14 @@ impl FileWriter {
     /// while the data still arrives, instead of all at the final fsync.
     pub(crate) fn durable(mut self) -> Self {
         self.writeback = true;
+        self
+    }
+
+    /// Batches of `batch` bytes (at least one) instead of `WRITE_BATCH`: for files
+    /// that are never served from memory maps, where smaller buffers are worth more
+    /// than the huge-folio layout.
+    pub(crate) fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
         self
     }
 
@@ -783,7 +794,7 @@ impl FileWriter {
 
     pub(crate) async fn write(&mut self, mut chunk: Bytes) -> io::Result<()> {
         while !chunk.is_empty() {
-            let room = batch_room(self.pos + self.buf.len() as u64);
+            let room = batch_room(self.pos + self.buf.len() as u64, self.batch);
             if self.buf.is_empty() && chunk.len() >= room {
                 // A whole batch inside the chunk: write it as is (no copy).
                 self.dispatch(chunk.split_to(room)).await?;
@@ -796,7 +807,7 @@ impl FileWriter {
                 self.buf = spare;
             }
             self.buf.extend_from_slice(&piece);
-            if batch_room(self.pos + self.buf.len() as u64) == WRITE_BATCH {
+            if batch_room(self.pos + self.buf.len() as u64, self.batch) == self.batch {
                 let full = std::mem::take(&mut self.buf).freeze();
                 self.dispatch(full).await?;
             }
@@ -833,7 +844,7 @@ impl FileWriter {
                 res?;
                 // A whole batch's own buffer (not a slice of a received chunk).
                 if let Ok(mut buf) = data.try_into_mut()
-                    && buf.capacity() >= WRITE_BATCH
+                    && buf.capacity() >= self.batch
                 {
                     buf.clear();
                     self.spare = Some(buf);
@@ -1004,10 +1015,29 @@ mod tests {
 
     #[test]
     fn batches_fill_up_to_the_next_boundary() {
-        assert_eq!(batch_room(0), WRITE_BATCH);
-        assert_eq!(batch_room(1), WRITE_BATCH - 1);
-        assert_eq!(batch_room(WRITE_BATCH as u64 * 3 - 5), 5);
-        assert_eq!(batch_room(WRITE_BATCH as u64 * 3), WRITE_BATCH);
+        assert_eq!(batch_room(0, WRITE_BATCH), WRITE_BATCH);
+        assert_eq!(batch_room(1, WRITE_BATCH), WRITE_BATCH - 1);
+        assert_eq!(batch_room(WRITE_BATCH as u64 * 3 - 5, WRITE_BATCH), 5);
+        assert_eq!(batch_room(WRITE_BATCH as u64 * 3, WRITE_BATCH), WRITE_BATCH);
+        assert_eq!(batch_room(1000, 1024), 24);
+    }
+
+    #[tokio::test]
+    async fn a_smaller_batch_is_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut w = FileWriter::new(std::fs::File::create(&path).unwrap(), 0).with_batch(1024);
+        for _ in 0..10 {
+            w.write(Bytes::from(vec![3u8; 700])).await.unwrap();
+            assert!(
+                w.pos.is_multiple_of(1024) && w.buf.len() < 1024,
+                "pos {} buffered {}",
+                w.pos,
+                w.buf.len()
+            );
+        }
+        assert_eq!(w.flush().await.unwrap(), 7000);
+        assert_eq!(std::fs::read(&path).unwrap(), vec![3u8; 7000]);
     }
 
     /// Batches collected from small chunks go out in the writer's own buffers,

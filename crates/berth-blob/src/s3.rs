@@ -99,6 +99,10 @@ pub use plan::{MAX_OBJECT_PART, MAX_PARTS, MIN_PART_SIZE, PARTS_PER_DOUBLING, co
 const MIB: u64 = plan::MIB;
 /// Largest chunk yielded by the streams this backend returns.
 const STREAM_CHUNK: usize = 1024 * 1024;
+/// Write batches of the upload spool. A spool file is read once, to send a part,
+/// never served from memory maps, so it skips the 2 MiB huge-folio batches of blob
+/// files: smaller batches keep each upload's two buffers at 2 MiB in all.
+const SPOOL_BATCH: usize = 1024 * 1024;
 /// Buffer size used to stream files into request bodies.
 const FILE_BODY_BUFFER: usize = 256 * 1024;
 /// Parallel part uploads / part copies of one multipart upload.
@@ -650,7 +654,7 @@ impl Inner {
             OpenOptions::new().write(true).create(true).truncate(true).open(&path)
         })
         .await?;
-        let mut writer = FileWriter::new(file, 0);
+        let mut writer = FileWriter::new(file, 0).with_batch(SPOOL_BATCH);
         let res: Result<u64, BlobError> = async {
             while let Some(chunk) = body.next().await {
                 writer.write(chunk?).await?;
@@ -1244,7 +1248,7 @@ impl AppendTx {
                     let file = blocking(move || OpenOptions::new().write(true).create(true).truncate(true).open(&next))
                         .await
                         .map_err(|e| self.missing_upload(e))?;
-                    self.writer = Some(FileWriter::new(file, 0));
+                    self.writer = Some(FileWriter::new(file, 0).with_batch(SPOOL_BATCH));
                     if k - 1 != self.k0 {
                         // The spool of `offset` stays until the end: it is the undo.
                         blocking(move || {
@@ -1574,7 +1578,7 @@ impl BlobStore for S3BlobStore {
             id: id.to_owned(),
             dir,
             s0: state.spool_len,
-            writer: Some(FileWriter::new(file, state.spool_len)),
+            writer: Some(FileWriter::new(file, state.spool_len).with_batch(SPOOL_BATCH)),
             base: state,
             k0,
             last: k0,
