@@ -678,7 +678,7 @@ fn aligned_pieces(start: u64, end: u64, size: u64) -> impl Iterator<Item = (u64,
         if at >= end {
             return None;
         }
-        let next = end.min((at / size + 1).saturating_mul(size));
+        let next = end.min(at.saturating_add(to_boundary(at, size)));
         let piece = (at, next - at);
         at = next;
         Some(piece)
@@ -704,10 +704,10 @@ pub(crate) async fn read_stream(file: File, start: u64, len: u64) -> io::Result<
     Ok(Box::pin(ReaderStream::with_capacity(file.take(len), READ_CHUNK)))
 }
 
-/// Bytes from file offset `end` to the end of its write batch (a whole batch on a
+/// Bytes from offset `at` to the next multiple of `size` (a whole `size` on a
 /// boundary).
-fn batch_room(end: u64, batch: usize) -> usize {
-    batch - (end % batch as u64) as usize
+fn to_boundary(at: u64, size: u64) -> u64 {
+    size - at % size
 }
 
 /// A batch on the blocking pool; gives the hasher back when done.
@@ -794,20 +794,22 @@ impl FileWriter {
 
     pub(crate) async fn write(&mut self, mut chunk: Bytes) -> io::Result<()> {
         while !chunk.is_empty() {
-            let room = batch_room(self.pos + self.buf.len() as u64, self.batch);
+            // `batch` is a usize, so the room to its next boundary fits one.
+            let room = to_boundary(self.len(), self.batch as u64) as usize;
             if self.buf.is_empty() && chunk.len() >= room {
                 // A whole batch inside the chunk: write it as is (no copy).
                 self.dispatch(chunk.split_to(room)).await?;
                 continue;
             }
-            let piece = chunk.split_to(room.min(chunk.len()));
+            let take = room.min(chunk.len());
+            let piece = chunk.split_to(take);
             if self.buf.capacity() == 0
                 && let Some(spare) = self.spare.take()
             {
                 self.buf = spare;
             }
             self.buf.extend_from_slice(&piece);
-            if batch_room(self.pos + self.buf.len() as u64, self.batch) == self.batch {
+            if take == room {
                 let full = std::mem::take(&mut self.buf).freeze();
                 self.dispatch(full).await?;
             }
@@ -1015,11 +1017,12 @@ mod tests {
 
     #[test]
     fn batches_fill_up_to_the_next_boundary() {
-        assert_eq!(batch_room(0, WRITE_BATCH), WRITE_BATCH);
-        assert_eq!(batch_room(1, WRITE_BATCH), WRITE_BATCH - 1);
-        assert_eq!(batch_room(WRITE_BATCH as u64 * 3 - 5, WRITE_BATCH), 5);
-        assert_eq!(batch_room(WRITE_BATCH as u64 * 3, WRITE_BATCH), WRITE_BATCH);
-        assert_eq!(batch_room(1000, 1024), 24);
+        let b = WRITE_BATCH as u64;
+        assert_eq!(to_boundary(0, b), b);
+        assert_eq!(to_boundary(1, b), b - 1);
+        assert_eq!(to_boundary(b * 3 - 5, b), 5);
+        assert_eq!(to_boundary(b * 3, b), b);
+        assert_eq!(to_boundary(1000, 1024), 24);
     }
 
     #[tokio::test]

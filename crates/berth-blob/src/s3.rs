@@ -654,7 +654,7 @@ impl Inner {
             OpenOptions::new().write(true).create(true).truncate(true).open(&path)
         })
         .await?;
-        let mut writer = FileWriter::new(file, 0).with_batch(SPOOL_BATCH);
+        let mut writer = spool_writer(file, 0);
         let res: Result<u64, BlobError> = async {
             while let Some(chunk) = body.next().await {
                 writer.write(chunk?).await?;
@@ -1187,6 +1187,11 @@ fn rollback_spools(dir: &Path, k0: u32, s0: u64, last: u32) -> io::Result<()> {
 
 // ---- spool writer --------------------------------------------------------------------------
 
+/// A writer appending to a spool file that already holds `len` bytes.
+fn spool_writer(file: File, len: u64) -> FileWriter {
+    FileWriter::new(file, len).with_batch(SPOOL_BATCH)
+}
+
 // ---- appends -------------------------------------------------------------------------------
 
 /// One running append. Unless disarmed it rolls the local spool back — inline
@@ -1248,7 +1253,7 @@ impl AppendTx {
                     let file = blocking(move || OpenOptions::new().write(true).create(true).truncate(true).open(&next))
                         .await
                         .map_err(|e| self.missing_upload(e))?;
-                    self.writer = Some(FileWriter::new(file, 0).with_batch(SPOOL_BATCH));
+                    self.writer = Some(spool_writer(file, 0));
                     if k - 1 != self.k0 {
                         // The spool of `offset` stays until the end: it is the undo.
                         blocking(move || {
@@ -1578,7 +1583,7 @@ impl BlobStore for S3BlobStore {
             id: id.to_owned(),
             dir,
             s0: state.spool_len,
-            writer: Some(FileWriter::new(file, state.spool_len).with_batch(SPOOL_BATCH)),
+            writer: Some(spool_writer(file, state.spool_len)),
             base: state,
             k0,
             last: k0,

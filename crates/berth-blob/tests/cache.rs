@@ -401,9 +401,7 @@ async fn a_trickling_source_is_served_before_a_write_batch_fills() {
         "the first bytes waited until the source had sent {sent} bytes"
     );
     let mut got = first.to_vec();
-    while let Some(c) = stream.next().await {
-        got.extend_from_slice(&c.expect("chunk"));
-    }
+    got.extend(collect(stream).await.expect("the rest"));
     assert!(got == data);
 }
 
