@@ -443,10 +443,36 @@ fn merge_tables(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+/// Ports handed to the servers tests start. They lie below the kernel's ephemeral
+/// range, so no outgoing connection can take one between the moment it was found
+/// free and the server's own bind; only another test's pick can.
+const TEST_PORTS: std::ops::Range<u16> = 12_000..22_000;
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    Ok(reserve_port()?.local_addr()?.port())
+}
+
+/// A listener on a free 127.0.0.1 port of [`TEST_PORTS`], chosen at random so that
+/// parallel test processes rarely try the same one. Where the ephemeral range
+/// reaches into those ports (a tuned kernel), any port the kernel gives.
+pub fn reserve_port() -> anyhow::Result<TcpListener> {
+    if ephemeral_start().is_some_and(|low| low >= TEST_PORTS.end + crate::seaweed::GRPC_OFFSET) {
+        let span = u128::from(TEST_PORTS.end - TEST_PORTS.start);
+        for _ in 0..256 {
+            let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % span).unwrap_or(0);
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", TEST_PORTS.start + offset)) {
+                return Ok(l);
+            }
+        }
+    }
+    TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")
+}
+
+/// First port of the kernel's ephemeral range (Linux), if it can be read.
+fn ephemeral_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// Last `lines` lines of a (possibly missing) text file.
@@ -541,6 +567,21 @@ fn exited_by_sigterm(status: ExitStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_ports_lie_below_the_ephemeral_range() {
+        let Some(low) = ephemeral_start() else {
+            return;
+        };
+        if low < TEST_PORTS.end + crate::seaweed::GRPC_OFFSET {
+            return;
+        }
+        let held: Vec<TcpListener> = (0..20).map(|_| reserve_port().expect("port")).collect();
+        for l in &held {
+            let port = l.local_addr().expect("addr").port();
+            assert!(TEST_PORTS.contains(&port), "{port} outside {TEST_PORTS:?}");
+        }
+    }
 
     #[cfg(target_os = "linux")]
     #[test]

@@ -150,7 +150,7 @@ impl SeaweedFs {
             match fs.spawn_and_wait_ready().await {
                 Ok(()) => return Ok(fs),
                 Err(e) => {
-                    let taken = fs.log_tail(80).to_lowercase().contains("address already in use");
+                    let taken = port_was_taken(&fs.log_tail(80));
                     fs.kill9();
                     if !taken {
                         return Err(e);
@@ -610,7 +610,7 @@ fn pick_ports() -> anyhow::Result<SeaweedPorts> {
         if chosen.len() == 5 {
             break;
         }
-        let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let l = crate::node::reserve_port()?;
         let p = l.local_addr()?.port();
         let Some(g) = p.checked_add(GRPC_OFFSET) else {
             continue;
@@ -640,6 +640,13 @@ fn pick_ports() -> anyhow::Result<SeaweedPorts> {
     })
 }
 
+/// Whether a weed log says a port it was told to use was taken meanwhile: Go's
+/// bind error, or `weed mini`'s own check before it binds.
+fn port_was_taken(log: &str) -> bool {
+    let log = log.to_lowercase();
+    log.contains("address already in use") || (log.contains("port allocation failed") && log.contains("not available"))
+}
+
 fn random_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -658,5 +665,17 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), n, "ports must be distinct: {p:?}");
+    }
+
+    #[test]
+    fn a_port_taken_meanwhile_is_recognised_in_both_forms() {
+        assert!(port_was_taken(
+            "F1127 listen tcp 127.0.0.1:4000: bind: address already in use"
+        ));
+        assert!(port_was_taken(
+            "E1127 mini.go:1244 Port allocation failed: port 45529 for Filer (specified by flag filer.port) \
+             is not available on 127.0.0.1 and cannot be used"
+        ));
+        assert!(!port_was_taken("F1127 invalid s3.config: unexpected end of JSON input"));
     }
 }
