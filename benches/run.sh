@@ -18,9 +18,11 @@
 #
 # Scaling phase (after a run without harness options, or with --scaling): tag
 # reads on one node against 3 nodes round robin, every server limited to a quarter
-# core by a cgroup of its own (a machine per node, emulated; needs root). On the
+# core by a cgroup of its own (a machine per node, emulated; needs root), in three
+# rounds that alternate the two systems (the median of the rounds' ratios is
+# judged), once with clients balanced by connection and once by request. On the
 # shared cores of the main run, 3 nodes cannot sum to more than one.
-# JSON in target/bench/scaling.json.
+# JSON in target/bench/scaling-connection.json and scaling-request.json.
 #
 # Environment: CARGO_TARGET_DIR (default /var/cache/berth-target), BERTH_TOOLS
 # (default /var/cache/berth-tools; the venv is $BERTH_TOOLS/venv).
@@ -97,9 +99,15 @@ if [ "$scaling" = 1 ]; then
         log "scaling phase skipped: CPU budgets per server need root (cgroups)"
         exit 0
     fi
-    log "scaling phase: one node against 3 nodes, each server limited to 0.25 cores"
-    # Options given to this script come last: they win (a --quick duration too).
-    "$BIN/berth-bench" --berth-bin "$BIN/berth" --out "$ROOT/target/bench/scaling.json" \
-        --systems berth-s3,berth-cluster3 --scenarios manifest-tag \
-        --server-cpus 0.25 --clients 96 --duration 8s "${args[@]}"
+    # Twice: clients keeping to one node each (a TCP balancer: every node gets its
+    # own share of the load), then each client turning over the nodes request by
+    # request (an HTTP balancer: a client waits behind whichever node is out of
+    # budget, so the others are not kept busy; see benches/README.md).
+    for balance in connection request; do
+        log "scaling phase: one node against 3 nodes, each server limited to 0.25 cores, balanced by $balance"
+        # Options given to this script come last: they win (a --quick duration too).
+        "$BIN/berth-bench" --berth-bin "$BIN/berth" --out "$ROOT/target/bench/scaling-$balance.json" \
+            --systems berth-s3,berth-cluster3 --scenarios manifest-tag --balance "$balance" \
+            --server-cpus 0.25 --clients 96 --duration 8s --rounds 3 "${args[@]}"
+    done
 fi

@@ -90,6 +90,57 @@ pub fn limit(pids: &[u32], cpus: f64) -> anyhow::Result<CpuLimit> {
     Ok(made)
 }
 
+/// CFS periods of a cgroup so far, and how many of them ended throttled (the
+/// group had used its whole quota).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Periods {
+    pub total: u64,
+    pub throttled: u64,
+}
+
+impl CpuLimit {
+    /// The periods of each limited process's cgroup (`cpu.stat`, the same keys in
+    /// v1 and v2); a cgroup whose counters cannot be read is left out.
+    pub fn periods(&self) -> Vec<Periods> {
+        self.dirs
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cpu.stat")).ok())
+            .map(|text| parse_periods(&text))
+            .collect()
+    }
+}
+
+fn parse_periods(cpu_stat: &str) -> Periods {
+    let mut p = Periods::default();
+    for line in cpu_stat.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(key), Some(Ok(v))) = (it.next(), it.next().map(str::parse::<u64>)) else {
+            continue;
+        };
+        match key {
+            "nr_periods" => p.total = v,
+            "nr_throttled" => p.throttled = v,
+            _ => {}
+        }
+    }
+    p
+}
+
+/// The smallest share of throttled periods between two readings of the same
+/// cgroups: near 1 when every server used its whole budget (saturated), lower when
+/// one of them sometimes waited for work.
+pub fn least_throttled_share(before: &[Periods], after: &[Periods]) -> Option<f64> {
+    before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| {
+            let total = a.total.checked_sub(b.total)?;
+            let throttled = a.throttled.checked_sub(b.throttled)?;
+            (total > 0).then(|| throttled as f64 / total as f64)
+        })
+        .reduce(f64::min)
+}
+
 impl Drop for CpuLimit {
     fn drop(&mut self) {
         for dir in &self.dirs {
@@ -120,6 +171,48 @@ mod tests {
         assert_eq!(quota_us(2.0).unwrap(), 200_000);
         assert!(quota_us(0.005).is_err());
         assert!(quota_us(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn throttled_periods_are_read_from_either_version_and_compared() {
+        let v2 = "usage_usec 81\nuser_usec 50\nsystem_usec 31\nnr_periods 200\nnr_throttled 150\nthrottled_usec 9\n";
+        let v1 = "nr_periods 40\nnr_throttled 10\nthrottled_time 123456\n";
+        assert_eq!(
+            parse_periods(v2),
+            Periods {
+                total: 200,
+                throttled: 150
+            }
+        );
+        assert_eq!(
+            parse_periods(v1),
+            Periods {
+                total: 40,
+                throttled: 10
+            }
+        );
+        let before = [
+            Periods {
+                total: 100,
+                throttled: 90,
+            },
+            Periods {
+                total: 100,
+                throttled: 50,
+            },
+        ];
+        let after = [
+            Periods {
+                total: 200,
+                throttled: 190,
+            },
+            Periods {
+                total: 200,
+                throttled: 110,
+            },
+        ];
+        assert_eq!(least_throttled_share(&before, &after), Some(0.6));
+        assert_eq!(least_throttled_share(&before, &before), None, "no period passed");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::oci::Pusher;
 use crate::report::Report;
 use crate::report::SystemInfo;
 use crate::rss::RssTracker;
+use crate::scenarios::Balance;
 use crate::scenarios::Dataset;
 use crate::scenarios::Params;
 use crate::scenarios::Scenario;
@@ -89,6 +90,10 @@ struct Args {
     /// Bound of any single request (the big push included).
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// Rounds of every scenario, the systems interleaved within each round; the
+    /// report shows each system's median round (and every round's headline).
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Repetitions of each physical reference (the median is used).
     #[arg(long, default_value_t = 3)]
     physical_reps: usize,
@@ -108,6 +113,11 @@ struct Args {
     /// cgroup each: emulates a machine per node (needs root). Default: no limit.
     #[arg(long)]
     server_cpus: Option<f64>,
+    /// How the clients of the closed-loop scenarios spread over a cluster's nodes:
+    /// `request` (each client goes to the nodes in turn, an HTTP balancer) or
+    /// `connection` (each client keeps to one node, a TCP balancer).
+    #[arg(long, value_enum, default_value = "request")]
+    balance: Balance,
     /// `[cluster] follower_lease` of the 3-node systems (e.g. 0s: read index per
     /// burst instead); default: the binary's (250ms).
     #[arg(long)]
@@ -253,7 +263,7 @@ struct Live {
     kind: SystemKind,
     running: Running,
     /// Dropped after `running`: its cgroups go once the processes are gone.
-    _cpu_limit: Option<cpulimit::CpuLimit>,
+    cpu_limit: Option<cpulimit::CpuLimit>,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -276,6 +286,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.clients == 0 || args.clients > 4096 {
         bail!("--clients must be between 1 and 4096");
     }
+    if !(1..=9).contains(&args.rounds) {
+        bail!("--rounds must be between 1 and 9");
+    }
     let params = Params {
         clients: args.clients,
         large_clients: args.large_clients.clamp(1, 64),
@@ -291,6 +304,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tag_duration: args.tag_duration,
         request_timeout: args.request_timeout,
         server_cpus: args.server_cpus,
+        balance: args.balance,
     };
     let settings = LaunchSettings {
         berth_bin: args.berth_bin.clone().unwrap_or_else(default_berth_bin),
@@ -431,7 +445,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 live.push(Live {
                     kind: k,
                     running,
-                    _cpu_limit: cpu_limit,
+                    cpu_limit,
                 });
             }
             Err(e) => {
@@ -444,6 +458,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let mut results: Vec<Measurement> = Vec::new();
+    let mut rounds: Vec<Measurement> = Vec::new();
     for &s in &scenarios {
         for &k in &kinds {
             if !live.iter().any(|l| l.kind == k) {
@@ -456,30 +471,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 results.push(Measurement::not_available(s.id(), k.name(), first_line));
             }
         }
-        for l in &live {
-            let ctx = scenarios::Ctx {
-                system: l.kind.name(),
-                endpoints: &l.running.endpoints,
-                server_pids: &l.running.server_pids,
-                params: &params,
-                data: &data,
-                pusher: &pusher,
-            };
-            settle_disk().await;
-            let cpu_before = rss::cpu_seconds_of(&l.running.server_pids);
-            rss.begin_window(&l.running.server_pids);
-            let mut m = scenarios::run(s, &ctx).await;
-            // Read scenarios measured their own window (without the warm-up).
-            let used = *m
-                .server_cpu_s
-                .get_or_insert_with(|| rss::cpu_seconds_of(&l.running.server_pids) - cpu_before);
-            m.cpu_us_per_op = (m.ops > 0).then(|| used * 1e6 / m.ops as f64);
-            if let Some(w) = rss.end_window(&l.running.server_pids) {
-                m.peak_rss_mib = Some(w.peak_mib);
-                m.start_rss_mib = Some(w.start_mib);
+        let mut these: Vec<Measurement> = Vec::new();
+        for round in 0..args.rounds {
+            for l in &live {
+                let mut m = measure(s, l, &params, &data, &pusher, &rss).await;
+                let tag = if args.rounds > 1 {
+                    m.round = Some(round);
+                    format!(" (round {})", round + 1)
+                } else {
+                    String::new()
+                };
+                println!("  {:<34} {:<18} {}{tag}", s.title(&params), l.kind.name(), summary(&m));
+                these.push(m);
             }
-            println!("  {:<34} {:<18} {}", s.title(&params), l.kind.name(), summary(&m));
-            results.push(m);
+        }
+        if args.rounds > 1 {
+            for l in &live {
+                let of_system: Vec<Measurement> = these.iter().filter(|m| m.system == l.kind.name()).cloned().collect();
+                results.extend(report::median_round(s, &of_system));
+            }
+            rounds.append(&mut these);
+        } else {
+            results.append(&mut these);
         }
     }
 
@@ -521,7 +534,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Some(c) => format!(
                 "One run on a shared 2-core machine, every server process limited to {c} CPU \
                  cores by a cgroup of its own (a machine per node, emulated); the client and \
-                 SeaweedFS are not limited. Compare systems only within one run."
+                 SeaweedFS are not limited. Clients spread over a cluster's nodes {}. Compare \
+                 systems only within one run.",
+                match params.balance {
+                    Balance::Request => "request by request (each client turns over the nodes)",
+                    Balance::Connection => "by connection (each client keeps to one node)",
+                }
             ),
         },
         params: params.clone(),
@@ -530,6 +548,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         systems: infos,
         seaweedfs_peak_rss_mib: seaweed_peak,
         results,
+        rounds,
         targets: vec![],
     };
     rep.targets = report::targets(&rep);
@@ -547,6 +566,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("JSON report: {}", shown.display());
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// One scenario on one running system, with the servers' CPU, RSS and (under
+/// CPU budgets) throttling over it.
+async fn measure(
+    s: Scenario,
+    l: &Live,
+    params: &Params,
+    data: &Dataset,
+    pusher: &Pusher,
+    rss: &RssTracker,
+) -> Measurement {
+    let ctx = scenarios::Ctx {
+        system: l.kind.name(),
+        endpoints: &l.running.endpoints,
+        server_pids: &l.running.server_pids,
+        params,
+        data,
+        pusher,
+    };
+    settle_disk().await;
+    let cpu_before = rss::cpu_seconds_of(&l.running.server_pids);
+    let periods_before = l.cpu_limit.as_ref().map(|c| c.periods());
+    rss.begin_window(&l.running.server_pids);
+    let mut m = scenarios::run(s, &ctx).await;
+    // Read scenarios measured their own window (without the warm-up).
+    let used = *m
+        .server_cpu_s
+        .get_or_insert_with(|| rss::cpu_seconds_of(&l.running.server_pids) - cpu_before);
+    m.cpu_us_per_op = (m.ops > 0).then(|| used * 1e6 / m.ops as f64);
+    if let (Some(before), Some(limit)) = (periods_before, &l.cpu_limit) {
+        m.throttled_share = cpulimit::least_throttled_share(&before, &limit.periods());
+    }
+    if let Some(w) = rss.end_window(&l.running.server_pids) {
+        m.peak_rss_mib = Some(w.peak_mib);
+        m.start_rss_mib = Some(w.start_mib);
+    }
+    m
 }
 
 /// Write back every dirty page before a measurement, so no scenario pays for the

@@ -67,6 +67,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seaweedfs_peak_rss_mib: Option<f64>,
     pub results: Vec<Measurement>,
+    /// With `--rounds` above 1, every round's measurement; `results` holds the
+    /// median round of each scenario and system.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<Measurement>,
     pub targets: Vec<TargetLine>,
 }
 
@@ -76,6 +80,38 @@ impl Report {
             .iter()
             .find(|m| m.scenario == s.id() && m.system == system.name() && m.outcome == Outcome::Ok)
     }
+}
+
+/// The number a scenario is judged by (its first table row), and whether more
+/// of it is better.
+pub fn headline(s: Scenario, m: &Measurement) -> Option<(f64, bool)> {
+    use Scenario as S;
+    match s {
+        S::ManifestTag | S::ManifestDigest | S::HeadBlob | S::TagWriteMax | S::PushSmall => {
+            m.ops_per_s.map(|v| (v, true))
+        }
+        S::BlobGetSmall | S::BlobGetSmallRange | S::BlobGetLarge | S::BlobGetLargeRange => {
+            m.mib_per_s.map(|v| (v, true))
+        }
+        S::TagWrites | S::TagWritesReads => m.p99_ms.map(|v| (v, false)),
+        S::PushLarge => m.wall_s.map(|v| (v, false)),
+    }
+}
+
+/// Of one system's measurements of scenario `s` over the rounds, the one with the
+/// median headline; of an even count, the worse of the two middle ones. A round
+/// without a headline (failed, not available) counts only when no round has one.
+pub fn median_round(s: Scenario, rounds: &[Measurement]) -> Option<Measurement> {
+    let mut judged: Vec<(f64, &Measurement)> = rounds
+        .iter()
+        .filter(|m| m.outcome == Outcome::Ok)
+        .filter_map(|m| headline(s, m).map(|(v, more_is_better)| (if more_is_better { v } else { -v }, m)))
+        .collect();
+    if judged.is_empty() {
+        return rounds.first().cloned();
+    }
+    judged.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Some(judged[(judged.len() - 1) / 2].1.clone())
 }
 
 fn f(v: f64) -> String {
@@ -232,11 +268,50 @@ pub fn render(r: &Report, systems: &[SystemKind], scenarios: &[Scenario]) -> Str
     }
     let _ = writeln!(out);
     header(&mut out, "server CPU µs/op");
+    let throttled = r.results.iter().any(|m| m.throttled_share.is_some());
     for &s in scenarios {
         let cpu = |m: &Measurement| m.cpu_us_per_op.map(|v| format!("{v:.1}"));
         row(&mut out, s, &s.title(&r.params), "user+system", &cpu);
+        if throttled {
+            let share = |m: &Measurement| m.throttled_share.map(|v| format!("{:.0}%", v * 100.0));
+            row(&mut out, s, "", "least throttled", &share);
+        }
+    }
+    if throttled {
+        let _ = writeln!(
+            out,
+            "least throttled: of the CFS periods of the scenario, the share in which the least busy \
+             server used its whole CPU budget (100%: all servers saturated)."
+        );
     }
     let _ = writeln!(out);
+    if !r.rounds.is_empty() {
+        let _ = writeln!(
+            out,
+            "rounds (systems interleaved within each round; the tables show the median round):"
+        );
+        for &s in scenarios {
+            for sys in systems {
+                let values: Vec<String> = r
+                    .rounds
+                    .iter()
+                    .filter(|m| m.scenario == s.id() && m.system == sys.name())
+                    .map(|m| headline(s, m).map_or_else(|| cell(Some(m), &|_| None), |(v, _)| f(v)))
+                    .collect();
+                if !values.is_empty() {
+                    let metric = rows_for(s).first().map_or("", |(name, _)| *name);
+                    let _ = writeln!(
+                        out,
+                        "  {:<first$}  {:<18} {metric}: {}",
+                        s.title(&r.params),
+                        sys.name(),
+                        values.join(", ")
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out);
+    }
     let _ = writeln!(
         out,
         "n/a: not available (see below); ERR: failed; '!': some requests failed (see JSON)."
@@ -290,6 +365,33 @@ impl Targets<'_> {
         "not measured".into()
     }
 
+    /// `num/den` of a metric in each round both systems have a number for, in round
+    /// order (empty without rounds).
+    fn paired_ratios(
+        &self,
+        s: Scenario,
+        num: SystemKind,
+        den: SystemKind,
+        metric: fn(&Measurement) -> Option<f64>,
+    ) -> Vec<f64> {
+        let of = |sys: SystemKind, round: u32| {
+            self.r
+                .rounds
+                .iter()
+                .find(|m| {
+                    m.scenario == s.id() && m.system == sys.name() && m.round == Some(round) && m.outcome == Outcome::Ok
+                })
+                .and_then(metric)
+        };
+        let last = self.r.rounds.iter().filter_map(|m| m.round).max();
+        (0..last.map_or(0, |l| l + 1))
+            .filter_map(|round| match (of(num, round), of(den, round)) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// `num/den` of a metric, with `≥ want` (or `≤ want` when `at_most`).
     #[allow(clippy::too_many_arguments)]
     fn ratio(
@@ -306,9 +408,22 @@ impl Targets<'_> {
         let b = self.r.find(s, den).and_then(metric);
         let op = if at_most { "≤" } else { "≥" };
         let name = format!("{label}: {}/{}", num.name(), den.name());
+        // With rounds, the two systems ran one after the other within each round:
+        // the ratio of each round cancels what drifted between rounds, and their
+        // median (of an even count, the worse middle one) is judged.
+        let mut paired = self.paired_ratios(s, num, den, metric);
+        paired.sort_by(|x, y| if at_most { y.total_cmp(x) } else { x.total_cmp(y) });
+        let of_rounds = (!paired.is_empty()).then(|| paired[(paired.len() - 1) / 2]);
         match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => {
-                let v = a / b;
+                let v = of_rounds.unwrap_or(a / b);
+                let rounds_text = if of_rounds.is_some() {
+                    let each = self.paired_ratios(s, num, den, metric);
+                    let each: Vec<String> = each.iter().map(|x| format!("{x:.2}")).collect();
+                    format!(", median of the rounds' ratios {}", each.join(", "))
+                } else {
+                    String::new()
+                };
                 let ok = if at_most { v <= want } else { v >= want };
                 let verdict = if ok { Verdict::Pass } else { Verdict::Miss };
                 // Nodes that share the machine's cores cannot sum to more than one
@@ -322,7 +437,10 @@ impl Targets<'_> {
                     ),
                     v => (v, ""),
                 };
-                let text = format!("{name} = {v:.2}x (target {op} {want}x{why}) {}", verdict_str(&verdict));
+                let text = format!(
+                    "{name} = {v:.2}x (target {op} {want}x{why}{rounds_text}) {}",
+                    verdict_str(&verdict)
+                );
                 self.push(&name, Some(v), verdict, text);
             }
             _ => {
@@ -364,8 +482,12 @@ pub fn targets(r: &Report) -> Vec<TargetLine> {
         3.0,
         false,
     );
+    let spread = match r.params.balance {
+        crate::scenarios::Balance::Request => "round robin by request",
+        crate::scenarios::Balance::Connection => "round robin by connection",
+    };
     t.ratio(
-        "manifest GET by tag, 3 nodes round robin vs one node",
+        &format!("manifest GET by tag, 3 nodes {spread} vs one node"),
         S::ManifestTag,
         K::BerthCluster3,
         K::BerthS3,
@@ -663,6 +785,7 @@ mod tests {
             tag_duration: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             server_cpus: None,
+            balance: crate::scenarios::Balance::Request,
         }
     }
 
@@ -692,8 +815,79 @@ mod tests {
             }],
             seaweedfs_peak_rss_mib: None,
             results,
+            rounds: vec![],
             targets: vec![],
         }
+    }
+
+    #[test]
+    fn with_rounds_the_median_of_the_paired_ratios_is_judged() {
+        let mut r = report(vec![]);
+        r.params.server_cpus = Some(0.25);
+        // The single node's median is its third round, the cluster's its second: the
+        // ratio of those (3000/1200 = 2.5) would pass; the rounds' own ratios are
+        // 3.1, 2.0 and 2.2, whose median misses.
+        for (round, one, three) in [(0u32, 1000.0, 3100.0), (1, 1500.0, 3000.0), (2, 1200.0, 2640.0)] {
+            for (k, v) in [(SystemKind::BerthS3, one), (SystemKind::BerthCluster3, three)] {
+                let mut x = m(Scenario::ManifestTag, k, v);
+                x.round = Some(round);
+                r.rounds.push(x);
+            }
+        }
+        for k in [SystemKind::BerthS3, SystemKind::BerthCluster3] {
+            let of: Vec<Measurement> = r.rounds.iter().filter(|x| x.system == k.name()).cloned().collect();
+            r.results.extend(median_round(Scenario::ManifestTag, &of));
+        }
+        let lines = targets(&r);
+        let line = lines
+            .iter()
+            .find(|l| l.target.starts_with("manifest GET by tag, 3 nodes round robin"))
+            .unwrap();
+        assert!((line.value.unwrap() - 2.2).abs() < 1e-9, "{line:?}");
+        assert_eq!(line.verdict, Verdict::Miss);
+        assert!(line.text.contains("3.10, 2.00, 2.20"), "{}", line.text);
+    }
+
+    #[test]
+    fn the_median_round_is_the_middle_by_headline_and_the_worse_middle_of_an_even_count() {
+        let rounds: Vec<Measurement> = [300.0, 100.0, 200.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let mut x = m(Scenario::ManifestTag, SystemKind::BerthS3, v);
+                x.round = Some(i as u32);
+                x
+            })
+            .collect();
+        let mid = median_round(Scenario::ManifestTag, &rounds).unwrap();
+        assert_eq!((mid.ops_per_s, mid.round), (Some(200.0), Some(2)));
+        let mid = median_round(Scenario::ManifestTag, &rounds[..2]).unwrap();
+        assert_eq!(mid.ops_per_s, Some(100.0), "of 300 and 100 req/s, the slower");
+
+        // Lower is better for wall time: of 4 s and 6 s, the worse is 6 s.
+        let walls: Vec<Measurement> = [4.0, 6.0]
+            .iter()
+            .map(|&w| {
+                let mut x = Measurement::new(Scenario::PushLarge.id(), SystemKind::BerthFs.name());
+                x.wall_s = Some(w);
+                x
+            })
+            .collect();
+        assert_eq!(median_round(Scenario::PushLarge, &walls).unwrap().wall_s, Some(6.0));
+
+        // A failed round is passed over while another round has a number.
+        let failed = Measurement::failed(Scenario::ManifestTag.id(), SystemKind::BerthS3.name(), "boom");
+        let mixed = vec![failed.clone(), rounds[0].clone()];
+        assert_eq!(
+            median_round(Scenario::ManifestTag, &mixed).unwrap().ops_per_s,
+            Some(300.0)
+        );
+        assert_eq!(
+            median_round(Scenario::ManifestTag, std::slice::from_ref(&failed))
+                .unwrap()
+                .outcome,
+            Outcome::Error
+        );
     }
 
     #[test]

@@ -39,6 +39,31 @@ const MAX_ERRORS_PER_CLIENT: u64 = 1_000;
 /// Open-loop requests in flight at most; later ones are counted as dropped.
 const MAX_IN_FLIGHT: usize = 1_000;
 
+/// How the clients of the closed-loop scenarios spread their requests over a
+/// system's nodes (the open-loop tag scenarios always go request by request).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each client sends its requests to the nodes in turn, as an HTTP load
+    /// balancer does.
+    #[default]
+    Request,
+    /// Each client keeps to one node and the clients are dealt over the nodes in
+    /// turn, as a TCP load balancer (a Kubernetes Service, DNS round robin) does.
+    Connection,
+}
+
+impl Balance {
+    /// The node (index into `nodes`) of `client`'s `request`-th request.
+    pub fn node(self, client: usize, request: u64, nodes: usize) -> usize {
+        let turn = match self {
+            Balance::Request => request as usize,
+            Balance::Connection => 0,
+        };
+        client.wrapping_add(turn) % nodes.max(1)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
@@ -158,6 +183,8 @@ pub struct Params {
     pub request_timeout: Duration,
     /// CPU budget of each server process in cores (`--server-cpus`), if any.
     pub server_cpus: Option<f64>,
+    /// How closed-loop clients spread over the nodes (`--balance`).
+    pub balance: Balance,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -323,6 +350,7 @@ impl LoopOut {
 
 async fn closed_read_loop(
     endpoints: &[Url],
+    balance: Balance,
     clients: usize,
     duration: Duration,
     timeout: Duration,
@@ -346,7 +374,7 @@ async fn closed_read_loop(
                 if Instant::now() >= deadline || out.errors >= MAX_ERRORS_PER_CLIENT {
                     break;
                 }
-                let url = &urls[(worker + i as usize) % urls.len()];
+                let url = &urls[balance.node(worker, i, urls.len())];
                 let t0 = Instant::now();
                 match reader.send(url, timeout).await {
                     Ok((n, redirects)) => {
@@ -529,10 +557,10 @@ async fn read_scenario(s: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Measurement
         _ => p.clients,
     };
     if !p.warmup.is_zero() {
-        closed_read_loop(ctx.endpoints, clients, p.warmup, p.request_timeout, &req).await?;
+        closed_read_loop(ctx.endpoints, p.balance, clients, p.warmup, p.request_timeout, &req).await?;
     }
     let cpu_before = crate::rss::cpu_seconds_of(ctx.server_pids);
-    let out = closed_read_loop(ctx.endpoints, clients, p.duration, p.request_timeout, &req).await?;
+    let out = closed_read_loop(ctx.endpoints, p.balance, clients, p.duration, p.request_timeout, &req).await?;
     let mut m = out.into_measurement(s, ctx.system);
     // The same window as the operations counted, the warm-up left out.
     m.server_cpu_s = Some(crate::rss::cpu_seconds_of(ctx.server_pids) - cpu_before);
@@ -681,6 +709,7 @@ async fn tag_write_max(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
     for worker in 0..p.clients.max(1) {
         let pusher = ctx.pusher.clone();
         let endpoints: Vec<Url> = ctx.endpoints.to_vec();
+        let balance = p.balance;
         let manifests = manifests.clone();
         tasks.push(tokio::spawn(async move {
             let mut out = LoopOut::default();
@@ -688,7 +717,7 @@ async fn tag_write_max(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
                 if Instant::now() >= deadline || out.errors >= MAX_ERRORS_PER_CLIENT {
                     break;
                 }
-                let base = &endpoints[(worker + i as usize) % endpoints.len()];
+                let base = &endpoints[balance.node(worker, i, endpoints.len())];
                 let tag = format!("w{worker}-{}", i % 4);
                 let t0 = Instant::now();
                 let res = pusher
@@ -719,6 +748,7 @@ async fn push_small(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
     for worker in 0..p.clients.max(1) {
         let pusher = ctx.pusher.clone();
         let endpoints: Vec<Url> = ctx.endpoints.to_vec();
+        let balance = p.balance;
         let (nonce, layer_size) = (ctx.data.nonce, p.image_layer);
         tasks.push(tokio::spawn(async move {
             let mut out = LoopOut::default();
@@ -729,7 +759,7 @@ async fn push_small(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
                 let seed = nonce ^ ((worker as u64) << 40) ^ (i << 1) ^ 0x5555;
                 let image = tar_layer(layer_size, seed, "layer.bin")
                     .and_then(|l| Image::build(vec![Blob::new(l)], &format!("w{worker}-{i}")));
-                let base = &endpoints[(worker + i as usize) % endpoints.len()];
+                let base = &endpoints[balance.node(worker, i, endpoints.len())];
                 let t0 = Instant::now();
                 let res = match image {
                     Ok(image) => {
@@ -827,6 +857,22 @@ async fn push_large(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn request_balance_turns_every_client_over_the_nodes_connection_balance_pins_it() {
+        let nodes_of = |b: Balance, client| (0..6).map(|i| b.node(client, i, 3)).collect::<Vec<_>>();
+        assert_eq!(nodes_of(Balance::Request, 0), [0, 1, 2, 0, 1, 2]);
+        assert_eq!(nodes_of(Balance::Request, 1), [1, 2, 0, 1, 2, 0]);
+        assert_eq!(nodes_of(Balance::Connection, 0), [0; 6]);
+        assert_eq!(nodes_of(Balance::Connection, 4), [1; 6]);
+        // Clients are dealt over the nodes evenly.
+        let per_node = (0..96).fold([0; 3], |mut n, c| {
+            n[Balance::Connection.node(c, 0, 3)] += 1;
+            n
+        });
+        assert_eq!(per_node, [32, 32, 32]);
+        assert_eq!(Balance::Request.node(5, 7, 1), 0, "one node takes everything");
+    }
+
     fn params() -> Params {
         Params {
             clients: 2,
@@ -843,6 +889,7 @@ mod tests {
             tag_duration: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
             server_cpus: None,
+            balance: Balance::Request,
         }
     }
 

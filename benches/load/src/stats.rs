@@ -124,6 +124,14 @@ pub struct Measurement {
     pub redirects: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// With `--server-cpus`: the smallest share, over the system's servers, of CFS
+    /// periods that ended throttled while the scenario ran (1: every server used
+    /// its whole budget all along).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled_share: Option<f64>,
+    /// With `--rounds` above 1: the round (from 0) this measurement comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
 }
 
 impl Measurement {
@@ -154,6 +162,8 @@ impl Measurement {
             read_errors: None,
             redirects: None,
             first_error: None,
+            throttled_share: None,
+            round: None,
         }
     }
 
