@@ -34,8 +34,16 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// The Raft log in RocksDB. Appends and votes are written with `sync`, so what the
-/// log acknowledges survives a crash of the process or the machine.
+/// The Raft log in RocksDB. Appends, votes and purge points are written with `sync`,
+/// so what the log acknowledges survives a crash of the process or the machine.
+///
+/// The committed pointer is not: openraft treats it as optional (it only lets a
+/// restarted node apply its log before it hears from a leader again). Unsynced, it
+/// still reaches the OS at once, so it survives `kill -9`; after a machine crash the
+/// node may come back with an older pointer and learns the newer one from the
+/// leader. One write shares one WAL across column families, so the next synced
+/// append makes it durable anyway. Syncing it cost every node a second `fdatasync`
+/// per write, in the Raft core's loop.
 #[derive(Clone)]
 pub struct LogStore {
     store: MetaStore,
@@ -50,8 +58,12 @@ fn write_err(e: impl ToString) -> StorageError<NodeId> {
 }
 
 fn sync_opts() -> WriteOptions {
+    write_opts(true)
+}
+
+fn write_opts(sync: bool) -> WriteOptions {
     let mut o = WriteOptions::default();
-    o.set_sync(true);
+    o.set_sync(sync);
     o
 }
 
@@ -64,12 +76,12 @@ impl LogStore {
         self.store.get(CF_RAFT, key).map_err(read_err)
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError<NodeId>> {
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], v: &T, sync: bool) -> Result<(), StorageError<NodeId>> {
         let cf = self.store.cf(CF_RAFT).map_err(write_err)?;
         let bytes = encode("raft meta", v).map_err(write_err)?;
         self.store
             .db()
-            .put_cf_opt(cf, key, bytes, &sync_opts())
+            .put_cf_opt(cf, key, bytes, &write_opts(sync))
             .map_err(write_err)
     }
 
@@ -140,7 +152,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta(KEY_VOTE, vote)
+        self.put_meta(KEY_VOTE, vote, true)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -148,7 +160,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        self.put_meta(KEY_COMMITTED, &committed)
+        self.put_meta(KEY_COMMITTED, &committed, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -203,7 +215,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tracing::debug!(%log_id, "purge log");
         // Record the purge point first: a crash between the two steps leaves extra
         // entries, which is harmless, never a gap.
-        self.put_meta(KEY_PURGED, &log_id)?;
+        self.put_meta(KEY_PURGED, &log_id, true)?;
         let cf = self.store.cf(CF_LOGS).map_err(write_err)?;
         self.store
             .db()
