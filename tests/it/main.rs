@@ -8,6 +8,7 @@
 
 mod clients;
 mod cluster;
+mod metrics;
 mod persistence;
 mod s3;
 mod spec;

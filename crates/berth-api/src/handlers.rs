@@ -29,6 +29,7 @@ use crate::endpoint::Endpoint;
 use crate::endpoint::ParseError;
 use crate::error::ApiError;
 use crate::error::ApiResult;
+use crate::metrics::EndpointName;
 
 /// Listings without `n` are capped at this many entries per page.
 const DEFAULT_PAGE: usize = 10_000;
@@ -63,8 +64,9 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         name = endpoint.name(),
         repo = endpoint.repo().map(|r| r.as_str()).unwrap_or("")
     );
+    let name = endpoint.name();
     let resp = route(state, endpoint, req).instrument(span).await;
-    match resp {
+    let mut resp = match resp {
         Ok(r) => r,
         Err(e) if head => {
             // A HEAD response carries no body, only the status and headers.
@@ -73,7 +75,9 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             r
         }
         Err(e) => e.into_response(),
-    }
+    };
+    resp.extensions_mut().insert(EndpointName(name));
+    resp
 }
 
 fn method_not_allowed() -> ApiError {

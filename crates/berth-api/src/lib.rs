@@ -1,7 +1,8 @@
 //! The HTTP face of a berth node.
 //!
 //! `berth-api` is an axum router: the OCI Distribution API under `/v2/`, health
-//! (`/healthz`, `/readyz`) and the admin JSON API (`/admin/…`). Every `/v2/` request is parsed into a typed
+//! (`/healthz`, `/readyz`), Prometheus metrics (`/metrics`) and the admin JSON API
+//! (`/admin/…`). Every `/v2/` request is parsed into a typed
 //! [`endpoint::Endpoint`] first; handlers only translate HTTP to one
 //! `berth-registry` use-case and its result back to HTTP. This is the only crate that
 //! maps errors to HTTP statuses and the spec's error bodies. It knows nothing of
@@ -12,6 +13,9 @@ mod body;
 mod endpoint;
 mod error;
 mod handlers;
+mod metrics;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
@@ -25,25 +29,33 @@ use axum::routing::get;
 use berth_registry::Registry;
 pub use endpoint::Endpoint;
 pub use error::ApiError;
+pub use metrics::Metrics;
 use tower_http::trace::TraceLayer;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Registry,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The complete router of a node.
 pub fn router(registry: Registry) -> Router {
-    let state = AppState { registry };
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState {
+        registry,
+        metrics: metrics.clone(),
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::scrape))
         .route("/admin/cluster", get(admin::cluster_status))
         .route("/admin/cluster/nodes", axum::routing::post(admin::add_node))
         .route("/admin/cluster/nodes/{id}", axum::routing::delete(admin::remove_node))
         .fallback(handlers::dispatch)
         .layer(axum::middleware::from_fn(api_version_header))
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
         .layer(TraceLayer::new_for_http().make_span_with(
             |req: &Request| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
         ))
