@@ -102,16 +102,20 @@ pub fn headline(s: Scenario, m: &Measurement) -> Option<(f64, bool)> {
 /// median headline; of an even count, the worse of the two middle ones. A round
 /// without a headline (failed, not available) counts only when no round has one.
 pub fn median_round(s: Scenario, rounds: &[Measurement]) -> Option<Measurement> {
-    let mut judged: Vec<(f64, &Measurement)> = rounds
+    let judged: Vec<(f64, &Measurement)> = rounds
         .iter()
         .filter(|m| m.outcome == Outcome::Ok)
         .filter_map(|m| headline(s, m).map(|(v, more_is_better)| (if more_is_better { v } else { -v }, m)))
         .collect();
-    if judged.is_empty() {
-        return rounds.first().cloned();
-    }
-    judged.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Some(judged[(judged.len() - 1) / 2].1.clone())
+    worse_middle(judged).or_else(|| rounds.first()).cloned()
+}
+
+/// The median of items scored so that more is better; of an even count, the worse
+/// of the two middle ones.
+fn worse_middle<T>(mut scored: Vec<(f64, T)>) -> Option<T> {
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let middle = scored.len().checked_sub(1)? / 2;
+    scored.into_iter().nth(middle).map(|(_, item)| item)
 }
 
 fn f(v: f64) -> String {
@@ -411,15 +415,13 @@ impl Targets<'_> {
         // With rounds, the two systems ran one after the other within each round:
         // the ratio of each round cancels what drifted between rounds, and their
         // median (of an even count, the worse middle one) is judged.
-        let mut paired = self.paired_ratios(s, num, den, metric);
-        paired.sort_by(|x, y| if at_most { y.total_cmp(x) } else { x.total_cmp(y) });
-        let of_rounds = (!paired.is_empty()).then(|| paired[(paired.len() - 1) / 2]);
+        let paired = self.paired_ratios(s, num, den, metric);
+        let of_rounds = worse_middle(paired.iter().map(|&x| (if at_most { -x } else { x }, x)).collect());
         match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => {
                 let v = of_rounds.unwrap_or(a / b);
                 let rounds_text = if of_rounds.is_some() {
-                    let each = self.paired_ratios(s, num, den, metric);
-                    let each: Vec<String> = each.iter().map(|x| format!("{x:.2}")).collect();
+                    let each: Vec<String> = paired.iter().map(|x| format!("{x:.2}")).collect();
                     format!(", median of the rounds' ratios {}", each.join(", "))
                 } else {
                     String::new()

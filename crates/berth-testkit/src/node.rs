@@ -469,10 +469,14 @@ pub fn reserve_port() -> anyhow::Result<TcpListener> {
     TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")
 }
 
-/// First port of the kernel's ephemeral range (Linux), if it can be read.
+/// First port of the kernel's ephemeral range (Linux), if it can be read; read
+/// once per process.
 fn ephemeral_start() -> Option<u16> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    range.split_whitespace().next()?.parse().ok()
+    static START: std::sync::OnceLock<Option<u16>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+        range.split_whitespace().next()?.parse().ok()
+    })
 }
 
 /// Last `lines` lines of a (possibly missing) text file.
