@@ -12,6 +12,7 @@ mod metrics;
 mod persistence;
 mod s3;
 mod spec;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -56,10 +56,38 @@ pub fn router(registry: Registry) -> Router {
         .fallback(handlers::dispatch)
         .layer(axum::middleware::from_fn(api_version_header))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
-        .layer(TraceLayer::new_for_http().make_span_with(
-            |req: &Request| tracing::info_span!("http", method = %req.method(), path = %req.uri().path()),
-        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(record_response),
+        )
         .with_state(state)
+}
+
+/// The span of one HTTP request, with OpenTelemetry's semantic field names. It joins
+/// the caller's trace when the request carries a W3C `traceparent` (sent by a
+/// client or a proxy in front of the node).
+fn request_span(req: &Request) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    berth_cluster::trace_context::adopt_parent(&span, req.headers());
+    span
+}
+
+/// Puts the status on the request's span (a 5xx marks the span as failed).
+fn record_response(resp: &Response, latency: std::time::Duration, span: &tracing::Span) {
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    if resp.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    tracing::debug!(status, latency_us = latency.as_micros() as u64, "response head sent");
 }
 
 async fn api_version_header(req: Request, next: Next) -> Response {

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use berth_proto::cluster::v1::HandOverFrame;
 use berth_proto::cluster::v1::hand_over_frame::Kind;
-use berth_proto::cluster::v1::raft_service_client::RaftServiceClient;
 use bytes::Bytes;
 use futures::Stream;
 use futures::StreamExt;
@@ -77,7 +76,7 @@ impl OwnerChannel {
         });
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         request.set_timeout(self.timeout);
-        let result = RaftServiceClient::new(self.channel).hand_over(request).await;
+        let result = crate::network::traced_client(self.channel).hand_over(request).await;
         pump.abort();
         match result {
             Ok(reply) => Ok(reply.into_inner().reply),

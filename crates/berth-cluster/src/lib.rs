@@ -14,6 +14,7 @@ mod lease;
 mod network;
 mod node;
 mod service;
+pub mod trace_context;
 mod visibility;
 
 pub use error::ClusterError;

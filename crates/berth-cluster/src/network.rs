@@ -26,9 +26,11 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
+use crate::trace_context::PropagateTrace;
 use crate::visibility::Visibility;
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
@@ -145,6 +147,16 @@ pub(crate) async fn pass_link(filter: Option<&Arc<dyn LinkFilter>>, from: NodeId
             Ok(())
         }
     }
+}
+
+/// A client of a peer's Raft service whose calls carry the caller's trace context:
+/// for calls made on behalf of one request (a forwarded write, an upload handed to
+/// its owner), so the peer's work joins the request's trace. Raft's own traffic and
+/// the batched read barriers serve no single request and use plain clients.
+pub(crate) type TracedClient = RaftServiceClient<InterceptedService<Channel, PropagateTrace>>;
+
+pub(crate) fn traced_client(channel: Channel) -> TracedClient {
+    RaftServiceClient::with_interceptor(channel, PropagateTrace)
 }
 
 /// A lazily connected channel to one peer.

@@ -49,6 +49,7 @@ use crate::lease::ReadLease;
 use crate::network::LinkFilter;
 use crate::network::Peers;
 use crate::network::pass_link;
+use crate::network::traced_client;
 use crate::visibility::Visibility;
 
 /// Raft timing and log-compaction settings.
@@ -413,9 +414,7 @@ async fn send_proposal(
     channel: tonic::transport::Channel,
     command: Vec<u8>,
 ) -> Result<berth_proto::cluster::v1::ProposeReply, tonic::Status> {
-    let reply = RaftServiceClient::new(channel)
-        .propose(ProposeRequest { command })
-        .await?;
+    let reply = traced_client(channel).propose(ProposeRequest { command }).await?;
     Ok(reply.into_inner())
 }
 
@@ -939,7 +938,7 @@ impl ClusterNode {
                 tracing::info!(leader = %leader.grpc_addr, ?change, "forwarding membership change to the leader");
                 let ch = self.inner.peers.channel(&leader.grpc_addr).map_err(unavailable)?;
                 let bytes = rmp_serde::to_vec_named(&change).map_err(unavailable)?;
-                RaftServiceClient::new(ch)
+                traced_client(ch)
                     .change_membership(MembershipRequest { change: bytes })
                     .await
                     .map_err(|s| unavailable(format!("leader {}: {}", leader.grpc_addr, s.message())))?;

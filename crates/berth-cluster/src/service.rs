@@ -152,6 +152,7 @@ pub async fn serve_grpc(
         stream
     });
     tonic::transport::Server::builder()
+        .trace_fn(crate::trace_context::grpc_server_span)
         .add_service(RaftGrpcService::new(node))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -23,6 +23,7 @@ pub struct Config {
     pub metadata: MetadataConfig,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -35,6 +36,7 @@ impl Default for Config {
             metadata: MetadataConfig::default(),
             cluster: ClusterConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -316,6 +318,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// OpenTelemetry trace export. Off unless an OTLP endpoint is given here or in the
+/// standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces recorded (0.0–1.0); a request that arrives with a sampled
+    /// `traceparent` is always recorded.
+    pub sample_ratio: f64,
+    /// Longest a finished span waits before it is sent.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "berth".into(),
+            sample_ratio: 1.0,
+            flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Command-line values that override the file and environment.
 #[derive(Debug, Default)]
 pub struct Overrides {
@@ -352,6 +382,8 @@ fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String
         }
         let v = if let Ok(i) = value.parse::<i64>() {
             toml::Value::Integer(i)
+        } else if let Some(f) = value.parse::<f64>().ok().filter(|f| f.is_finite()) {
+            toml::Value::Float(f)
         } else if let Ok(b) = value.parse::<bool>() {
             toml::Value::Boolean(b)
         } else {
@@ -362,7 +394,16 @@ fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String
     Ok(())
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["listen", "data_dir", "storage", "uploads", "metadata", "cluster", "log"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "storage",
+    "uploads",
+    "metadata",
+    "cluster",
+    "log",
+    "telemetry",
+];
 
 impl Config {
     /// Load from an optional file, the process environment and flags, then validate.
@@ -482,6 +523,24 @@ impl Config {
         }
         if self.metadata.snapshot_after_logs == 0 {
             bail!("metadata.snapshot_after_logs: must be greater than zero");
+        }
+        let telemetry = &self.telemetry;
+        if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
+            bail!(
+                "telemetry.sample_ratio: must be between 0.0 and 1.0, got {}",
+                telemetry.sample_ratio
+            );
+        }
+        if telemetry.flush_interval.is_zero() {
+            bail!("telemetry.flush_interval: must be greater than zero");
+        }
+        if telemetry.service_name.is_empty() {
+            bail!("telemetry.service_name: must not be empty");
+        }
+        if let Some(e) = &telemetry.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            bail!("telemetry.otlp_endpoint: {e:?} must start with http:// or https://");
         }
         Ok(())
     }
@@ -607,6 +666,30 @@ mod tests {
         .unwrap();
         assert_eq!(c.storage.s3.blob_delivery, Delivery::Redirect);
         assert_eq!(c.storage.s3.part_size, bytesize::ByteSize::mib(16));
+    }
+
+    #[test]
+    fn telemetry_settings_are_checked() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint, None);
+        assert_eq!(c.telemetry.sample_ratio, 1.0);
+        let c = load(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nflush_interval = \"200ms\"",
+            &[("BERTH_TELEMETRY__SAMPLE_RATIO", "0.25")],
+        )
+        .unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        assert_eq!(c.telemetry.flush_interval, Duration::from_millis(200));
+        assert_eq!(c.telemetry.sample_ratio, 0.25);
+        for (bad, key) in [
+            ("sample_ratio = 1.5", "telemetry.sample_ratio"),
+            ("flush_interval = \"0s\"", "telemetry.flush_interval"),
+            ("otlp_endpoint = \"collector:4317\"", "telemetry.otlp_endpoint"),
+            ("service_name = \"\"", "telemetry.service_name"),
+        ] {
+            let err = format!("{:#}", load(&format!("[telemetry]\n{bad}"), &[]).unwrap_err());
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the crates, and ordered graceful shutdown. No business rules live here.
 
 mod config;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
@@ -26,12 +27,10 @@ use clap::Subcommand;
 use config::Backend;
 use config::Config;
 use config::Delivery;
-use config::LogFormat;
 use config::Overrides;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-use tracing_subscriber::EnvFilter;
 
 /// berth: a distributed container-image registry (OCI Distribution API).
 #[derive(Parser)]
@@ -97,12 +96,18 @@ fn main() -> anyhow::Result<()> {
             data_dir,
         } => {
             let config = Config::load(config.as_deref(), Overrides { listen, data_dir })?;
-            init_tracing(&config)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("berth")
                 .build()?;
-            rt.block_on(serve(config))
+            let telemetry = {
+                let _in_runtime = rt.enter();
+                telemetry::init(&config)?
+            };
+            let result = rt.block_on(serve(config));
+            let _in_runtime = rt.enter();
+            telemetry.shutdown();
+            result
         }
         Command::Cluster { node, command } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -118,22 +123,6 @@ fn main() -> anyhow::Result<()> {
 
 /// How long in-flight requests may run on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-fn init_tracing(config: &Config) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
-        _ => EnvFilter::try_new(&config.log.level),
-    }
-    .with_context(|| format!("log.level: {:?} is not a valid filter", config.log.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;

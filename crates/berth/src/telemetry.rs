@@ -1,0 +1,123 @@
+//! Logs and traces: the `tracing` subscriber of the process, and, when configured, an
+//! OpenTelemetry layer that exports the same spans over OTLP/gRPC.
+
+use anyhow::Context;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::BatchConfigBuilder;
+use opentelemetry_sdk::trace::BatchSpanProcessor;
+use opentelemetry_sdk::trace::Sampler;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::Config;
+use crate::config::LogFormat;
+use crate::config::TelemetryConfig;
+
+/// The standard variables that turn export on without a `[telemetry]` section.
+const OTLP_ENV: [&str; 2] = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+
+/// Keeps the span exporter of the process; [`Telemetry::shutdown`] sends what is
+/// still queued.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Send the spans still queued and stop exporting.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing traces at shutdown failed");
+        }
+    }
+}
+
+/// Install the process's subscriber: the log on stderr, filtered by `RUST_LOG` or
+/// `log.level`, and the OTLP exporter when one is configured. Must run inside the
+/// Tokio runtime (the exporter's gRPC channel lives on it).
+pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
+        _ => EnvFilter::try_new(&config.log.level),
+    }
+    .with_context(|| format!("log.level: {:?} is not a valid filter", config.log.level))?;
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match config.log.format {
+        LogFormat::Text => log.boxed(),
+        LogFormat::Json => log.json().boxed(),
+    };
+    let provider = if exports(&config.telemetry) {
+        Some(tracer_provider(config)?)
+    } else {
+        None
+    };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("berth")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(log)
+        .with(otel)
+        .try_init()
+        .context("installing the tracing subscriber")?;
+    if let Some(endpoint) = provider.as_ref().map(|_| endpoint_description(&config.telemetry)) {
+        tracing::info!(
+            endpoint,
+            sample_ratio = config.telemetry.sample_ratio,
+            "exporting traces over OTLP"
+        );
+    }
+    Ok(Telemetry { provider })
+}
+
+fn exports(cfg: &TelemetryConfig) -> bool {
+    cfg.otlp_endpoint.is_some()
+        || OTLP_ENV
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+fn endpoint_description(cfg: &TelemetryConfig) -> String {
+    cfg.otlp_endpoint
+        .clone()
+        .unwrap_or_else(|| "from OTEL_EXPORTER_OTLP_* environment".into())
+}
+
+fn tracer_provider(config: &Config) -> anyhow::Result<SdkTracerProvider> {
+    let cfg = &config.telemetry;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(endpoint) = &cfg.otlp_endpoint {
+        exporter = exporter.with_endpoint(endpoint.clone());
+    }
+    let exporter = exporter
+        .build()
+        .with_context(|| format!("telemetry.otlp_endpoint: {}", endpoint_description(cfg)))?;
+    let batches = BatchConfigBuilder::default()
+        .with_scheduled_delay(cfg.flush_interval)
+        .build();
+    let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batches).build();
+    // Traces a caller started keep the caller's decision; new ones are sampled here.
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sample_ratio)));
+    let node_id = config.cluster.node_id;
+    let mut resource = Resource::builder()
+        .with_service_name(cfg.service_name.clone())
+        .with_attribute(KeyValue::new("service.instance.id", format!("node-{node_id}")))
+        .with_attribute(KeyValue::new("berth.node_id", node_id as i64));
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        resource = resource.with_attribute(KeyValue::new("host.name", host.trim().to_string()));
+    }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(sampler)
+        .with_resource(resource.build())
+        .build())
+}
