@@ -51,17 +51,20 @@ run() { # backend size_mib
     local blob="$WORK/blob-$size" digest t0 t1 t2
     [ -f "$blob" ] || head -c "$((size * 1024 * 1024))" /dev/urandom > "$blob"
     digest="sha256:$(sha256sum "$blob" | cut -d' ' -f1)"
-    local base_rss; base_rss=$(hwm_mib $pid)
+    local base_rss push_peak; base_rss=$(hwm_mib $pid)
     t0=$(date +%s.%N)
     # From stdin, streamed chunked (with -T FILE curl appends the file name to a URL
     # that ends in a slash).
     curl -sf -X POST -H 'Content-Type: application/octet-stream' -T - < "$blob" \
         "http://127.0.0.1:$port/v2/bench/mem/blobs/uploads/?digest=$digest" -o /dev/null
     t1=$(date +%s.%N)
+    push_peak=$(hwm_mib $pid)
+    # Restart the high-water mark at the current RSS, so the pull's peak is its own.
+    echo 5 > "/proc/$pid/clear_refs" 2>/dev/null || true
     curl -sf "http://127.0.0.1:$port/v2/bench/mem/blobs/$digest" -o /dev/null
     t2=$(date +%s.%N)
-    printf '%-3s %6d MiB  push %6.2f s  pull %6.2f s  RSS after start %4d MiB  peak %4d MiB\n' \
-        "$backend" "$size" "$(awk "BEGIN{print $t1 - $t0}")" "$(awk "BEGIN{print $t2 - $t1}")" "$base_rss" "$(hwm_mib $pid)"
+    printf '%-3s %6d MiB  push %6.2f s  pull %6.2f s  RSS after start %4d MiB  peak: push %4d MiB  pull %4d MiB\n' \
+        "$backend" "$size" "$(awk "BEGIN{print $t1 - $t0}")" "$(awk "BEGIN{print $t2 - $t1}")" "$base_rss" "$push_peak" "$(hwm_mib $pid)"
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 

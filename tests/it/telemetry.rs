@@ -131,7 +131,9 @@ fn config_only_manifest(digest: &str, size: usize) -> Vec<u8> {
 async fn a_write_through_a_follower_is_one_trace_across_both_nodes() {
     let collector = Collector::default();
     let endpoint = collector.start().await;
-    let telemetry = format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\nflush_interval = \"100ms\"\n");
+    // The log shows warnings only: which spans are exported is set apart from it.
+    let telemetry =
+        format!("[log]\nlevel = \"warn\"\n[telemetry]\notlp_endpoint = \"{endpoint}\"\nflush_interval = \"100ms\"\n");
     let (nodes, _s3) = start_cluster(3, &telemetry).await;
     let status: serde_json::Value = reqwest::get(format!("{}/admin/cluster", nodes[0].base_url()))
         .await
@@ -167,7 +169,7 @@ async fn a_write_through_a_follower_is_one_trace_across_both_nodes() {
         let spans = collector.of_trace(trace_id);
         let request = spans
             .iter()
-            .find(|s| s.node == follower && s.name == "http" && s.parent == caller_span)
+            .find(|s| s.node == follower && s.name == "PUT manifest" && s.parent == caller_span)
             .cloned();
         let forwarded = request.as_ref().and_then(|_| {
             let on_follower: Vec<&str> = spans
@@ -192,6 +194,7 @@ async fn a_write_through_a_follower_is_one_trace_across_both_nodes() {
     assert_eq!(request.service, "berth");
     assert_eq!(request.attr("http.request.method"), Some("PUT"), "{request:?}");
     assert_eq!(request.attr("url.path"), Some("/v2/traced/app/manifests/v1"));
+    assert_eq!(request.attr("repo"), Some("traced/app"), "{request:?}");
     assert_eq!(request.attr("http.response.status_code"), Some("201"), "{request:?}");
     assert_eq!(
         forwarded.attr("rpc.method"),

@@ -20,7 +20,6 @@ use berth_registry::ByteRange;
 use berth_registry::MountResult;
 use berth_registry::UploadStatus;
 use serde_json::json;
-use tracing::Instrument;
 
 use crate::AppState;
 use crate::body;
@@ -47,7 +46,7 @@ fn query(req: &Request) -> Query {
         .unwrap_or_default()
 }
 
-/// Parse the path, then run the endpoint's handler inside a span named after it.
+/// Parse the path, name the request's span after the endpoint, run its handler.
 pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let endpoint = match endpoint::parse(req.uri().path()) {
         Ok(e) => e,
@@ -59,13 +58,16 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Err(ParseError::Invalid(e)) => return ApiError::from(e).into_response(),
     };
     let head = req.method() == Method::HEAD;
-    let span = tracing::info_span!(
-        "endpoint",
-        name = endpoint.name(),
-        repo = endpoint.repo().map(|r| r.as_str()).unwrap_or("")
-    );
+    // Named on the request's own span (one span per request, not two): the
+    // trace shows `GET manifest` with the repository instead of a bare path.
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        berth_cluster::trace_context::rename(&span, || format!("{} {}", req.method(), endpoint.name()));
+        span.record("endpoint", endpoint.name());
+        span.record("repo", endpoint.repo().map(|r| r.as_str()).unwrap_or(""));
+    }
     let name = endpoint.name();
-    let resp = route(state, endpoint, req).instrument(span).await;
+    let resp = route(state, endpoint, req).await;
     let mut resp = match resp {
         Ok(r) => r,
         Err(e) if head => {

@@ -74,6 +74,8 @@ fn request_span(req: &Request) -> tracing::Span {
         otel.status_code = tracing::field::Empty,
         http.request.method = %req.method(),
         url.path = %req.uri().path(),
+        endpoint = tracing::field::Empty,
+        repo = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
     berth_cluster::trace_context::adopt_parent(&span, req.headers());

@@ -60,6 +60,18 @@ pub fn adopt_parent(span: &Span, headers: &HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
+/// Give `span`'s exported span the name `name()` (built only when the span is
+/// recorded). Recording `otel.name` does not do it once the span has been entered:
+/// by then its OpenTelemetry span is started.
+pub fn rename(span: &Span, name: impl FnOnce() -> String) {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = span.context();
+    let otel = cx.span();
+    if otel.is_recording() {
+        otel.update_name(name());
+    }
+}
+
 /// Write the current span's trace context into outgoing gRPC metadata.
 pub fn inject_current(metadata: &mut MetadataMap) {
     let cx = Span::current().context();

@@ -325,6 +325,9 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`.
     pub otlp_endpoint: Option<String>,
+    /// Which spans are exported: a tracing filter like `log.level`, applied to the
+    /// exported spans only.
+    pub level: String,
     /// `service.name` of the exported spans.
     pub service_name: String,
     /// Share of new traces recorded (0.0–1.0); a request that arrives with a sampled
@@ -339,6 +342,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             otlp_endpoint: None,
+            level: "info,openraft=warn".into(),
             service_name: "berth".into(),
             sample_ratio: 1.0,
             flush_interval: Duration::from_secs(5),
@@ -534,6 +538,9 @@ impl Config {
         if telemetry.flush_interval.is_zero() {
             bail!("telemetry.flush_interval: must be greater than zero");
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&telemetry.level) {
+            bail!("telemetry.level: {:?} is not a valid filter: {e}", telemetry.level);
+        }
         if telemetry.service_name.is_empty() {
             bail!("telemetry.service_name: must not be empty");
         }
@@ -686,6 +693,7 @@ mod tests {
             ("flush_interval = \"0s\"", "telemetry.flush_interval"),
             ("otlp_endpoint = \"collector:4317\"", "telemetry.otlp_endpoint"),
             ("service_name = \"\"", "telemetry.service_name"),
+            ("level = \"info,[\"", "telemetry.level"),
         ] {
             let err = format!("{:#}", load(&format!("[telemetry]\n{bad}"), &[]).unwrap_err());
             assert!(err.contains(key), "{bad}: {err}");

@@ -44,34 +44,46 @@ impl Telemetry {
 /// `log.level`, and the OTLP exporter when one is configured. Must run inside the
 /// Tokio runtime (the exporter's gRPC channel lives on it).
 pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
-    let filter = match std::env::var("RUST_LOG") {
+    let log_filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
         _ => EnvFilter::try_new(&config.log.level),
     }
     .with_context(|| format!("log.level: {:?} is not a valid filter", config.log.level))?;
     let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let log = match config.log.format {
-        LogFormat::Text => log.boxed(),
-        LogFormat::Json => log.json().boxed(),
+        LogFormat::Text => log.with_filter(log_filter).boxed(),
+        LogFormat::Json => log.json().with_filter(log_filter).boxed(),
     };
-    let provider = if exports(&config.telemetry) {
-        Some(tracer_provider(config)?)
+    let cfg = &config.telemetry;
+    // Traces have their own filter: a node may log only warnings and still export
+    // every request's span.
+    let (provider, otel) = if exports(cfg) {
+        let trace_filter = EnvFilter::try_new(&cfg.level)
+            .with_context(|| format!("telemetry.level: {:?} is not a valid filter", cfg.level))?;
+        let provider = tracer_provider(config)?;
+        // Per span, source locations, thread names and busy/idle clocks cost more than
+        // they tell about a request; the context is only read by our own propagation
+        // (`OpenTelemetrySpanExt::context`), so it need not be activated on each poll.
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("berth"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(trace_filter);
+        (Some(provider), Some(layer))
     } else {
-        None
+        (None, None)
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("berth")));
     tracing_subscriber::registry()
-        .with(filter)
         .with(log)
         .with(otel)
         .try_init()
         .context("installing the tracing subscriber")?;
-    if let Some(endpoint) = provider.as_ref().map(|_| endpoint_description(&config.telemetry)) {
+    if provider.is_some() {
         tracing::info!(
-            endpoint,
-            sample_ratio = config.telemetry.sample_ratio,
+            endpoint = endpoint_description(cfg),
+            sample_ratio = cfg.sample_ratio,
             "exporting traces over OTLP"
         );
     }
