@@ -331,8 +331,9 @@ pub struct TelemetryConfig {
     /// `service.name` of the exported spans.
     pub service_name: String,
     /// Share of new traces recorded (0.0–1.0); a request that arrives with a sampled
-    /// `traceparent` is always recorded.
-    pub sample_ratio: f64,
+    /// `traceparent` is always recorded. Unset: `OTEL_TRACES_SAMPLER_ARG` (for the
+    /// ratio samplers of `OTEL_TRACES_SAMPLER`), else 1.0.
+    pub sample_ratio: Option<f64>,
     /// Longest a finished span waits before it is sent.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
@@ -344,7 +345,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             level: "info,openraft=warn".into(),
             service_name: "berth".into(),
-            sample_ratio: 1.0,
+            sample_ratio: None,
             flush_interval: Duration::from_secs(5),
         }
     }
@@ -529,11 +530,10 @@ impl Config {
             bail!("metadata.snapshot_after_logs: must be greater than zero");
         }
         let telemetry = &self.telemetry;
-        if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
-            bail!(
-                "telemetry.sample_ratio: must be between 0.0 and 1.0, got {}",
-                telemetry.sample_ratio
-            );
+        if let Some(r) = telemetry.sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            bail!("telemetry.sample_ratio: must be between 0.0 and 1.0, got {r}");
         }
         if telemetry.flush_interval.is_zero() {
             bail!("telemetry.flush_interval: must be greater than zero");
@@ -679,7 +679,7 @@ mod tests {
     fn telemetry_settings_are_checked() {
         let c = load("", &[]).unwrap();
         assert_eq!(c.telemetry.otlp_endpoint, None);
-        assert_eq!(c.telemetry.sample_ratio, 1.0);
+        assert_eq!(c.telemetry.sample_ratio, None);
         let c = load(
             "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\nflush_interval = \"200ms\"",
             &[("BERTH_TELEMETRY__SAMPLE_RATIO", "0.25")],
@@ -687,7 +687,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
         assert_eq!(c.telemetry.flush_interval, Duration::from_millis(200));
-        assert_eq!(c.telemetry.sample_ratio, 0.25);
+        assert_eq!(c.telemetry.sample_ratio, Some(0.25));
         for (bad, key) in [
             ("sample_ratio = 1.5", "telemetry.sample_ratio"),
             ("flush_interval = \"0s\"", "telemetry.flush_interval"),

@@ -57,10 +57,12 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let cfg = &config.telemetry;
     // Traces have their own filter: a node may log only warnings and still export
     // every request's span.
+    let mut ratio = 1.0;
     let (provider, otel) = if exports(cfg) {
         let trace_filter = EnvFilter::try_new(&cfg.level)
             .with_context(|| format!("telemetry.level: {:?} is not a valid filter", cfg.level))?;
-        let provider = tracer_provider(config)?;
+        ratio = sample_ratio(cfg, std::env::var)?;
+        let provider = tracer_provider(config, ratio)?;
         // Per span, source locations, thread names and busy/idle clocks cost more than
         // they tell about a request; the context is only read by our own propagation
         // (`OpenTelemetrySpanExt::context`), so it need not be activated on each poll.
@@ -83,7 +85,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     if provider.is_some() {
         tracing::info!(
             endpoint = endpoint_description(cfg),
-            sample_ratio = cfg.sample_ratio,
+            sample_ratio = ratio,
             "exporting traces over OTLP"
         );
     }
@@ -97,13 +99,33 @@ fn exports(cfg: &TelemetryConfig) -> bool {
             .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
+/// The ratio of new traces to record: `[telemetry] sample_ratio`, else the standard
+/// `OTEL_TRACES_SAMPLER_ARG` when `OTEL_TRACES_SAMPLER` is unset or a ratio sampler,
+/// else all.
+fn sample_ratio<E>(cfg: &TelemetryConfig, env: impl Fn(&'static str) -> Result<String, E>) -> anyhow::Result<f64> {
+    if let Some(r) = cfg.sample_ratio {
+        return Ok(r);
+    }
+    let ratio_sampler = match env("OTEL_TRACES_SAMPLER") {
+        Ok(s) => matches!(s.as_str(), "traceidratio" | "parentbased_traceidratio"),
+        Err(_) => true,
+    };
+    match env("OTEL_TRACES_SAMPLER_ARG") {
+        Ok(arg) if ratio_sampler => match arg.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            _ => anyhow::bail!("OTEL_TRACES_SAMPLER_ARG: {arg:?} is not a ratio between 0.0 and 1.0"),
+        },
+        _ => Ok(1.0),
+    }
+}
+
 fn endpoint_description(cfg: &TelemetryConfig) -> String {
     cfg.otlp_endpoint
         .clone()
         .unwrap_or_else(|| "from OTEL_EXPORTER_OTLP_* environment".into())
 }
 
-fn tracer_provider(config: &Config) -> anyhow::Result<SdkTracerProvider> {
+fn tracer_provider(config: &Config, ratio: f64) -> anyhow::Result<SdkTracerProvider> {
     let cfg = &config.telemetry;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
     if let Some(endpoint) = &cfg.otlp_endpoint {
@@ -117,7 +139,7 @@ fn tracer_provider(config: &Config) -> anyhow::Result<SdkTracerProvider> {
         .build();
     let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batches).build();
     // Traces a caller started keep the caller's decision; new ones are sampled here.
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sample_ratio)));
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)));
     let node_id = config.cluster.node_id;
     let mut resource = Resource::builder()
         .with_service_name(cfg.service_name.clone())
@@ -132,4 +154,31 @@ fn tracer_provider(config: &Config) -> anyhow::Result<SdkTracerProvider> {
         .with_sampler(sampler)
         .with_resource(resource.build())
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'static str, &'a str)]) -> impl Fn(&'static str) -> Result<String, ()> + 'a {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()).ok_or(())
+    }
+
+    #[test]
+    fn the_sample_ratio_comes_from_the_config_then_the_standard_environment() {
+        let mut cfg = TelemetryConfig::default();
+        assert_eq!(sample_ratio(&cfg, env(&[])).unwrap(), 1.0);
+        assert_eq!(
+            sample_ratio(&cfg, env(&[("OTEL_TRACES_SAMPLER_ARG", "0.1")])).unwrap(),
+            0.1
+        );
+        let other_sampler = [("OTEL_TRACES_SAMPLER", "always_on"), ("OTEL_TRACES_SAMPLER_ARG", "0.1")];
+        assert_eq!(sample_ratio(&cfg, env(&other_sampler)).unwrap(), 1.0);
+        assert!(sample_ratio(&cfg, env(&[("OTEL_TRACES_SAMPLER_ARG", "2")])).is_err());
+        cfg.sample_ratio = Some(0.5);
+        assert_eq!(
+            sample_ratio(&cfg, env(&[("OTEL_TRACES_SAMPLER_ARG", "0.1")])).unwrap(),
+            0.5
+        );
+    }
 }
