@@ -209,3 +209,28 @@ async fn a_write_through_a_follower_is_one_trace_across_both_nodes() {
         .collect();
     assert!(untraced_grpc.is_empty(), "heartbeats were exported: {untraced_grpc:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_cannot_be_reached_is_reported_in_the_log_and_serving_goes_on() {
+    // A port that nothing listens on.
+    let port = berth_testkit::node::free_port().expect("free port");
+    let node = berth_testkit::BerthNode::start_with(berth_testkit::NodeOptions {
+        binary: crate::berth_binary().into(),
+        extra_toml: format!("[telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\nflush_interval = \"100ms\"\n"),
+        ..Default::default()
+    })
+    .await
+    .expect("starting berth");
+    let base = node.base_url();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = reqwest::get(format!("{base}/v2/")).await.expect("GET /v2/");
+        assert_eq!(resp.status(), 200);
+        let log = node.log_tail(200);
+        if log.contains("BatchSpanProcessor.ExportError") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no export error logged after 30 s:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
