@@ -70,7 +70,7 @@ async fn get_manifest(http: &reqwest::Client, url: String) -> reqwest::Response 
 }
 
 /// An OCI image manifest whose config is the blob `digest` of `size` bytes, no layers.
-fn config_only_manifest(digest: &str, size: usize) -> Vec<u8> {
+pub(crate) fn config_only_manifest(digest: &str, size: usize) -> Vec<u8> {
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",

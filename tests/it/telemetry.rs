@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Trac
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
+use crate::cluster::config_only_manifest;
 use crate::start_cluster;
 
 /// One exported span, flattened with the resource it came from.
@@ -115,16 +116,6 @@ impl Collector {
     fn all(&self) -> Vec<Received> {
         self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
-
-fn config_only_manifest(digest: &str, size: usize) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": size},
-        "layers": [],
-    }))
-    .expect("manifest json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

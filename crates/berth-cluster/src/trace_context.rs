@@ -45,15 +45,19 @@ impl Injector for Metadata<'_> {
 }
 
 /// Whether `headers` carry a trace context from the caller.
-pub fn has_parent(headers: &HeaderMap) -> bool {
+fn has_parent(headers: &HeaderMap) -> bool {
     headers.contains_key(TRACEPARENT)
 }
 
 /// Make `span` a child of the trace context in `headers`, if they carry one.
 pub fn adopt_parent(span: &Span, headers: &HeaderMap) {
-    if !has_parent(headers) {
-        return;
+    if has_parent(headers) {
+        set_parent_from(span, headers);
     }
+}
+
+/// Make `span` a child of the trace context that `headers` carry.
+fn set_parent_from(span: &Span, headers: &HeaderMap) {
     let parent: Context = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
     // Fails only when the span is disabled or no OpenTelemetry layer is installed:
     // then there is no trace to join.
@@ -73,7 +77,7 @@ pub fn rename(span: &Span, name: impl FnOnce() -> String) {
 }
 
 /// Write the current span's trace context into outgoing gRPC metadata.
-pub fn inject_current(metadata: &mut MetadataMap) {
+fn inject_current(metadata: &mut MetadataMap) {
     let cx = Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut Metadata(metadata)));
 }
@@ -96,7 +100,7 @@ pub fn grpc_server_span(req: &tonic::codegen::http::Request<()>) -> Span {
     let rpc = req.uri().path();
     if has_parent(req.headers()) {
         let span = tracing::info_span!("grpc", otel.kind = "server", rpc.method = rpc);
-        adopt_parent(&span, req.headers());
+        set_parent_from(&span, req.headers());
         span
     } else {
         tracing::debug_span!("grpc", otel.kind = "server", rpc.method = rpc)

@@ -399,6 +399,16 @@ fn apply_env(table: &mut toml::Table, vars: impl Iterator<Item = (String, String
     Ok(())
 }
 
+/// An optional URL setting must name its scheme, `http://` or `https://`.
+fn check_http_url(key: &str, url: Option<&str>) -> anyhow::Result<()> {
+    match url {
+        Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            bail!("{key}: {u:?} must start with http:// or https://")
+        }
+        _ => Ok(()),
+    }
+}
+
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "data_dir",
@@ -482,11 +492,7 @@ impl Config {
             if s3.max_attempts == 0 {
                 bail!("storage.s3.max_attempts: must be at least 1");
             }
-            if let Some(e) = &s3.endpoint
-                && !(e.starts_with("http://") || e.starts_with("https://"))
-            {
-                bail!("storage.s3.endpoint: {e:?} must start with http:// or https://");
-            }
+            check_http_url("storage.s3.endpoint", s3.endpoint.as_deref())?;
         }
         let cluster = &self.cluster;
         if cluster.node_id == 0 {
@@ -544,11 +550,7 @@ impl Config {
         if telemetry.service_name.is_empty() {
             bail!("telemetry.service_name: must not be empty");
         }
-        if let Some(e) = &telemetry.otlp_endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            bail!("telemetry.otlp_endpoint: {e:?} must start with http:// or https://");
-        }
+        check_http_url("telemetry.otlp_endpoint", telemetry.otlp_endpoint.as_deref())?;
         Ok(())
     }
 

@@ -144,7 +144,10 @@ fn tracer_provider(config: &Config, ratio: f64) -> anyhow::Result<SdkTracerProvi
     let mut resource = Resource::builder()
         .with_service_name(cfg.service_name.clone())
         .with_attribute(KeyValue::new("service.instance.id", format!("node-{node_id}")))
-        .with_attribute(KeyValue::new("berth.node_id", node_id as i64));
+        .with_attribute(KeyValue::new(
+            "berth.node_id",
+            i64::try_from(node_id).unwrap_or(i64::MAX),
+        ));
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         resource = resource.with_attribute(KeyValue::new("host.name", host.trim().to_string()));
     }
