@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-/// CFS period of the quotas.
-const PERIOD_US: u64 = 100_000;
+/// The CFS period of the quotas by default: the kernel's own default.
+pub const DEFAULT_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Cgroups made for a system's processes; removed on drop (after the processes
 /// ended: a cgroup with members cannot be removed).
@@ -47,23 +47,35 @@ fn find_hierarchy(root: &Path) -> anyhow::Result<Hierarchy> {
     )
 }
 
-/// The quota, in microseconds per period, of `cpus` cores.
-fn quota_us(cpus: f64) -> anyhow::Result<u64> {
+/// The CFS period in microseconds: the kernel takes 1 ms to 1 s.
+fn period_us(period: std::time::Duration) -> anyhow::Result<u64> {
+    let us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
+    anyhow::ensure!(
+        (1_000..=1_000_000).contains(&us),
+        "a CFS period of {period:?} is not usable (1ms to 1s)"
+    );
+    Ok(us)
+}
+
+/// The quota, in microseconds per period of `period_us`, of `cpus` cores.
+fn quota_us(cpus: f64, period_us: u64) -> anyhow::Result<u64> {
     anyhow::ensure!(
         cpus.is_finite() && cpus >= 0.01,
         "a CPU budget of {cpus} cores is not usable"
     );
     // 1 ms per period is the kernel's minimum.
-    Ok(((cpus * PERIOD_US as f64).round() as u64).max(1000))
+    Ok(((cpus * period_us as f64).round() as u64).max(1000))
 }
 
 fn write(path: &Path, value: &str) -> anyhow::Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
 }
 
-/// Put each of `pids` in a cgroup of its own limited to `cpus` cores.
-pub fn limit(pids: &[u32], cpus: f64) -> anyhow::Result<CpuLimit> {
-    let quota = quota_us(cpus)?;
+/// Put each of `pids` in a cgroup of its own limited to `cpus` cores, granted per
+/// CFS `period`: a process that has used its quota waits for the next period.
+pub fn limit(pids: &[u32], cpus: f64, period: std::time::Duration) -> anyhow::Result<CpuLimit> {
+    let period = period_us(period)?;
+    let quota = quota_us(cpus, period)?;
     let hierarchy = find_hierarchy(Path::new("/sys/fs/cgroup"))?;
     let mut made = CpuLimit::default();
     for &pid in pids {
@@ -74,14 +86,14 @@ pub fn limit(pids: &[u32], cpus: f64) -> anyhow::Result<CpuLimit> {
                 let dir = parent.join(name);
                 std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 made.dirs.push(dir.clone());
-                write(&dir.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
+                write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
                 write(&dir.join("cgroup.procs"), &pid.to_string())?;
             }
             Hierarchy::V1(mount) => {
                 let dir = mount.join(name);
                 std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 made.dirs.push(dir.clone());
-                write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
                 write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
                 write(&dir.join("cgroup.procs"), &pid.to_string())?;
             }
@@ -167,10 +179,16 @@ mod tests {
 
     #[test]
     fn budgets_become_quotas_per_period() {
-        assert_eq!(quota_us(0.25).unwrap(), 25_000);
-        assert_eq!(quota_us(2.0).unwrap(), 200_000);
-        assert!(quota_us(0.005).is_err());
-        assert!(quota_us(f64::NAN).is_err());
+        let period = period_us(DEFAULT_PERIOD).unwrap();
+        assert_eq!(period, 100_000);
+        assert_eq!(quota_us(0.25, period).unwrap(), 25_000);
+        assert_eq!(quota_us(2.0, period).unwrap(), 200_000);
+        assert_eq!(quota_us(0.25, 10_000).unwrap(), 2_500);
+        assert_eq!(quota_us(0.05, 10_000).unwrap(), 1_000, "the kernel's minimum quota");
+        assert!(quota_us(0.005, period).is_err());
+        assert!(quota_us(f64::NAN, period).is_err());
+        assert!(period_us(std::time::Duration::from_micros(500)).is_err());
+        assert!(period_us(std::time::Duration::from_secs(2)).is_err());
     }
 
     #[test]

@@ -113,6 +113,10 @@ struct Args {
     /// cgroup each: emulates a machine per node (needs root). Default: no limit.
     #[arg(long)]
     server_cpus: Option<f64>,
+    /// CFS period of those budgets (1ms to 1s): a server that has used its quota
+    /// waits for the next period. Default: the kernel's 100ms.
+    #[arg(long, value_parser = parse_duration)]
+    cpu_period: Option<Duration>,
     /// How the clients of the closed-loop scenarios spread over a cluster's nodes:
     /// `request` (each client goes to the nodes in turn, an HTTP balancer) or
     /// `connection` (each client keeps to one node, a TCP balancer).
@@ -304,6 +308,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tag_duration: args.tag_duration,
         request_timeout: args.request_timeout,
         server_cpus: args.server_cpus,
+        cpu_period: args.cpu_period.unwrap_or(cpulimit::DEFAULT_PERIOD),
         balance: args.balance,
     };
     let settings = LaunchSettings {
@@ -425,7 +430,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let cpu_limit = match args.server_cpus.map(|c| cpulimit::limit(&running.server_pids, c)) {
+        let cpu_limit = match args
+            .server_cpus
+            .map(|c| cpulimit::limit(&running.server_pids, c, params.cpu_period))
+        {
             None => None,
             Some(Ok(l)) => Some(l),
             Some(Err(e)) => {
@@ -533,9 +541,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .into(),
             Some(c) => format!(
                 "One run on a shared 2-core machine, every server process limited to {c} CPU \
-                 cores by a cgroup of its own (a machine per node, emulated); the client and \
-                 SeaweedFS are not limited. Clients spread over a cluster's nodes {}. Compare \
-                 systems only within one run.",
+                 cores by a cgroup of its own (a machine per node, emulated; CFS period {:?}); \
+                 the client and SeaweedFS are not limited. Clients spread over a cluster's \
+                 nodes {}. Compare systems only within one run.",
+                params.cpu_period,
                 match params.balance {
                     Balance::Request => "request by request (each client turns over the nodes)",
                     Balance::Connection => "by connection (each client keeps to one node)",

@@ -787,6 +787,7 @@ mod tests {
             tag_duration: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             server_cpus: None,
+            cpu_period: crate::cpulimit::DEFAULT_PERIOD,
             balance: crate::scenarios::Balance::Request,
         }
     }

@@ -183,6 +183,9 @@ pub struct Params {
     pub request_timeout: Duration,
     /// CPU budget of each server process in cores (`--server-cpus`), if any.
     pub server_cpus: Option<f64>,
+    /// CFS period of those budgets (`--cpu-period`).
+    #[serde(serialize_with = "secs")]
+    pub cpu_period: Duration,
     /// How closed-loop clients spread over the nodes (`--balance`).
     pub balance: Balance,
 }
@@ -889,6 +892,7 @@ mod tests {
             tag_duration: Duration::from_millis(200),
             request_timeout: Duration::from_secs(5),
             server_cpus: None,
+            cpu_period: crate::cpulimit::DEFAULT_PERIOD,
             balance: Balance::Request,
         }
     }
