@@ -13,8 +13,10 @@
 //! can never leave a partial blob visible. `tmp/` is emptied on open.
 //!
 //! All file I/O runs on the blocking pool through `std::fs`; writes are
-//! batched (1 MiB) and pipelined with receiving the next batch, reads stream
-//! in 128 KiB chunks.
+//! batched (2 MiB) and pipelined with receiving the next batch. Uploads and puts
+//! write their whole batches with direct I/O (see `direct`): a pushed layer does
+//! not pass through the page cache on its way to the disk. Big reads are served
+//! from memory maps, small ones stream in 128 KiB chunks.
 //!
 //! Concurrency: appends and commits of one upload are serialised by an
 //! in-process per-upload lock. `upload_len` / `upload_read` / `upload_abort`
@@ -42,6 +44,7 @@ use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
 use tracing::{debug, info, warn};
 
+use crate::direct::DirectFile;
 use crate::lock::{KeyedGuard, KeyedLocks};
 use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
 
@@ -780,6 +783,8 @@ pub(crate) struct FileWriter {
     /// Start writing each batch back to disk as soon as it is written, so that the
     /// final fsync of a durable file has little left to wait for.
     writeback: bool,
+    /// Durable files: whole aligned batches bypass the page cache (`direct`).
+    direct: Option<Arc<DirectFile>>,
 }
 
 impl FileWriter {
@@ -794,13 +799,17 @@ impl FileWriter {
             batch: WRITE_BATCH,
             done: pos,
             writeback: false,
+            direct: None,
         }
     }
 
-    /// A writer for a file that will be fsync'ed: disk writes start batch by batch
-    /// while the data still arrives, instead of all at the final fsync.
+    /// A writer for a file that will be fsync'ed: whole aligned batches are written
+    /// with direct I/O, straight to the device (see `direct`), and the rest starts
+    /// its writeback batch by batch while the data still arrives, so the final fsync
+    /// has little left to wait for.
     pub(crate) fn durable(mut self) -> Self {
         self.writeback = true;
+        self.direct = Some(Arc::new(DirectFile::default()));
         self
     }
 
@@ -846,10 +855,13 @@ impl FileWriter {
             }
             let take = room.min(chunk.len());
             let piece = chunk.split_to(take);
-            if self.buf.capacity() == 0
-                && let Some(spare) = self.spare.take()
-            {
-                self.buf = spare;
+            if self.buf.capacity() == 0 {
+                self.buf = match self.spare.take() {
+                    Some(spare) => spare,
+                    // A durable file's batches go to the device from this buffer.
+                    None if self.direct.is_some() => crate::direct::aligned_buffer(self.batch),
+                    None => BytesMut::new(),
+                };
             }
             self.buf.extend_from_slice(&piece);
             if take == room {
@@ -867,14 +879,20 @@ impl FileWriter {
         self.pos += data.len() as u64;
         let mut hasher = self.hasher.take();
         let writeback = self.writeback;
+        let direct = self.direct.clone();
         self.inflight = Some(tokio::task::spawn_blocking(move || {
             if let Some(h) = hasher.as_mut() {
                 h.update(&data);
             }
-            let res = file.write_all_at(&data, pos);
-            if writeback && res.is_ok() {
-                start_writeback(&file, pos, data.len() as u64);
-            }
+            let res = match direct.as_deref().map(|d| d.write_at(&file, &data, pos)) {
+                Some(Ok(true)) => Ok(()),
+                Some(Err(e)) => Err(e),
+                None | Some(Ok(false)) => file.write_all_at(&data, pos).inspect(|()| {
+                    if writeback {
+                        start_writeback(&file, pos, data.len() as u64);
+                    }
+                }),
+            };
             (hasher, res, data)
         }));
         Ok(())
@@ -1146,6 +1164,52 @@ mod tests {
         assert!(started[2..].iter().all(|&c| c >= WRITE_BATCH), "{started:?}");
         let spare = w.spare.as_ref().expect("the last batch's buffer is kept");
         assert!(spare.capacity() >= WRITE_BATCH);
+    }
+
+    /// A durable file's whole batches go to the device with direct I/O, from the
+    /// writer's aligned buffers or copied from unaligned chunks; its unaligned head
+    /// and tail are written through the page cache. All of it lands in order.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn durable_batches_bypass_the_page_cache_and_land_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let start = 1000u64;
+        std::fs::write(&path, vec![7u8; start as usize]).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut w = FileWriter::new(file, start).durable();
+        let mut expected = vec![7u8; start as usize];
+        // Small chunks (collected in the writer's buffer), then a chunk holding whole
+        // batches (written from the chunk itself), then an unaligned tail.
+        let sizes = [WRITE_BATCH - 1000, 4096, 65_536, 3 * WRITE_BATCH, 12_345];
+        for (i, n) in sizes.into_iter().enumerate() {
+            let chunk: Vec<u8> = (0..n).map(|j| (i * 7 + j % 253) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            let mut rest = Bytes::from(chunk);
+            while !rest.is_empty() {
+                let piece = rest.split_to(rest.len().min(if i == 3 { usize::MAX } else { 8192 }));
+                w.write(piece).await.unwrap();
+            }
+        }
+        let end = w.flush().await.unwrap();
+        w.sync().await.unwrap();
+        assert_eq!(end, expected.len() as u64);
+        let f = std::fs::File::open(&path).unwrap();
+        let batch = WRITE_BATCH as u64;
+        // Batches 1..=4 are whole and aligned; the refusal of O_DIRECT by the
+        // filesystem under the test's temp dir would leave them cached.
+        let direct = w.direct.as_ref().expect("a durable writer writes direct");
+        if !direct.refused() {
+            assert!(
+                map_resident_piece(&f, batch, batch).unwrap().is_none(),
+                "batch 1 is not cached"
+            );
+            assert!(
+                map_resident_piece(&f, 4 * batch, batch).unwrap().is_none(),
+                "batch 4 is not cached"
+            );
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
 
     /// Chunks of every awkward size, written from an unaligned offset, go to disk in

@@ -24,6 +24,7 @@ use std::pin::Pin;
 
 pub use berth_oci::{Digest, DigestAlgorithm};
 
+mod direct;
 mod fs;
 mod lock;
 
