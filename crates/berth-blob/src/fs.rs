@@ -68,6 +68,8 @@ pub struct FsBlobStore {
     tmp: PathBuf,
     /// Serialises append / commit of the same upload within this process.
     locks: Arc<KeyedLocks>,
+    /// Uploads and puts write their whole batches with direct I/O.
+    direct_io: bool,
 }
 
 impl std::fmt::Debug for FsBlobStore {
@@ -89,6 +91,7 @@ impl FsBlobStore {
             tmp: root.join("tmp"),
             root,
             locks: Arc::new(KeyedLocks::default()),
+            direct_io: true,
         };
         let dirs = [
             store.root.clone(),
@@ -122,6 +125,15 @@ impl FsBlobStore {
     }
 
     /// The root directory.
+    /// With `false`, uploads and puts are written through the page cache instead of
+    /// with direct I/O (on by default; see the `direct` module): a pushed blob then
+    /// stays cached for a first pull from this node, at the cost of copying it into
+    /// the page cache on the way in.
+    pub fn with_direct_io(mut self, on: bool) -> Self {
+        self.direct_io = on;
+        self
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -250,7 +262,9 @@ impl BlobStore for FsBlobStore {
         let p = tmp_path.clone();
         let file = blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
         let mut temp = TempFile::new(tmp_path.clone());
-        let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm())).durable();
+        let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()))
+            .durable()
+            .direct(self.direct_io);
 
         let written: Result<u64, BlobError> = async {
             while let Some(item) = data.next().await {
@@ -371,7 +385,7 @@ impl BlobStore for FsBlobStore {
         }
 
         let mut append = Append {
-            writer: FileWriter::new(file, offset).durable(),
+            writer: FileWriter::new(file, offset).durable().direct(self.direct_io),
             offset,
             lock: Some(lock),
             armed: true,
@@ -803,13 +817,17 @@ impl FileWriter {
         }
     }
 
-    /// A writer for a file that will be fsync'ed: whole aligned batches are written
-    /// with direct I/O, straight to the device (see `direct`), and the rest starts
-    /// its writeback batch by batch while the data still arrives, so the final fsync
-    /// has little left to wait for.
+    /// A writer for a file that will be fsync'ed: disk writes start batch by batch
+    /// while the data still arrives, instead of all at the final fsync.
     pub(crate) fn durable(mut self) -> Self {
         self.writeback = true;
-        self.direct = Some(Arc::new(DirectFile::default()));
+        self
+    }
+
+    /// With `on`, whole aligned batches are written with direct I/O, straight to
+    /// the device (see `direct`), not through the page cache.
+    pub(crate) fn direct(mut self, on: bool) -> Self {
+        self.direct = on.then(|| Arc::new(DirectFile::default()));
         self
     }
 
@@ -1177,7 +1195,7 @@ mod tests {
         let start = 1000u64;
         std::fs::write(&path, vec![7u8; start as usize]).unwrap();
         let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-        let mut w = FileWriter::new(file, start).durable();
+        let mut w = FileWriter::new(file, start).durable().direct(true);
         let mut expected = vec![7u8; start as usize];
         // Small chunks (collected in the writer's buffer), then a chunk holding whole
         // batches (written from the chunk itself), then an unaligned tail.
@@ -1210,6 +1228,31 @@ mod tests {
             );
         }
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    /// The store writes pushed blobs with direct I/O unless told not to, in which
+    /// case the blob is left in the page cache like any buffered write.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_store_without_direct_io_leaves_pushed_blobs_cached() {
+        let data: Vec<u8> = (0..4 * WRITE_BATCH).map(|i| (i % 241) as u8).collect();
+        let digest = Digest::sha256_of(&data);
+        let mut cached = Vec::new();
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = FsBlobStore::open(dir.path()).await.unwrap().with_direct_io(direct);
+            let chunks: Vec<io::Result<Bytes>> = data.chunks(100_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            let size = store
+                .put(&digest, Box::pin(futures::stream::iter(chunks)))
+                .await
+                .unwrap();
+            assert_eq!(size, data.len() as u64);
+            let file = File::open(store.blob_path(&digest).unwrap()).unwrap();
+            let batch = WRITE_BATCH as u64;
+            cached.push(map_resident_piece(&file, batch, batch).unwrap().is_some());
+            assert_eq!(std::fs::read(store.blob_path(&digest).unwrap()).unwrap(), data);
+        }
+        assert_eq!(cached, [false, true], "direct: not cached; buffered: cached");
     }
 
     /// Chunks of every awkward size, written from an unaligned offset, go to disk in

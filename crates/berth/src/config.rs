@@ -146,7 +146,7 @@ impl Default for CacheConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FsConfig {
     /// Directory of blob bytes; defaults to `<data_dir>/blobs`.
@@ -154,6 +154,19 @@ pub struct FsConfig {
     /// The directory is shared by every node of the cluster (e.g. an NFS mount).
     /// Required for the fs backend in a multi-node cluster.
     pub shared: bool,
+    /// Pushed blobs are written with direct I/O (`O_DIRECT`), not through the page
+    /// cache. `false`: buffered, so a blob stays cached for a first pull from here.
+    pub direct_io: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            path: None,
+            shared: false,
+            direct_io: true,
+        }
+    }
 }
 
 /// Membership of a multi-node cluster. Without `grpc_listen` the node is a
@@ -605,6 +618,9 @@ mod tests {
         assert_eq!(c.storage.backend, Backend::Fs);
         assert_eq!(c.blob_dir(), PathBuf::from("berth-data/blobs"));
         assert_eq!(c.uploads.expire_after, Duration::from_secs(86400));
+        assert!(c.storage.fs.direct_io);
+        let c = load("[storage.fs]\ndirect_io = false", &[]).unwrap();
+        assert!(!c.storage.fs.direct_io);
     }
 
     #[test]

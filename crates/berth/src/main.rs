@@ -303,7 +303,8 @@ async fn open_blob_store(config: &Config) -> anyhow::Result<(Arc<dyn BlobStore>,
             let dir = config.blob_dir();
             let store = FsBlobStore::open(&dir)
                 .await
-                .with_context(|| format!("storage.fs.path: cannot use {}", dir.display()))?;
+                .with_context(|| format!("storage.fs.path: cannot use {}", dir.display()))?
+                .with_direct_io(config.storage.fs.direct_io);
             Ok((Arc::new(store), BlobDelivery::Proxy))
         }
         Backend::S3 => {
