@@ -124,7 +124,6 @@ impl FsBlobStore {
         Ok(store)
     }
 
-    /// The root directory.
     /// With `false`, uploads and puts are written through the page cache instead of
     /// with direct I/O (on by default; see the `direct` module): a pushed blob then
     /// stays cached for a first pull from this node, at the cost of copying it into
@@ -134,6 +133,7 @@ impl FsBlobStore {
         self
     }
 
+    /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -1184,6 +1184,12 @@ mod tests {
         assert!(spare.capacity() >= WRITE_BATCH);
     }
 
+    /// A file at `path` holding `len` bytes of 7, open for reading and writing.
+    fn file_of_sevens(path: &Path, len: u64) -> File {
+        std::fs::write(path, vec![7u8; len as usize]).unwrap();
+        std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap()
+    }
+
     /// A durable file's whole batches go to the device with direct I/O, from the
     /// writer's aligned buffers or copied from unaligned chunks; its unaligned head
     /// and tail are written through the page cache. All of it lands in order.
@@ -1193,8 +1199,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let start = 1000u64;
-        std::fs::write(&path, vec![7u8; start as usize]).unwrap();
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let file = file_of_sevens(&path, start);
         let mut w = FileWriter::new(file, start).durable().direct(true);
         let mut expected = vec![7u8; start as usize];
         // Small chunks (collected in the writer's buffer), then a chunk holding whole
@@ -1263,8 +1268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let start = 1000u64;
-        std::fs::write(&path, vec![7u8; start as usize]).unwrap();
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let file = file_of_sevens(&path, start);
         let algo = berth_oci::DigestAlgorithm::Sha256;
         let mut w = FileWriter::with_hasher(file, start, Hasher::new(algo));
         let mut expected = Vec::new();
