@@ -55,7 +55,7 @@ pub(crate) const READ_CHUNK: usize = 128 * 1024;
 /// filesystem with large folios (ext4 and XFS on recent Linux) the page cache then
 /// holds the blob in huge-page-sized folios, which `read_blob` maps with one page
 /// table entry per piece instead of 512.
-const WRITE_BATCH: usize = 2 * 1024 * 1024;
+pub(crate) const WRITE_BATCH: usize = 2 * 1024 * 1024;
 
 /// Blob store on a local filesystem (the embedded default backend).
 ///
@@ -700,7 +700,7 @@ pub(crate) async fn read_blob(file: File, start: u64, len: u64) -> io::Result<By
 /// `len` bytes at `at` of a blob file mapped and populated, if every page of them
 /// is in the page cache (`mincore`); `None` if some must come from disk.
 #[cfg(target_os = "linux")]
-fn map_resident_piece(file: &File, at: u64, len: u64) -> io::Result<Option<Bytes>> {
+pub(crate) fn map_resident_piece(file: &File, at: u64, len: u64) -> io::Result<Option<Bytes>> {
     let len = usize::try_from(len).map_err(io::Error::other)?;
     // SAFETY: as in `map_piece`: a blob file is never modified in place.
     let map = unsafe { memmap2::MmapOptions::new().offset(at).len(len).map(file)? };
@@ -720,7 +720,7 @@ fn map_resident_piece(file: &File, at: u64, len: u64) -> io::Result<Option<Bytes
 }
 
 #[cfg(not(target_os = "linux"))]
-fn map_resident_piece(_file: &File, _at: u64, _len: u64) -> io::Result<Option<Bytes>> {
+pub(crate) fn map_resident_piece(_file: &File, _at: u64, _len: u64) -> io::Result<Option<Bytes>> {
     Ok(None)
 }
 

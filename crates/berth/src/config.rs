@@ -134,6 +134,10 @@ pub struct CacheConfig {
     /// Defaults to `<data_dir>/cache`.
     pub path: Option<PathBuf>,
     pub max_bytes: bytesize::ByteSize,
+    /// Fills write with direct I/O (`O_DIRECT`), not through the page cache: the
+    /// requesters of a miss are served from the fill's memory. `false`: buffered,
+    /// so the page cache holds a blob for its next hits.
+    pub direct_io: bool,
 }
 
 impl Default for CacheConfig {
@@ -142,6 +146,7 @@ impl Default for CacheConfig {
             enabled: true,
             path: None,
             max_bytes: bytesize::ByteSize::gib(10),
+            direct_io: true,
         }
     }
 }
@@ -619,8 +624,14 @@ mod tests {
         assert_eq!(c.blob_dir(), PathBuf::from("berth-data/blobs"));
         assert_eq!(c.uploads.expire_after, Duration::from_secs(86400));
         assert!(c.storage.fs.direct_io);
-        let c = load("[storage.fs]\ndirect_io = false", &[]).unwrap();
+        assert!(c.storage.cache.direct_io);
+        let c = load(
+            "[storage.fs]\ndirect_io = false\n[storage.cache]\ndirect_io = false",
+            &[],
+        )
+        .unwrap();
         assert!(!c.storage.fs.direct_io);
+        assert!(!c.storage.cache.direct_io);
     }
 
     #[test]

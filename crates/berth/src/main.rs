@@ -336,7 +336,8 @@ async fn open_blob_store(config: &Config) -> anyhow::Result<(Arc<dyn BlobStore>,
             let dir = config.cache_dir();
             let cached = CachedBlobStore::open(store, dir.clone(), config.storage.cache.max_bytes.as_u64())
                 .await
-                .with_context(|| format!("storage.cache.path: cannot use {}", dir.display()))?;
+                .with_context(|| format!("storage.cache.path: cannot use {}", dir.display()))?
+                .with_direct_io(config.storage.cache.direct_io);
             Ok((Arc::new(cached), delivery))
         }
     }
