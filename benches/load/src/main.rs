@@ -523,6 +523,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             peak_rss_mib: peak,
         });
     }
+    // SeaweedFS's own log goes with the report: its temp dir does not outlive the
+    // run, and a failed S3 request is only explained there.
+    let seaweed_log = seaweed.as_ref().and_then(|fs| {
+        let dst = out_path.with_extension("seaweedfs.log");
+        match keep_seaweed_log(fs.dir(), &dst) {
+            Ok(()) => Some(dst),
+            Err(e) => {
+                eprintln!("berth-bench: SeaweedFS's log not kept: {e:#}");
+                None
+            }
+        }
+    });
     if let Some(mut fs) = seaweed.take()
         && let Err(e) = fs.stop().await
     {
@@ -573,7 +585,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("writing the table next to {}", out_path.display()))?;
     let shown = out_path.canonicalize().unwrap_or(out_path);
     println!("JSON report: {}", shown.display());
+    if let Some(log) = seaweed_log {
+        println!("SeaweedFS log: {}", log.display());
+    }
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Copy SeaweedFS's glog file (`log/weed.INFO`, which holds its warnings and errors
+/// too) and its console output from `dir` into `dst`.
+fn keep_seaweed_log(dir: &std::path::Path, dst: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut out = std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
+    for name in ["log/weed.INFO", "weed.log"] {
+        let src = dir.join(name);
+        // Either may be missing (no glog file yet, another console log name).
+        if let Ok(mut f) = std::fs::File::open(&src) {
+            use std::io::Write;
+            writeln!(out, "=== {} ===", src.display())?;
+            std::io::copy(&mut f, &mut out).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
     Ok(())
 }
 
