@@ -491,6 +491,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 };
                 println!("  {:<34} {:<18} {}{tag}", s.title(&params), l.kind.name(), summary(&m));
                 these.push(m);
+                // Pushes leave SeaweedFS with garbage (upload parts, overwritten
+                // blobs) it does not reclaim for a quarter of an hour: compact now, so
+                // every system pushes into the same free space.
+                if matches!(s, Scenario::PushLarge | Scenario::PushSmall)
+                    && l.kind.uses_s3()
+                    && let Some(fs) = &seaweed
+                    && let Err(e) = fs.vacuum().await
+                {
+                    eprintln!("berth-bench: SeaweedFS vacuum failed: {e:#}");
+                }
             }
         }
         if args.rounds > 1 {

@@ -172,6 +172,30 @@ impl SeaweedFs {
         &self.bucket
     }
 
+    /// Ask the master to compact every volume with any garbage (deleted or
+    /// overwritten objects): SeaweedFS reclaims that space only by vacuuming, on its
+    /// own every quarter of an hour, so a run that writes and deletes many GiB
+    /// can run out of volumes before. Returns once the master has answered (it
+    /// compacts before answering).
+    pub async fn vacuum(&self) -> anyhow::Result<()> {
+        let url = format!(
+            "http://127.0.0.1:{}/vol/vacuum?garbageThreshold=0.0001",
+            self.ports.master
+        );
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            bail!("GET {url}: {status}: {body}");
+        }
+        Ok(())
+    }
+
     pub fn access_key(&self) -> &str {
         &self.access_key
     }
