@@ -560,6 +560,16 @@ async fn read_scenario(s: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Measurement
         _ => p.clients,
     };
     if !p.warmup.is_zero() {
+        // One request through every node first: a timed warm-up alone can end
+        // before each node of a cluster has answered once (a big blob's first read
+        // on a node can take longer than the warm-up), and then the measurement,
+        // not the warm-up, pays that node's first read.
+        for endpoint in ctx.endpoints {
+            let url = endpoint.join(req.path.trim_start_matches('/'))?;
+            if let Err(e) = Reader::new(&req).send(&url, p.request_timeout).await {
+                bail!("warm-up request to {url}: {e}");
+            }
+        }
         closed_read_loop(ctx.endpoints, p.balance, clients, p.warmup, p.request_timeout, &req).await?;
     }
     let cpu_before = crate::rss::cpu_seconds_of(ctx.server_pids);
