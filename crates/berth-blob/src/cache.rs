@@ -679,9 +679,15 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
     let mut data = shared.inner.get(&digest, None).await?;
     let tmp_path = shared.tmp.join(format!("fill-{}", uuid::Uuid::new_v4()));
     let p = tmp_path.clone();
+    let direct = shared.direct_io.load(Ordering::Relaxed);
     let (file, reader) = blocking(move || {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&p)?;
         let reader = file.try_clone()?;
+        if direct {
+            // Requesters behind the tail read the file below what is written, while
+            // the next batches are written directly: no readahead into those.
+            crate::fs::no_readahead(&reader);
+        }
         Ok((file, Arc::new(reader)))
     })
     .await?;
@@ -695,8 +701,7 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
         }
     });
 
-    let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()))
-        .direct(shared.direct_io.load(Ordering::Relaxed));
+    let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm())).direct(direct);
     let publish = |received: u64, written: u64| {
         tx.send_if_modified(|p| {
             let changed = (p.received, p.written) != (received, written);

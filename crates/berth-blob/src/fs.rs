@@ -647,6 +647,25 @@ fn start_writeback(file: &File, pos: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _pos: u64, _len: u64) {}
 
+/// Turn readahead off for reads through `file`'s open file description
+/// (`POSIX_FADV_RANDOM`): a read then caches exactly the pages it asked for. For a
+/// file that is read behind its own direct writes, readahead could cache pages of
+/// a batch still being written, and the kernel's invalidation after that write is
+/// best effort; a stale page would then be served by every later hit. Only a hint:
+/// a failure is ignored.
+#[cfg(target_os = "linux")]
+pub(crate) fn no_readahead(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor belongs to `file`, open for the whole call; the call
+    // reads no memory of ours.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn no_readahead(_file: &File) {}
+
 /// Blobs at least this big are sent from memory maps.
 const MAP_MIN: u64 = 1024 * 1024;
 /// Bytes per mapped piece. Pieces start on multiples of it in the file (but the
@@ -1233,6 +1252,33 @@ mod tests {
             );
         }
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    /// Without readahead a read caches only the pages it asked for: a fill's
+    /// requesters reading behind its direct writes never cache a page of a batch
+    /// still being written.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn without_readahead_a_read_caches_only_its_own_pages() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 4 * WRITE_BATCH]).unwrap();
+        let mut next_page_cached = Vec::new();
+        for readahead in [true, false] {
+            let file = File::open(&path).unwrap();
+            file.sync_all().unwrap();
+            // SAFETY: our own open descriptor; no memory is passed.
+            let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0);
+            if !readahead {
+                no_readahead(&file);
+            }
+            let mut page = vec![0u8; 4096];
+            file.read_exact_at(&mut page, 0).unwrap();
+            next_page_cached.push(map_resident_piece(&file, 8192, 4096).unwrap().is_some());
+        }
+        assert_eq!(next_page_cached, [true, false], "readahead: cached; without: not");
     }
 
     /// The store writes pushed blobs with direct I/O unless told not to, in which
