@@ -605,6 +605,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// Copy SeaweedFS's glog file (`log/weed.INFO`, which holds its warnings and errors
 /// too) and its console output from `dir` into `dst`.
 fn keep_seaweed_log(dir: &std::path::Path, dst: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -613,7 +614,6 @@ fn keep_seaweed_log(dir: &std::path::Path, dst: &std::path::Path) -> anyhow::Res
         let src = dir.join(name);
         // Either may be missing (no glog file yet, another console log name).
         if let Ok(mut f) = std::fs::File::open(&src) {
-            use std::io::Write;
             writeln!(out, "=== {} ===", src.display())?;
             std::io::copy(&mut f, &mut out).with_context(|| format!("copying {}", src.display()))?;
         }

@@ -351,6 +351,12 @@ impl LoopOut {
     }
 }
 
+/// The URL of `req` on every endpoint.
+fn read_urls(endpoints: &[Url], req: &ReadReq) -> anyhow::Result<Vec<Url>> {
+    let path = req.path.trim_start_matches('/');
+    Ok(endpoints.iter().map(|e| e.join(path)).collect::<Result<_, _>>()?)
+}
+
 async fn closed_read_loop(
     endpoints: &[Url],
     balance: Balance,
@@ -359,11 +365,7 @@ async fn closed_read_loop(
     timeout: Duration,
     req: &ReadReq,
 ) -> anyhow::Result<LoopOut> {
-    let urls: Vec<Url> = endpoints
-        .iter()
-        .map(|e| e.join(req.path.trim_start_matches('/')))
-        .collect::<Result<_, _>>()?;
-    let urls = Arc::new(urls);
+    let urls = Arc::new(read_urls(endpoints, req)?);
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -564,8 +566,7 @@ async fn read_scenario(s: Scenario, ctx: &Ctx<'_>) -> anyhow::Result<Measurement
         // before each node of a cluster has answered once (a big blob's first read
         // on a node can take longer than the warm-up), and then the measurement,
         // not the warm-up, pays that node's first read.
-        for endpoint in ctx.endpoints {
-            let url = endpoint.join(req.path.trim_start_matches('/'))?;
+        for url in read_urls(ctx.endpoints, &req)? {
             if let Err(e) = Reader::new(&req).send(&url, p.request_timeout).await {
                 bail!("warm-up request to {url}: {e}");
             }

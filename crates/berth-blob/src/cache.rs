@@ -192,7 +192,8 @@ struct Progress {
     phase: Phase,
     /// Bytes of the temp file that are written and readable.
     written: u64,
-    /// Bytes received from the inner store (in `written` or in the tail).
+    /// Bytes received from the inner store (in `written` or in the tail). Readers
+    /// take them from the tail; this counter is what wakes them when it grows.
     received: u64,
 }
 
@@ -1178,9 +1179,7 @@ mod tests {
             assert!(got == data, "the requester of the miss gets the blob");
             cache.wait_idle().await;
             assert!(cache.contains(&digest));
-            let file = File::open(cache.cache_path(&digest)).unwrap();
-            let batch = WRITE_BATCH as u64;
-            cached.push(crate::fs::map_resident_piece(&file, batch, batch).unwrap().is_some());
+            cached.push(crate::fs::second_batch_cached(&cache.cache_path(&digest)));
             assert!(std::fs::read(cache.cache_path(&digest)).unwrap() == data);
         }
         assert_eq!(cached, [false, true], "direct: not cached; buffered: cached");

@@ -738,6 +738,15 @@ pub(crate) fn map_resident_piece(file: &File, at: u64, len: u64) -> io::Result<O
     Ok(Some(Bytes::from_owner(map)))
 }
 
+/// Whether the page cache holds the whole second write batch of the file at `path`
+/// (tests of what direct I/O leaves out of it).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn second_batch_cached(path: &Path) -> bool {
+    let file = File::open(path).unwrap();
+    let batch = WRITE_BATCH as u64;
+    map_resident_piece(&file, batch, batch).unwrap().is_some()
+}
+
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn map_resident_piece(_file: &File, _at: u64, _len: u64) -> io::Result<Option<Bytes>> {
     Ok(None)
@@ -1298,9 +1307,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(size, data.len() as u64);
-            let file = File::open(store.blob_path(&digest).unwrap()).unwrap();
-            let batch = WRITE_BATCH as u64;
-            cached.push(map_resident_piece(&file, batch, batch).unwrap().is_some());
+            cached.push(second_batch_cached(&store.blob_path(&digest).unwrap()));
             assert_eq!(std::fs::read(store.blob_path(&digest).unwrap()).unwrap(), data);
         }
         assert_eq!(cached, [false, true], "direct: not cached; buffered: cached");
