@@ -681,18 +681,19 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
     let tmp_path = shared.tmp.join(format!("fill-{}", uuid::Uuid::new_v4()));
     let p = tmp_path.clone();
     let direct = shared.direct_io.load(Ordering::Relaxed);
-    let (file, reader) = blocking(move || {
+    // The guard is made with the file (see `fs::create_temp`).
+    let (file, reader, mut temp) = blocking(move || {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&p)?;
+        let temp = TempFile::new(p);
         let reader = file.try_clone()?;
         if direct {
             // Requesters behind the tail read the file below what is written, while
             // the next batches are written directly: no readahead into those.
             crate::fs::no_readahead(&reader);
         }
-        Ok((file, Arc::new(reader)))
+        Ok((file, Arc::new(reader), temp))
     })
     .await?;
-    let mut temp = TempFile::new(tmp_path.clone());
     let tail = Arc::new(Mutex::new(Tail::default()));
     tx.send_modify(|p| {
         p.phase = Phase::Streaming {

@@ -259,9 +259,7 @@ impl BlobStore for FsBlobStore {
         }
 
         let tmp_path = self.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-        let p = tmp_path.clone();
-        let file = blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
-        let mut temp = TempFile::new(tmp_path.clone());
+        let (file, mut temp) = create_temp(tmp_path.clone()).await?;
         let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()))
             .durable()
             .direct(self.direct_io);
@@ -1059,6 +1057,17 @@ impl Drop for Append {
 }
 
 /// Removes a temp file unless disarmed (also when the owning future is dropped).
+/// Creates the new file `path` on a blocking thread, together with its guard: a
+/// caller cancelled while it waits for the file does not leave it behind, because
+/// the guard is made as soon as the file exists and the unclaimed result is dropped.
+pub(crate) async fn create_temp(path: PathBuf) -> io::Result<(File, TempFile)> {
+    blocking(move || {
+        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        Ok((file, TempFile::new(path)))
+    })
+    .await
+}
+
 pub(crate) struct TempFile {
     path: Option<PathBuf>,
 }

@@ -85,7 +85,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::fs::{FileWriter, TempFile, blocking, clean_dir, read_stream};
+use crate::fs::{FileWriter, blocking, clean_dir, create_temp, read_stream};
 use crate::lock::{KeyedGuard, KeyedLocks};
 use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
 
@@ -1439,9 +1439,7 @@ impl BlobStore for S3BlobStore {
             }
 
             let tmp_path = inner.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-            let p = tmp_path.clone();
-            let file = blocking(move || OpenOptions::new().write(true).create_new(true).open(&p)).await?;
-            let mut temp = TempFile::new(tmp_path.clone());
+            let (file, mut temp) = create_temp(tmp_path.clone()).await?;
             let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()));
             let written: Result<u64, BlobError> = async {
                 while let Some(item) = data.next().await {

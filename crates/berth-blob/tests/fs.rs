@@ -183,6 +183,36 @@ async fn cancelled_put_leaves_nothing() {
     assert_eq!(store.stat(&digest).await.expect("stat"), None);
 }
 
+/// Cancelled while its temp file is being created (the put waits for the blocking
+/// open): the file is still removed once it exists.
+#[tokio::test]
+async fn put_cancelled_while_creating_its_temp_file_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open(dir.path()).await);
+    let data = pseudo_random(109, 64 * 1024);
+    let digest = Digest::sha256_of(&data);
+    // Cancel at many points of the put's start: the runtime's one thread lets the
+    // put run `steps` times, each time after blocking threads had `pause` to work.
+    for steps in 1..6 {
+        for pause in [0, 20, 50, 100, 200, 400] {
+            let task = {
+                let store = Arc::clone(&store);
+                let digest = digest.clone();
+                let data = data.clone();
+                tokio::spawn(async move { store.put(&digest, stalling_stream(data)).await })
+            };
+            for _ in 0..steps {
+                tokio::task::yield_now().await;
+                std::thread::sleep(Duration::from_micros(pause));
+            }
+            task.abort();
+            assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        }
+    }
+    eventually("temp files removed", async || tmp_entries(dir.path()).is_empty()).await;
+    assert_eq!(store.stat(&digest).await.expect("stat"), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_append_is_rolled_back() {
     let dir = tempfile::tempdir().expect("tempdir");
