@@ -10,11 +10,16 @@
 
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 
 /// The CFS period of the quotas by default: the kernel's own default.
 pub const DEFAULT_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Numbers the cgroups this process makes (their names must differ).
+static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Cgroups made for a system's processes; removed on drop (after the processes
 /// ended: a cgroup with members cannot be removed).
@@ -71,15 +76,21 @@ fn write(path: &Path, value: &str) -> anyhow::Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
 }
 
-/// Put each of `pids` in a cgroup of its own limited to `cpus` cores, granted per
-/// CFS `period`: a process that has used its quota waits for the next period.
-pub fn limit(pids: &[u32], cpus: f64, period: std::time::Duration) -> anyhow::Result<CpuLimit> {
+/// Make `count` cgroups, each limited to `cpus` cores granted per CFS `period` (a
+/// process that has used its quota waits for the next period). The servers start
+/// inside them ([`CpuLimit::dirs`], `berth_testkit::node::start_in_cgroup`), as in
+/// a container: a server sizes its thread pools by the budget it sees at start.
+pub fn prepare(count: usize, cpus: f64, period: std::time::Duration) -> anyhow::Result<CpuLimit> {
     let period = period_us(period)?;
     let quota = quota_us(cpus, period)?;
     let hierarchy = find_hierarchy(Path::new("/sys/fs/cgroup"))?;
     let mut made = CpuLimit::default();
-    for &pid in pids {
-        let name = format!("berth-bench-{}-{pid}", std::process::id());
+    for _ in 0..count {
+        let name = format!(
+            "berth-bench-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         match &hierarchy {
             Hierarchy::V2(parent) => {
                 write(&parent.join("cgroup.subtree_control"), "+cpu")?;
@@ -87,7 +98,6 @@ pub fn limit(pids: &[u32], cpus: f64, period: std::time::Duration) -> anyhow::Re
                 std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 made.dirs.push(dir.clone());
                 write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
-                write(&dir.join("cgroup.procs"), &pid.to_string())?;
             }
             Hierarchy::V1(mount) => {
                 let dir = mount.join(name);
@@ -95,7 +105,6 @@ pub fn limit(pids: &[u32], cpus: f64, period: std::time::Duration) -> anyhow::Re
                 made.dirs.push(dir.clone());
                 write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
                 write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                write(&dir.join("cgroup.procs"), &pid.to_string())?;
             }
         }
     }
@@ -111,6 +120,11 @@ pub struct Periods {
 }
 
 impl CpuLimit {
+    /// The cgroups, one per server.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
     /// The periods of each limited process's cgroup (`cpu.stat`, the same keys in
     /// v1 and v2); a cgroup whose counters cannot be read is left out.
     pub fn periods(&self) -> Vec<Periods> {
@@ -247,6 +261,44 @@ mod tests {
         assert_eq!(
             find_hierarchy(root.path()).unwrap(),
             Hierarchy::V2(root.path().to_path_buf())
+        );
+    }
+
+    #[test]
+    fn a_process_started_in_its_cgroup_is_in_it_from_its_first_instruction() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: making cgroups needs root");
+            return;
+        }
+        let limit = prepare(2, 0.25, DEFAULT_PERIOD).unwrap();
+        assert_eq!(limit.dirs().len(), 2);
+        assert_ne!(limit.dirs()[0], limit.dirs()[1]);
+        let dir = &limit.dirs()[1];
+        let mut cmd = std::process::Command::new("cat");
+        cmd.arg("/proc/self/cgroup");
+        berth_testkit::node::start_in_cgroup(&mut cmd, dir).unwrap();
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let cgroups = String::from_utf8(out.stdout).unwrap();
+        // The v1 cpu controller's line where there is one, else the unified one.
+        let cpu = (cgroups.lines())
+            .find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "cpu")))
+            .or_else(|| cgroups.lines().find(|l| l.starts_with("0::")))
+            .unwrap();
+        assert!(cpu.ends_with(&format!("/{name}")), "{cgroups}");
+        // The budget is the one asked for.
+        let quota = std::fs::read_to_string(dir.join("cpu.max"))
+            .or_else(|_| std::fs::read_to_string(dir.join("cpu.cfs_quota_us")))
+            .unwrap();
+        assert!(quota.starts_with("25000"), "{quota}");
+
+        let mut cmd = std::process::Command::new("true");
+        berth_testkit::node::start_in_cgroup(&mut cmd, &dir.join("missing")).unwrap();
+        assert!(
+            cmd.status().is_err(),
+            "a child that cannot join its cgroup must not run"
         );
     }
 }

@@ -110,7 +110,8 @@ struct Args {
     #[arg(long, default_value_t = 4096)]
     cache_mib: u64,
     /// CPU budget of every server process, in cores (e.g. 0.25), enforced by a
-    /// cgroup each: emulates a machine per node (needs root). Default: no limit.
+    /// cgroup each that the process starts in: emulates a machine per node (needs
+    /// root). Default: no limit.
     #[arg(long)]
     server_cpus: Option<f64>,
     /// CFS period of those budgets (1ms to 1s): a server that has used its quota
@@ -422,24 +423,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         println!("starting {} ({}) …", k.name(), k.describe());
-        let mut running = match systems::start(k, &settings, s3.as_ref()).await {
-            Ok(r) => r,
-            Err(e) => {
-                println!("  failed: {e:#}");
-                infos.push(failed(format!("{e:#}")));
-                continue;
-            }
-        };
         let cpu_limit = match args
             .server_cpus
-            .map(|c| cpulimit::limit(&running.server_pids, c, params.cpu_period))
+            .map(|c| cpulimit::prepare(k.nodes(), c, params.cpu_period))
         {
             None => None,
             Some(Ok(l)) => Some(l),
             Some(Err(e)) => {
                 println!("  failed: CPU budget: {e:#}");
-                let _ = running.stop().await;
                 infos.push(failed(format!("CPU budget: {e:#}")));
+                continue;
+            }
+        };
+        let cgroups = cpu_limit.as_ref().map(|l| l.dirs()).unwrap_or_default();
+        let mut running = match systems::start(k, &settings, s3.as_ref(), cgroups).await {
+            Ok(r) => r,
+            Err(e) => {
+                println!("  failed: {e:#}");
+                infos.push(failed(format!("{e:#}")));
                 continue;
             }
         };
@@ -563,7 +564,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .into(),
             Some(c) => format!(
                 "One run on a shared 2-core machine, every server process limited to {c} CPU \
-                 cores by a cgroup of its own (a machine per node, emulated; CFS period {:?}); \
+                 cores by a cgroup of its own that it starts in (a machine per node, emulated; CFS period {:?}); \
                  the client and SeaweedFS are not limited. Clients spread over a cluster's \
                  nodes {}. Compare systems only within one run.",
                 params.cpu_period,

@@ -12,7 +12,6 @@
 //! before that it is reported as "not available yet".
 
 use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
@@ -25,6 +24,8 @@ use anyhow::Context;
 use anyhow::bail;
 use berth_testkit::BerthNode;
 use berth_testkit::NodeOptions;
+use berth_testkit::node::set_parent_death_signal;
+use berth_testkit::node::start_in_cgroup;
 use reqwest::Url;
 use serde::Serialize;
 use tempfile::TempDir;
@@ -295,16 +296,26 @@ impl Running {
 }
 
 /// Starts `kind` (which [`availability`] accepted).
-pub async fn start(kind: SystemKind, settings: &LaunchSettings, s3: Option<&S3Target>) -> anyhow::Result<Running> {
+/// Start `kind`; with `cgroups` (one per node, [`SystemKind::nodes`]), server `i`
+/// starts inside `cgroups[i]`.
+pub async fn start(
+    kind: SystemKind,
+    settings: &LaunchSettings,
+    s3: Option<&S3Target>,
+    cgroups: &[PathBuf],
+) -> anyhow::Result<Running> {
     let need_s3 = || s3.with_context(|| format!("{} needs the shared SeaweedFS", kind.name()));
+    let cgroup = cgroups.first();
     match kind {
-        SystemKind::BerthFs => start_berth(kind, settings, None).await,
-        SystemKind::BerthS3 => start_berth(kind, settings, Some((need_s3()?, "proxy"))).await,
-        SystemKind::BerthS3Redirect => start_berth(kind, settings, Some((need_s3()?, "redirect"))).await,
-        SystemKind::BerthCluster3 | SystemKind::BerthCluster3Local => start_cluster(kind, settings, need_s3()?).await,
-        SystemKind::DistFs => start_dist(kind, settings, None).await,
-        SystemKind::DistS3Redirect => start_dist(kind, settings, Some((need_s3()?, true))).await,
-        SystemKind::DistS3Proxy => start_dist(kind, settings, Some((need_s3()?, false))).await,
+        SystemKind::BerthFs => start_berth(kind, settings, None, cgroup).await,
+        SystemKind::BerthS3 => start_berth(kind, settings, Some((need_s3()?, "proxy")), cgroup).await,
+        SystemKind::BerthS3Redirect => start_berth(kind, settings, Some((need_s3()?, "redirect")), cgroup).await,
+        SystemKind::BerthCluster3 | SystemKind::BerthCluster3Local => {
+            start_cluster(kind, settings, need_s3()?, cgroups).await
+        }
+        SystemKind::DistFs => start_dist(kind, settings, None, cgroup).await,
+        SystemKind::DistS3Redirect => start_dist(kind, settings, Some((need_s3()?, true)), cgroup).await,
+        SystemKind::DistS3Proxy => start_dist(kind, settings, Some((need_s3()?, false)), cgroup).await,
     }
 }
 
@@ -344,9 +355,11 @@ async fn start_berth(
     kind: SystemKind,
     settings: &LaunchSettings,
     s3: Option<(&S3Target, &str)>,
+    cgroup: Option<&PathBuf>,
 ) -> anyhow::Result<Running> {
     let opts = NodeOptions {
         ready_timeout: Some(READY_TIMEOUT),
+        cgroup: cgroup.cloned(),
         ..NodeOptions::new(&settings.berth_bin).extra_toml(berth_extra_toml(kind, settings, s3)?)
     };
     let node = BerthNode::start_with(opts)
@@ -365,7 +378,12 @@ pub const CLUSTER_NODES: u64 = 3;
 
 /// Three berth nodes on the shared S3 (same prefix), each with its own data dir and
 /// cache; started together (node 1 initialises the cluster and needs a majority).
-async fn start_cluster(kind: SystemKind, settings: &LaunchSettings, s3: &S3Target) -> anyhow::Result<Running> {
+async fn start_cluster(
+    kind: SystemKind,
+    settings: &LaunchSettings,
+    s3: &S3Target,
+    cgroups: &[PathBuf],
+) -> anyhow::Result<Running> {
     let mut ports = Vec::new();
     // Six distinct free ports: HTTP and gRPC of each node.
     let mut held = Vec::new();
@@ -389,6 +407,7 @@ async fn start_cluster(kind: SystemKind, settings: &LaunchSettings, s3: &S3Targe
         let opts = NodeOptions {
             ready_timeout: Some(READY_TIMEOUT),
             port: Some(ports[i as usize]),
+            cgroup: cgroups.get(i as usize).cloned(),
             ..NodeOptions::new(&settings.berth_bin).extra_toml(toml::to_string(&table)?)
         };
         starts.push(BerthNode::start_with(opts));
@@ -412,8 +431,9 @@ async fn start_dist(
     kind: SystemKind,
     settings: &LaunchSettings,
     s3: Option<(&S3Target, bool)>,
+    cgroup: Option<&PathBuf>,
 ) -> anyhow::Result<Running> {
-    let dist = Distribution::start(kind, settings, s3)
+    let dist = Distribution::start(kind, settings, s3, cgroup)
         .await
         .with_context(|| format!("starting {}", kind.name()))?;
     let endpoint = Url::parse(&format!("http://127.0.0.1:{}/", dist.port))?;
@@ -486,6 +506,7 @@ impl Distribution {
         kind: SystemKind,
         settings: &LaunchSettings,
         s3: Option<(&S3Target, bool)>,
+        cgroup: Option<&PathBuf>,
     ) -> anyhow::Result<Distribution> {
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -522,7 +543,10 @@ impl Distribution {
                     cmd.env_remove(&key);
                 }
             }
-            set_parent_death_signal(&mut cmd);
+            set_parent_death_signal(&mut cmd, libc::SIGKILL);
+            if let Some(dir) = cgroup {
+                start_in_cgroup(&mut cmd, dir)?;
+            }
             let child = cmd
                 .spawn()
                 .with_context(|| format!("spawning {}", settings.registry_bin.display()))?;
@@ -636,20 +660,6 @@ pub fn signal(pid: u32, sig: libc::c_int) {
         unsafe {
             libc::kill(pid, sig);
         }
-    }
-}
-
-/// The kernel SIGKILLs the child when the spawning thread dies, so a crashed or
-/// killed harness leaves no server behind.
-fn set_parent_death_signal(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

@@ -51,6 +51,8 @@ pub struct NodeOptions {
     pub env: Vec<(String, String)>,
     /// Readiness deadline; `None` is [`DEFAULT_READY_TIMEOUT`].
     pub ready_timeout: Option<Duration>,
+    /// A cgroup directory the child starts in (every start), see [`start_in_cgroup`].
+    pub cgroup: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -75,6 +77,11 @@ impl NodeOptions {
         self.env.push((key.into(), value.into()));
         self
     }
+
+    pub fn cgroup(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cgroup = Some(dir.into());
+        self
+    }
 }
 
 /// A running (or stopped) `berth serve` child. Dropping it SIGKILLs the child.
@@ -89,6 +96,7 @@ pub struct BerthNode {
     log_path: PathBuf,
     port: u16,
     env: Vec<(String, String)>,
+    cgroup: Option<PathBuf>,
     ready_timeout: Duration,
     child: Option<Child>,
     last_pid: u32,
@@ -147,6 +155,7 @@ impl BerthNode {
             data_dir,
             port: 0,
             env: opts.env.clone(),
+            cgroup: opts.cgroup.clone(),
             ready_timeout: opts.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
             child: None,
             last_pid: 0,
@@ -349,6 +358,9 @@ impl BerthNode {
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         set_parent_death_signal(&mut cmd, libc::SIGKILL);
+        if let Some(dir) = &self.cgroup {
+            start_in_cgroup(&mut cmd, dir)?;
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.display()))?;
@@ -549,9 +561,38 @@ fn listens_on(_pid: u32, _port: u16) -> bool {
     true
 }
 
+/// Makes the child join the cgroup at `dir` (by writing to its `cgroup.procs`, v1 or
+/// v2) between fork and exec, so it runs no instruction of its own outside it: what
+/// it reads of its CPU budget when it starts (std's `available_parallelism`, and so
+/// tokio's worker count) is that cgroup's, as in a container with a CPU limit. The
+/// spawn fails if the child cannot join.
+pub fn start_in_cgroup(cmd: &mut Command, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let procs = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())?;
+    // SAFETY: open, write and close are async-signal-safe; the closure allocates
+    // nothing (the path was made before the fork, `last_os_error` only reads errno).
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0": the writing process itself.
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// Makes the kernel send `sig` to the child when the thread that spawned it dies, so
 /// a test process killed by its runner does not leave servers behind.
-pub(crate) fn set_parent_death_signal(cmd: &mut Command, sig: libc::c_int) {
+pub fn set_parent_death_signal(cmd: &mut Command, sig: libc::c_int) {
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
