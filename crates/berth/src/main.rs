@@ -228,7 +228,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listen: cannot bind {addr}"))?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "berth is serving the OCI distribution API");
+    tracing::info!(
+        %addr,
+        data_dir = %config.data_dir.display(),
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "berth is serving the OCI distribution API"
+    );
 
     let app = berth_api::router(registry);
     let shutdown = stop.clone();
