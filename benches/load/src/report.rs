@@ -199,13 +199,15 @@ pub fn render(r: &Report, systems: &[SystemKind], scenarios: &[Scenario]) -> Str
         let _ = writeln!(
             out,
             "physical ({n}): sha256 one core {} MiB/s ({} s); loopback copy {} MiB/s ({} s); \
-             disk write+fsync {} MiB/s ({} s)",
+             disk write+fsync {} MiB/s ({} s); page-cache send {} MiB/s ({} s)",
             f(p.sha256_mib_per_s),
             f(p.sha256_s),
             f(p.loopback_mib_per_s),
             f(p.loopback_s),
             f(p.disk_write_fsync_mib_per_s),
             f(p.disk_write_fsync_s),
+            f(p.page_cache_send_mib_per_s),
+            f(p.page_cache_send_s),
         );
     }
     let _ = writeln!(out);
@@ -575,6 +577,24 @@ pub fn targets(r: &Report) -> Vec<TargetLine> {
                 );
             }
         }
+        // Against what this machine sends from the page cache at best (information).
+        let cached = r.physical.as_ref().map(|p| p.page_cache_send_mib_per_s);
+        if let (Some(v), Some(c)) = (r.find(S::BlobGetLarge, sys).and_then(mibs), cached)
+            && c > 0.0
+        {
+            let name = format!(
+                "blob GET {}: {}/page-cache send",
+                crate::scenarios::size(r.params.large_blob),
+                sys.name()
+            );
+            let text = format!(
+                "{name} = {:.0}% ({} of {} MiB/s sent from memory maps of a cached file, no HTTP) info",
+                v / c * 100.0,
+                f(v),
+                f(c)
+            );
+            t.push(&name, Some(v / c), Verdict::Info, text);
+        }
     }
 
     // The big push against hashing plus copying the same bytes.
@@ -914,6 +934,42 @@ mod tests {
         assert!(cluster.text.contains("not available"), "{}", cluster.text);
         let head_proxy = lines.iter().find(|l| l.target.contains("dist-s3-proxy")).unwrap();
         assert_eq!(head_proxy.verdict, Verdict::Miss);
+    }
+
+    #[test]
+    fn the_big_get_is_judged_against_loopback_and_shown_against_the_page_cache() {
+        let mut get = Measurement::new(Scenario::BlobGetLarge.id(), SystemKind::BerthS3.name());
+        get.mib_per_s = Some(2500.0);
+        get.ops = 10;
+        let mut r = report(vec![get]);
+        r.physical = Some(Physical {
+            bytes: 1 << 30,
+            repetitions: 3,
+            sha256_mib_per_s: 1000.0,
+            sha256_s: 1.024,
+            loopback_mib_per_s: 5000.0,
+            loopback_s: 0.2048,
+            disk_write_fsync_mib_per_s: 500.0,
+            disk_write_fsync_s: 2.048,
+            page_cache_send_mib_per_s: 2600.0,
+            page_cache_send_s: 0.3938,
+        });
+        let lines = targets(&r);
+        let judged = lines
+            .iter()
+            .find(|l| l.target == "blob GET 256 MiB: berth-s3/loopback copy (proxy mode, warm cache)")
+            .unwrap();
+        assert_eq!((judged.verdict.clone(), judged.value), (Verdict::Miss, Some(0.5)));
+        let info = lines
+            .iter()
+            .find(|l| l.target == "blob GET 256 MiB: berth-s3/page-cache send")
+            .unwrap();
+        assert_eq!(info.verdict, Verdict::Info);
+        assert!(info.text.contains("= 96% (2500 of 2600 MiB/s"), "{}", info.text);
+        assert!(
+            !lines.iter().any(|l| l.target.contains("berth-fs/page-cache")),
+            "no line without a measurement"
+        );
     }
 
     #[test]
