@@ -942,6 +942,26 @@ impl ClusterNode {
                     .change_membership(MembershipRequest { change: bytes })
                     .await
                     .map_err(|s| unavailable(format!("leader {}: {}", leader.grpc_addr, s.message())))?;
+                // Answered once this node's membership shows the change, like every
+                // forwarded write is answered once applied here: the status the
+                // caller reads next from this node must not show the old members.
+                // A node that removed itself may never hear the final membership.
+                if matches!(change, MembershipChange::Remove { id } if id == self.inner.id) {
+                    return Ok(());
+                }
+                let shown = move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
+                    let config = m.membership_config.membership();
+                    match &change {
+                        MembershipChange::Add { id, .. } => config.voter_ids().any(|v| v == *id),
+                        MembershipChange::Remove { id } => !config.nodes().any(|(n, _)| n == id),
+                    }
+                };
+                self.inner
+                    .raft
+                    .wait(Some(self.inner.options.request_timeout))
+                    .metrics(shown, "membership change shown on this node")
+                    .await
+                    .map_err(unavailable)?;
                 Ok(())
             }
             Err(ForwardOr::Failed(e)) => Err(e),
