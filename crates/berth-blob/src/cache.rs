@@ -45,7 +45,7 @@
 //! they cannot re-insert it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::fs::{
-    FileWriter, READ_CHUNK, TempFile, WRITE_BATCH, blocking, clean_dir, ensure_dir, parent_of, probe_writable,
+    FileWriter, READ_CHUNK, WRITE_BATCH, blocking, clean_dir, create_temp, ensure_dir, parent_of, probe_writable,
     read_blob, scan_blobs, sync_dir,
 };
 use crate::{BlobError, BlobStore, ByteRange, ByteStream};
@@ -679,21 +679,15 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
 
     let mut data = shared.inner.get(&digest, None).await?;
     let tmp_path = shared.tmp.join(format!("fill-{}", uuid::Uuid::new_v4()));
-    let p = tmp_path.clone();
     let direct = shared.direct_io.load(Ordering::Relaxed);
-    // The guard is made with the file (see `fs::create_temp`).
-    let (file, reader, mut temp) = blocking(move || {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&p)?;
-        let temp = TempFile::new(p);
-        let reader = file.try_clone()?;
-        if direct {
-            // Requesters behind the tail read the file below what is written, while
-            // the next batches are written directly: no readahead into those.
-            crate::fs::no_readahead(&reader);
-        }
-        Ok((file, Arc::new(reader), temp))
-    })
-    .await?;
+    let (file, mut temp) = create_temp(tmp_path.clone()).await?;
+    let reader = file.try_clone()?;
+    if direct {
+        // Requesters behind the tail read the file below what is written, while
+        // the next batches are written directly: no readahead into those.
+        crate::fs::no_readahead(&reader);
+    }
+    let reader = Arc::new(reader);
     let tail = Arc::new(Mutex::new(Tail::default()));
     tx.send_modify(|p| {
         p.phase = Phase::Streaming {

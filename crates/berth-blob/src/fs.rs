@@ -1056,18 +1056,19 @@ impl Drop for Append {
     }
 }
 
-/// Removes a temp file unless disarmed (also when the owning future is dropped).
-/// Creates the new file `path` on a blocking thread, together with its guard: a
-/// caller cancelled while it waits for the file does not leave it behind, because
-/// the guard is made as soon as the file exists and the unclaimed result is dropped.
+/// Creates the new file `path` (read and write) on a blocking thread, together with
+/// its guard: a caller cancelled while it waits for the file does not leave it
+/// behind, because the guard is made as soon as the file exists and the unclaimed
+/// result is dropped.
 pub(crate) async fn create_temp(path: PathBuf) -> io::Result<(File, TempFile)> {
     blocking(move || {
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         Ok((file, TempFile::new(path)))
     })
     .await
 }
 
+/// Removes a temp file unless disarmed (also when the owning future is dropped).
 pub(crate) struct TempFile {
     path: Option<PathBuf>,
 }
