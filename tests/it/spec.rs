@@ -13,6 +13,7 @@ mod base;
 mod blobs;
 mod catalog;
 mod deletes;
+mod hostile;
 mod lifecycle;
 mod manifests;
 mod mount;

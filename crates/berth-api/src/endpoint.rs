@@ -64,6 +64,8 @@ pub enum ParseError {
     NotFound,
     /// The route matched but a component is invalid.
     Invalid(OciError),
+    /// A manifest path whose reference is neither a tag nor a digest.
+    InvalidReference(OciError),
 }
 
 impl From<OciError> for ParseError {
@@ -114,7 +116,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ParseError> {
         let repo = name(n)?;
         return Ok(Endpoint::Manifest {
             repo,
-            reference: Reference::parse(reference)?,
+            reference: Reference::parse(reference).map_err(ParseError::InvalidReference)?,
         });
     }
     if let Some((n, d)) = split_last(p, "/blobs/") {
@@ -197,7 +199,10 @@ mod tests {
         assert_eq!(code("/v2/Team/App/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("/v2/a//b/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("/v2/a/blobs/sha256:zz"), ErrorCode::DigestInvalid);
-        assert_eq!(code("/v2/a/manifests/-bad"), ErrorCode::ManifestInvalid);
+        assert!(matches!(
+            parse("/v2/a/manifests/-bad"),
+            Err(ParseError::InvalidReference(_))
+        ));
         assert_eq!(code("/v2/a/blobs/uploads/bad.id"), ErrorCode::BlobUploadUnknown);
         assert_eq!(code("/v2/a/blobs/uploads/x%00"), ErrorCode::BlobUploadUnknown);
         assert_eq!(parse("/v2/a/unknown/x"), Err(ParseError::NotFound));

@@ -30,11 +30,6 @@ impl ApiError {
         }
     }
 
-    pub fn with_status(mut self, status: StatusCode) -> Self {
-        self.status = status;
-        self
-    }
-
     pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
         self.detail = detail;
         self
@@ -62,8 +57,9 @@ impl From<RegistryError> for ApiError {
             err = err.with_header(header::CONTENT_RANGE, &format!("bytes */{size}"));
         }
         match code {
-            // Unavailability passes: the client may try again in a moment.
-            ErrorCode::Unavailable => err = err.with_header(header::RETRY_AFTER, "1"),
+            // Unavailability passes, and so does a bound: the client may try again
+            // in a moment.
+            ErrorCode::Unavailable | ErrorCode::TooManyRequests => err = err.with_header(header::RETRY_AFTER, "1"),
             ErrorCode::Internal => tracing::error!(error = %e, "internal error"),
             _ => {}
         }

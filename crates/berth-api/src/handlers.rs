@@ -53,12 +53,15 @@ fn query(req: &Request) -> Query {
 pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let endpoint = match endpoint::parse(req.uri().path()) {
         Ok(e) => e,
-        Err(ParseError::NotFound) => {
-            return ApiError::new(ErrorCode::NameUnknown, "no such endpoint")
-                .with_status(StatusCode::NOT_FOUND)
-                .into_response();
+        // No endpoint has this path: a plain 404, not an OCI code that would
+        // claim something about a repository.
+        Err(ParseError::NotFound) => return (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
+        // No manifest can exist under a reference that is neither a tag nor a
+        // digest: reading or deleting one finds nothing; pushing one is invalid.
+        Err(ParseError::InvalidReference(e)) if req.method() != Method::PUT => {
+            return ApiError::new(ErrorCode::ManifestUnknown, e.to_string()).into_response();
         }
-        Err(ParseError::Invalid(e)) => return ApiError::from(e).into_response(),
+        Err(ParseError::Invalid(e) | ParseError::InvalidReference(e)) => return ApiError::from(e).into_response(),
     };
     let head = req.method() == Method::HEAD;
     // Named on the request's own span (one span per request, not two): the
@@ -86,8 +89,7 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
 }
 
 fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::Unsupported, "method not allowed on this endpoint")
-        .with_status(StatusCode::METHOD_NOT_ALLOWED)
+    ApiError::new(ErrorCode::NotAllowed, "method not allowed on this endpoint")
 }
 
 async fn route(state: AppState, endpoint: Endpoint, req: Request) -> ApiResult {
@@ -148,7 +150,7 @@ fn page_params(q: &Query) -> ApiResult<(usize, Option<String>)> {
     let n = match q.get("n") {
         Some(n) => n
             .parse::<usize>()
-            .map_err(|_| ApiError::new(ErrorCode::SizeInvalid, "n must be a non-negative integer"))?,
+            .map_err(|_| ApiError::new(ErrorCode::PaginationNumberInvalid, "n must be a non-negative integer"))?,
         None => DEFAULT_PAGE,
     };
     Ok((n, q.get("last").cloned()))
@@ -218,6 +220,12 @@ async fn put_manifest(state: AppState, repo: RepoName, reference: Reference, req
         )
     };
     let declared = body::content_length(req.headers());
+    if let Some(n) = declared
+        && n > limit as u64
+    {
+        // Refused from the declared length alone: nothing of the body is read.
+        return Err(too_large(n.to_string()).with_header(header::CONNECTION, "close"));
+    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -279,11 +287,13 @@ async fn referrers(state: AppState, repo: RepoName, digest: Digest, req: Request
 
 // ---- blobs --------------------------------------------------------------------------
 
-/// The `Range` a request asks for; the registry holds it against the blob.
+/// The `Range` a request asks for, unless it is one to ignore; the registry holds
+/// it against the blob.
 fn range_request(headers: &HeaderMap) -> Option<RangeRequest> {
-    headers
-        .get(header::RANGE)
-        .map(|h| h.to_str().map_or(RangeRequest::Malformed, RangeRequest::parse))
+    let value = headers.get(header::RANGE)?;
+    value
+        .to_str()
+        .map_or(Some(RangeRequest::Malformed), RangeRequest::parse)
 }
 
 fn blob_headers(digest: &Digest, head: &BlobHead) -> (StatusCode, Vec<(header::HeaderName, String)>) {
@@ -398,10 +408,7 @@ fn content_range(headers: &HeaderMap) -> ApiResult<Option<(u64, u64)>> {
     let Some(v) = headers.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let invalid = || {
-        ApiError::new(ErrorCode::BlobUploadInvalid, "malformed Content-Range")
-            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-    };
+    let invalid = || ApiError::new(ErrorCode::UploadOutOfOrder, "malformed Content-Range");
     let s = v.to_str().map_err(|_| invalid())?.trim();
     let s = s
         .strip_prefix("bytes=")
@@ -424,15 +431,19 @@ fn chunk_bounds(headers: &HeaderMap) -> ApiResult<(Option<u64>, Option<u64>)> {
     match content_range(headers)? {
         None => Ok((None, length)),
         Some((a, b)) => {
-            let n = b - a + 1;
+            let n = b.checked_sub(a).and_then(|d| d.checked_add(1)).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UploadOutOfOrder,
+                    format!("Content-Range {a}-{b} covers no length"),
+                )
+            })?;
             if let Some(l) = length
                 && l != n
             {
                 return Err(ApiError::new(
-                    ErrorCode::BlobUploadInvalid,
+                    ErrorCode::UploadOutOfOrder,
                     format!("Content-Range {a}-{b} announces {n} bytes but Content-Length is {l}"),
-                )
-                .with_status(StatusCode::RANGE_NOT_SATISFIABLE));
+                ));
             }
             Ok((Some(a), Some(n)))
         }
@@ -491,5 +502,13 @@ mod tests {
         assert!(chunk_bounds(&h).is_err());
         h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 100-149/*"));
         assert_eq!(chunk_bounds(&h).unwrap(), (Some(100), Some(50)));
+        // A range as wide as 64 bits has no length to announce: refused, no overflow.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_static("0-18446744073709551615"),
+        );
+        let err = chunk_bounds(&h).unwrap_err();
+        assert_eq!(err.status, StatusCode::RANGE_NOT_SATISFIABLE);
     }
 }

@@ -145,6 +145,8 @@ fn rejection_code(r: &Rejection) -> ErrorCode {
         Rejection::ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
         Rejection::ManifestUnknown(_) | Rejection::TagUnknown(_) => ErrorCode::ManifestUnknown,
         Rejection::NameUnknown(_) => ErrorCode::NameUnknown,
+        Rejection::SizeMismatch { .. } => ErrorCode::ManifestInvalid,
+        Rejection::BlobInUse { .. } => ErrorCode::NotAllowed,
     }
 }
 

@@ -98,6 +98,7 @@ fn put_manifest(bytes: Vec<u8>, tag: Option<&str>, blobs: Vec<Digest>) -> Comman
         referrer: None,
         blobs,
         children: vec![],
+        declared_sizes: vec![],
         at: 1_700_000_000_000,
     }
 }

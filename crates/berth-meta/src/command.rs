@@ -60,6 +60,12 @@ pub enum Command {
         referrer: Option<Descriptor>,
         blobs: Vec<Digest>,
         children: Vec<Digest>,
+        /// The size each descriptor declares for a blob or child manifest; the put is
+        /// refused when the stored content has another size (a client verifies sizes
+        /// on pull, so such an image could never be pulled). Absent in entries
+        /// written before the check existed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        declared_sizes: Vec<(Digest, u64)>,
         at: u64,
     },
     /// Delete a manifest from a repository together with every tag pointing at it.
@@ -110,6 +116,12 @@ pub enum Rejection {
     TagUnknown(Tag),
     #[error("repository {0} is unknown")]
     NameUnknown(RepoName),
+    /// A descriptor declares a size the content it points to does not have.
+    #[error("the descriptor of {digest} declares {declared} bytes, the stored content has {actual}")]
+    SizeMismatch { digest: Digest, declared: u64, actual: u64 },
+    /// A blob of the repository that one of its manifests still references.
+    #[error("blob {digest} is referenced by manifest {manifest} of this repository")]
+    BlobInUse { digest: Digest, manifest: Digest },
 }
 
 /// The reply to a proposed command.

@@ -164,6 +164,12 @@ impl MetaReader {
         Ok(out)
     }
 
+    /// A manifest of `repo` that references the blob `digest` (as its config or a
+    /// layer), if there is one.
+    pub fn manifest_referencing(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Digest>, MetaError> {
+        manifest_referencing(&self.store, repo, digest)
+    }
+
     /// Descriptors of the manifests in `repo` whose subject is `subject`.
     pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, MetaError> {
         let rows = self.scan_prefix::<Descriptor>(CF_REFERRERS, &referrer_prefix(repo, subject))?;
@@ -189,4 +195,28 @@ impl MetaReader {
         }
         Ok(out)
     }
+}
+
+/// A manifest of `repo` whose blobs include `digest`. A scan of the repository's
+/// manifests: blob deletes are rare, and a reverse index would cost every manifest
+/// put a write per blob.
+pub(crate) fn manifest_referencing(
+    store: &MetaStore,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<Option<Digest>, MetaError> {
+    let prefix = repo_prefix(repo);
+    let cf = store.cf(CF_MANIFESTS)?;
+    for kv in store
+        .db()
+        .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+    {
+        let (k, v) = kv?;
+        let Some(name) = suffix(&k, &prefix) else { break };
+        let rec: ManifestRecord = decode(CF_MANIFESTS, &v)?;
+        if rec.blobs.contains(digest) {
+            return Ok(Some(Digest::parse(name).map_err(|e| corrupt("manifest key", e))?));
+        }
+    }
+    Ok(None)
 }

@@ -40,6 +40,7 @@ use crate::TagRecord;
 use crate::TypeConfig;
 use crate::UploadRecord;
 use crate::keys::*;
+use crate::reader::manifest_referencing;
 use crate::store::MetaStore;
 use crate::store::decode;
 use crate::store::encode;
@@ -366,6 +367,14 @@ impl Txn<'_> {
                 if !self.store.exists(CF_LINKS, &key)? {
                     return Ok(Err(Rejection::BlobUnknown(digest.clone())));
                 }
+                // Checked here, atomically with the unlink: a manifest put that links
+                // the blob is ordered before or after this command, never beside it.
+                if let Some(manifest) = manifest_referencing(self.store, repo, digest)? {
+                    return Ok(Err(Rejection::BlobInUse {
+                        digest: digest.clone(),
+                        manifest,
+                    }));
+                }
                 self.delete(CF_LINKS, &key)?;
             }
             Command::PutManifest {
@@ -378,6 +387,7 @@ impl Txn<'_> {
                 referrer,
                 blobs,
                 children,
+                declared_sizes,
                 at,
             } => {
                 for blob in blobs {
@@ -388,6 +398,24 @@ impl Txn<'_> {
                 for child in children {
                     if !self.store.exists(CF_MANIFESTS, &repo_digest(repo, child))? {
                         return Ok(Err(Rejection::ManifestBlobUnknown(child.clone())));
+                    }
+                }
+                for (digest, declared) in declared_sizes {
+                    let actual = match self.store.get::<BlobRecord>(CF_BLOBS, digest.to_string().as_bytes())? {
+                        Some(b) => Some(b.size),
+                        None => self
+                            .store
+                            .get::<ManifestRecord>(CF_MANIFESTS, &repo_digest(repo, digest))?
+                            .map(|m| m.bytes.len() as u64),
+                    };
+                    if let Some(actual) = actual
+                        && actual != *declared
+                    {
+                        return Ok(Err(Rejection::SizeMismatch {
+                            digest: digest.clone(),
+                            declared: *declared,
+                            actual,
+                        }));
                     }
                 }
                 let key = repo_digest(repo, digest);

@@ -94,6 +94,7 @@ fn put_manifest(r: &RepoName, bytes: &[u8], tag: Option<&str>, blobs: Vec<Digest
         referrer: None,
         blobs,
         children: vec![],
+        declared_sizes: vec![],
         at: 2,
     }
 }
@@ -208,6 +209,7 @@ async fn referrers_are_indexed_by_subject_even_before_it_exists() {
         referrer: Some(desc.clone()),
         blobs: vec![],
         children: vec![],
+        declared_sizes: vec![],
         at: 1,
     };
     f.apply(cmd).await;
@@ -270,4 +272,65 @@ async fn snapshot_round_trips_into_a_fresh_store() {
     assert_eq!(g.reader().catalog(None, 10).unwrap().items, vec!["team/app"]);
     // Changes of the snapshot's commands travel with it.
     assert_eq!(g.reader().changes(None, 10).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_descriptor_whose_size_disagrees_with_the_stored_blob_is_refused() {
+    let mut f = Fixture::new();
+    let r = repo("team/sizes");
+    let layer = digest(b"layer");
+    f.apply(commit(&r, &layer)).await; // 3 bytes
+    let mut wrong = put_manifest(&r, b"m-wrong", Some("v1"), vec![layer.clone()]);
+    if let Command::PutManifest { declared_sizes, .. } = &mut wrong {
+        declared_sizes.push((layer.clone(), 999));
+    }
+    assert_eq!(
+        f.apply(wrong).await.0,
+        Err(Rejection::SizeMismatch {
+            digest: layer.clone(),
+            declared: 999,
+            actual: 3
+        })
+    );
+    assert!(f.reader().manifest(&r, &digest(b"m-wrong")).unwrap().is_none());
+    assert!(f.reader().tag(&r, &Tag::parse("v1").unwrap()).unwrap().is_none());
+
+    let mut right = put_manifest(&r, b"m-right", Some("v1"), vec![layer.clone()]);
+    if let Command::PutManifest { declared_sizes, .. } = &mut right {
+        declared_sizes.push((layer, 3));
+    }
+    assert_eq!(f.apply(right).await, CommandResponse::done());
+}
+
+#[tokio::test]
+async fn a_blob_a_manifest_references_is_not_unlinked() {
+    let mut f = Fixture::new();
+    let r = repo("team/in-use");
+    let layer = digest(b"layer");
+    let loose = digest(b"loose");
+    f.apply(commit(&r, &layer)).await;
+    f.apply(commit(&r, &loose)).await;
+    f.apply(put_manifest(&r, b"m1", Some("v1"), vec![layer.clone()])).await;
+    let unlink = |d: &Digest| Command::UnlinkBlob {
+        repo: r.clone(),
+        digest: d.clone(),
+    };
+    assert_eq!(
+        f.apply(unlink(&layer)).await.0,
+        Err(Rejection::BlobInUse {
+            digest: layer.clone(),
+            manifest: digest(b"m1")
+        })
+    );
+    assert!(f.reader().linked_blob(&r, &layer).unwrap().is_some());
+    // A blob no manifest uses goes; once the manifest is gone, its layer may go too.
+    assert_eq!(f.apply(unlink(&loose)).await, CommandResponse::done());
+    let del = Command::DeleteManifest {
+        repo: r.clone(),
+        digest: digest(b"m1"),
+        at: 5,
+    };
+    assert!(f.apply(del).await.0.is_ok());
+    assert_eq!(f.apply(unlink(&layer)).await, CommandResponse::done());
+    assert!(f.reader().linked_blob(&r, &layer).unwrap().is_none());
 }

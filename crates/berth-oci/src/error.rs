@@ -47,6 +47,12 @@ pub enum ErrorCode {
     /// `SIZE_INVALID`, 413: the manifest exceeds the registry's size limit.
     #[serde(rename(serialize = "SIZE_INVALID", deserialize = "MANIFEST_TOO_LARGE"))]
     ManifestTooLarge,
+    /// `PAGINATION_NUMBER_INVALID`, 400: the `n` of a listing is not a number.
+    PaginationNumberInvalid,
+    /// `UNSUPPORTED`, 405: the operation is not allowed here (deletes turned off, a
+    /// blob a manifest still references, a method the endpoint does not have).
+    #[serde(rename(serialize = "UNSUPPORTED", deserialize = "NOT_ALLOWED"))]
+    NotAllowed,
     /// `BLOB_UPLOAD_INVALID`, 416: a chunk does not start where the upload ends.
     #[serde(rename(serialize = "BLOB_UPLOAD_INVALID", deserialize = "UPLOAD_OUT_OF_ORDER"))]
     UploadOutOfOrder,
@@ -59,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every error code, in declaration order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BlobUnknown,
         ErrorCode::BlobUploadInvalid,
         ErrorCode::BlobUploadUnknown,
@@ -76,6 +82,8 @@ impl ErrorCode {
         ErrorCode::TooManyRequests,
         ErrorCode::RangeInvalid,
         ErrorCode::ManifestTooLarge,
+        ErrorCode::PaginationNumberInvalid,
+        ErrorCode::NotAllowed,
         ErrorCode::UploadOutOfOrder,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -100,6 +108,8 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::ManifestTooLarge => "SIZE_INVALID",
+            ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            ErrorCode::NotAllowed => "UNSUPPORTED",
             ErrorCode::UploadOutOfOrder => "BLOB_UPLOAD_INVALID",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL_ERROR",
@@ -125,6 +135,8 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 429,
             ErrorCode::RangeInvalid => 416,
             ErrorCode::ManifestTooLarge => 413,
+            ErrorCode::PaginationNumberInvalid => 400,
+            ErrorCode::NotAllowed => 405,
             ErrorCode::UploadOutOfOrder => 416,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
@@ -134,7 +146,7 @@ impl ErrorCode {
     /// The gRPC status code an error of this code crosses a gRPC hop with
     /// (the numbers of `grpc/status.proto`: 3 `INVALID_ARGUMENT`, 5 `NOT_FOUND`,
     /// 7 `PERMISSION_DENIED`, 8 `RESOURCE_EXHAUSTED`, 11 `OUT_OF_RANGE`,
-    /// 12 `UNIMPLEMENTED`, 13 `INTERNAL`, 14 `UNAVAILABLE`, 16 `UNAUTHENTICATED`).
+    /// 9 `FAILED_PRECONDITION`, 12 `UNIMPLEMENTED`, 13 `INTERNAL`, 14 `UNAVAILABLE`, 16 `UNAUTHENTICATED`).
     /// The code itself travels beside it, so the far side restores it exactly.
     pub fn grpc_code(&self) -> i32 {
         match self {
@@ -147,7 +159,9 @@ impl ErrorCode {
             | ErrorCode::ManifestBlobUnknown
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
-            | ErrorCode::SizeInvalid => 3,
+            | ErrorCode::SizeInvalid
+            | ErrorCode::PaginationNumberInvalid => 3,
+            ErrorCode::NotAllowed => 9,
             ErrorCode::Unauthorized => 16,
             ErrorCode::Denied => 7,
             ErrorCode::Unsupported => 12,
@@ -165,6 +179,7 @@ impl ErrorCode {
         match self {
             ErrorCode::ManifestTooLarge => "MANIFEST_TOO_LARGE",
             ErrorCode::UploadOutOfOrder => "UPLOAD_OUT_OF_ORDER",
+            ErrorCode::NotAllowed => "NOT_ALLOWED",
             other => other.as_str(),
         }
     }
@@ -193,6 +208,8 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::RangeInvalid => "requested range not satisfiable",
             ErrorCode::ManifestTooLarge => "manifest too large",
+            ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
+            ErrorCode::NotAllowed => "the operation is not allowed",
             ErrorCode::UploadOutOfOrder => "chunk out of order",
             ErrorCode::Unavailable => "service unavailable",
             ErrorCode::Internal => "internal server error",
@@ -260,7 +277,9 @@ impl OciError {
     pub fn code(&self) -> ErrorCode {
         match self {
             OciError::InvalidDigest(_) => ErrorCode::DigestInvalid,
-            OciError::UnsupportedDigestAlgorithm(_) => ErrorCode::Unsupported,
+            // An algorithm the registry cannot compute makes the digest invalid for it,
+            // wherever the digest appears (path, query, manifest): one answer.
+            OciError::UnsupportedDigestAlgorithm(_) => ErrorCode::DigestInvalid,
             OciError::InvalidName(_) => ErrorCode::NameInvalid,
             OciError::InvalidTag(_) => ErrorCode::ManifestInvalid,
             OciError::InvalidReference(_) => ErrorCode::ManifestInvalid,
@@ -278,7 +297,7 @@ mod tests {
 
     #[test]
     fn code_strings_and_statuses() {
-        let expected: [(ErrorCode, &str, u16); 19] = [
+        let expected: [(ErrorCode, &str, u16); 21] = [
             (ErrorCode::BlobUnknown, "BLOB_UNKNOWN", 404),
             (ErrorCode::BlobUploadInvalid, "BLOB_UPLOAD_INVALID", 400),
             (ErrorCode::BlobUploadUnknown, "BLOB_UPLOAD_UNKNOWN", 404),
@@ -295,6 +314,8 @@ mod tests {
             (ErrorCode::TooManyRequests, "TOOMANYREQUESTS", 429),
             (ErrorCode::RangeInvalid, "RANGE_INVALID", 416),
             (ErrorCode::ManifestTooLarge, "SIZE_INVALID", 413),
+            (ErrorCode::PaginationNumberInvalid, "PAGINATION_NUMBER_INVALID", 400),
+            (ErrorCode::NotAllowed, "UNSUPPORTED", 405),
             (ErrorCode::UploadOutOfOrder, "BLOB_UPLOAD_INVALID", 416),
             (ErrorCode::Unavailable, "UNAVAILABLE", 503),
             (ErrorCode::Internal, "INTERNAL_ERROR", 500),
@@ -353,7 +374,10 @@ mod tests {
     fn oci_error_codes() {
         let s = || "x".to_string();
         assert_eq!(OciError::InvalidDigest(s()).code(), ErrorCode::DigestInvalid);
-        assert_eq!(OciError::UnsupportedDigestAlgorithm(s()).code(), ErrorCode::Unsupported);
+        assert_eq!(
+            OciError::UnsupportedDigestAlgorithm(s()).code(),
+            ErrorCode::DigestInvalid
+        );
         assert_eq!(OciError::InvalidName(s()).code(), ErrorCode::NameInvalid);
         assert_eq!(OciError::InvalidTag(s()).code(), ErrorCode::ManifestInvalid);
         assert_eq!(OciError::InvalidReference(s()).code(), ErrorCode::ManifestInvalid);

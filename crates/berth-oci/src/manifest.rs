@@ -11,6 +11,69 @@ use crate::media_types;
 use crate::media_types::normalize_media_type;
 use crate::quote;
 
+/// A JSON document in which no object repeats a key; deserializing one fails on the
+/// first repeat.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {} appears twice in one object",
+                    quote(&key)
+                )));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}
+
 /// Maximum accepted manifest body size (4 MiB), enforced by
 /// [`ParsedManifest::parse`].
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
@@ -167,6 +230,9 @@ impl ParsedManifest {
         }
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| invalid(format!("body is not valid JSON: {e}")))?;
+        // serde_json keeps the last of repeated keys; another parser may keep the
+        // first and see another config or layer list. Such a manifest is refused.
+        serde_json::from_slice::<UniqueKeys>(bytes).map_err(|e| invalid(e.to_string()))?;
         let Value::Object(obj) = value else {
             return Err(invalid("manifest must be a JSON object"));
         };
@@ -744,6 +810,29 @@ mod tests {
             parse(&v, Some("application/vnd.example.thing+json")),
             "unsupported manifest media type",
         );
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_at_any_depth() {
+        let cfg = format!(r#"{{"mediaType":"{OCI_CONFIG}","digest":"{}","size":1}}"#, d("config"));
+        let other = format!(r#"{{"mediaType":"{OCI_CONFIG}","digest":"{}","size":1}}"#, d("other"));
+        let top = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{cfg},"layers":[],"config":{other}}}"#
+        );
+        let r = ParsedManifest::parse(top.as_bytes(), None);
+        assert_invalid(r, "\"config\" appears twice");
+        let nested = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{cfg},"layers":[{{"mediaType":"{LAYER}","digest":"{}","size":5,"size":6}}]}}"#,
+            d("l1")
+        );
+        assert_invalid(ParsedManifest::parse(nested.as_bytes(), None), "\"size\" appears twice");
+        let in_annotations = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{cfg},"layers":[],"annotations":{{"a":"1","a":"2"}}}}"#
+        );
+        assert_invalid(ParsedManifest::parse(in_annotations.as_bytes(), None), "appears twice");
+        // The same key in different objects is fine.
+        let fine = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{cfg},"layers":[]}}"#);
+        assert!(ParsedManifest::parse(fine.as_bytes(), None).is_ok());
     }
 
     #[test]

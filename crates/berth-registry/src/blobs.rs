@@ -91,7 +91,10 @@ impl Registry {
         Ok(BlobBody::Stream { head, body })
     }
 
+    /// Unlink a blob from `repo`; refused while a manifest of `repo` references it
+    /// (the image would lose a layer while its manifest is still served).
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
+        self.check_deletes()?;
         // Blob reads are local on every node: wait for the others to apply it too.
         self.propose_everywhere(Command::UnlinkBlob {
             repo: repo.clone(),

@@ -35,6 +35,12 @@ pub enum RegistryError {
     /// A membership change the cluster refused (e.g. removing the last voter).
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// Not allowed here: deletes turned off, a blob a manifest still references.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A bound on what one client may hold open (upload sessions) is reached.
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// Another node ran the operation and failed with this code and message (a
@@ -60,6 +66,8 @@ impl RegistryError {
             RegistryError::SizeInvalid(_) => ErrorCode::SizeInvalid,
             RegistryError::Oci(e) => e.code(),
             RegistryError::Membership(_) => ErrorCode::Denied,
+            RegistryError::NotAllowed(_) => ErrorCode::NotAllowed,
+            RegistryError::TooManyRequests(_) => ErrorCode::TooManyRequests,
             RegistryError::Unavailable(_) => ErrorCode::Unavailable,
             RegistryError::Remote { code, .. } => *code,
             RegistryError::Internal(_) => ErrorCode::Internal,
@@ -90,6 +98,8 @@ impl From<Rejection> for RegistryError {
             Rejection::ManifestUnknown(d) => RegistryError::ManifestUnknown(d.to_string()),
             Rejection::TagUnknown(t) => RegistryError::ManifestUnknown(t.to_string()),
             Rejection::NameUnknown(n) => RegistryError::NameUnknown(n.to_string()),
+            Rejection::SizeMismatch { .. } => OciError::InvalidManifest(r.to_string()).into(),
+            Rejection::BlobInUse { .. } => RegistryError::NotAllowed(format!("{r}: delete the manifest first")),
         }
     }
 }

@@ -77,6 +77,12 @@ pub struct RegistryOptions {
     /// (the HTTP body reader included, through [`Registry::max_manifest_size`]) uses.
     pub max_manifest_size: usize,
     pub delivery: BlobDelivery,
+    /// Deletes of blobs, manifests and tags are allowed; `false` refuses them all.
+    pub deletes: bool,
+    /// Upload sessions open at once in one repository, at most.
+    pub max_sessions_per_repository: usize,
+    /// Upload sessions this node owns at once, at most.
+    pub max_sessions: usize,
 }
 
 impl Default for RegistryOptions {
@@ -88,6 +94,9 @@ impl Default for RegistryOptions {
             digest_read_wait: Duration::from_secs(1),
             max_manifest_size: MAX_MANIFEST_SIZE,
             delivery: BlobDelivery::Proxy,
+            deletes: true,
+            max_sessions_per_repository: 1_000,
+            max_sessions: 10_000,
         }
     }
 }
@@ -158,6 +167,16 @@ impl Registry {
     async fn propose_everywhere(&self, cmd: Command) -> Result<(), RegistryError> {
         self.inner.cluster.propose_everywhere(cmd).await?;
         Ok(())
+    }
+
+    /// Refuse a delete when deletes are turned off.
+    fn check_deletes(&self) -> Result<(), RegistryError> {
+        if self.inner.options.deletes {
+            return Ok(());
+        }
+        Err(RegistryError::NotAllowed(
+            "deletes are turned off on this registry ([registry] deletes = false)".into(),
+        ))
     }
 
     /// A local lookup and, when it finds nothing, a second one after catching up with

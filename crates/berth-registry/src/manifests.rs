@@ -62,6 +62,12 @@ impl Registry {
             .into_iter()
             .map(|d| d.digest.clone())
             .collect();
+        let declared_sizes = parsed
+            .blob_references()
+            .into_iter()
+            .chain(parsed.manifest_references())
+            .map(|d| (d.digest.clone(), d.size))
+            .collect();
         self.propose(Command::PutManifest {
             repo: repo.clone(),
             digest: digest.clone(),
@@ -72,6 +78,7 @@ impl Registry {
             referrer,
             blobs,
             children,
+            declared_sizes,
             at: now_ms(),
         })
         .await?;
@@ -112,6 +119,7 @@ impl Registry {
 
     /// Delete a manifest (by digest, with every tag on it) or only a tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), RegistryError> {
+        self.check_deletes()?;
         let at = now_ms();
         let cmd = match reference {
             Reference::Digest(d) => Command::DeleteManifest {
@@ -125,6 +133,10 @@ impl Registry {
                 at,
             },
         };
-        self.propose_everywhere(cmd).await
+        match self.propose_everywhere(cmd).await {
+            // As a read would say: an unknown repository is NAME_UNKNOWN.
+            Err(RegistryError::ManifestUnknown(what)) => Err(self.manifest_unknown(repo, &what)?),
+            other => other,
+        }
     }
 }

@@ -21,6 +21,7 @@ pub struct Config {
     /// Where the node keeps its metadata (and, with the fs backend, its blobs).
     pub data_dir: PathBuf,
     pub storage: StorageConfig,
+    pub registry: RegistryConfig,
     pub uploads: UploadsConfig,
     pub metadata: MetadataConfig,
     pub cluster: ClusterConfig,
@@ -34,6 +35,7 @@ impl Default for Config {
             listen: "127.0.0.1:5000".into(),
             data_dir: PathBuf::from("berth-data"),
             storage: StorageConfig::default(),
+            registry: RegistryConfig::default(),
             uploads: UploadsConfig::default(),
             metadata: MetadataConfig::default(),
             cluster: ClusterConfig::default(),
@@ -270,6 +272,19 @@ impl ClusterConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Deletes of blobs, manifests and tags are allowed (`false`: 405 UNSUPPORTED).
+    pub deletes: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig { deletes: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct UploadsConfig {
     /// An upload idle for this long is cancelled and its bytes removed.
     #[serde(with = "humantime_serde")]
@@ -277,6 +292,10 @@ pub struct UploadsConfig {
     /// How often expired uploads are looked for.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Upload sessions open at once in one repository, at most (then 429).
+    pub max_sessions_per_repository: usize,
+    /// Upload sessions a node owns at once, at most (then 429).
+    pub max_sessions: usize,
 }
 
 impl Default for UploadsConfig {
@@ -284,6 +303,8 @@ impl Default for UploadsConfig {
         UploadsConfig {
             expire_after: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(60),
+            max_sessions_per_repository: 1_000,
+            max_sessions: 10_000,
         }
     }
 }
@@ -487,6 +508,12 @@ impl Config {
         }
         if self.uploads.sweep_interval.is_zero() {
             bail!("uploads.sweep_interval: must be greater than zero");
+        }
+        if self.uploads.max_sessions_per_repository == 0 {
+            bail!("uploads.max_sessions_per_repository: must be greater than zero");
+        }
+        if self.uploads.max_sessions == 0 {
+            bail!("uploads.max_sessions: must be greater than zero");
         }
         if self.storage.backend == Backend::S3 {
             let s3 = &self.storage.s3;

@@ -203,6 +203,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 config::TagReads::Local => berth_registry::TagReads::Local,
             },
             delivery,
+            deletes: config.registry.deletes,
+            max_sessions_per_repository: config.uploads.max_sessions_per_repository,
+            max_sessions: config.uploads.max_sessions,
             ..RegistryOptions::default()
         },
     );

@@ -59,11 +59,13 @@ async fn blob_range_requests() {
     let data = random_bytes(1000, 2);
     let d = reg.push_blob("ranges/app", &data).await;
 
-    let cases: [(&str, usize, usize); 4] = [
+    let cases: [(&str, usize, usize); 6] = [
         ("bytes=0-9", 0, 9),
         ("bytes=10-", 10, 999),
         ("bytes=-5", 995, 999),
-        ("bytes=990-5000", 990, 999), // end past the size is clamped (RFC 9110)
+        ("bytes=990-5000", 990, 999),             // end past the size is clamped (RFC 9110)
+        ("bytes=0-99999999999999999999", 0, 999), // even past 64 bits
+        ("bytes=-99999999999999999999", 0, 999),  // a suffix longer than the blob
     ];
     for (range, first, last) in cases {
         let (h, body) = check(reg.get_blob("ranges/app", &d, Some(range)).await, 206).await;
@@ -90,6 +92,13 @@ async fn blob_range_requests() {
     }
 
     check(reg.get_blob("ranges/app", &d, Some("bytes=abc")).await, 416).await;
+
+    // A unit other than bytes, or several ranges, is ignored: the whole blob, 200.
+    for range in ["items=0-1", "bytes=0-1,5-6"] {
+        let (h, body) = check(reg.get_blob("ranges/app", &d, Some(range)).await, 200).await;
+        assert_eq!(header_opt(&h, "content-range"), None, "Range: {range}");
+        assert!(body[..] == data[..], "Range: {range}: wrong bytes");
+    }
 
     // The blob is still whole and readable afterwards.
     reg.assert_blob("ranges/app", &d, &data).await;

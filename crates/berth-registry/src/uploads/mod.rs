@@ -49,6 +49,7 @@ enum Routed {
 
 impl Registry {
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus, RegistryError> {
+        self.check_session_bounds(repo)?;
         let id = UploadId::random();
         // Registered before any bytes exist, so the sweeper never mistakes the new
         // session for an orphan.
@@ -144,6 +145,31 @@ impl Registry {
             Routed::Here(_) => self.cancel_upload_here(repo, id).await,
             Routed::Answered(_) => Ok(()),
         }
+    }
+
+    /// Refuse a new session when `repo`, or this node, has as many open as allowed.
+    /// Counted from this node's state: sessions opened through other nodes a moment
+    /// ago may be missing, so the bound may be passed by a few under a burst.
+    fn check_session_bounds(&self, repo: &RepoName) -> Result<(), RegistryError> {
+        let o = &self.inner.options;
+        let me = self.inner.cluster.id();
+        let (mut in_repo, mut here) = (0usize, 0usize);
+        for (_, rec) in self.meta().uploads()? {
+            in_repo += usize::from(&rec.repo == repo);
+            here += usize::from(rec.node == me);
+        }
+        if in_repo >= o.max_sessions_per_repository {
+            return Err(RegistryError::TooManyRequests(format!(
+                "{repo} has {in_repo} open upload sessions, the most allowed \
+                 ([uploads] max_sessions_per_repository); finish or cancel some"
+            )));
+        }
+        if here >= o.max_sessions {
+            return Err(RegistryError::TooManyRequests(format!(
+                "this node holds {here} open upload sessions, the most allowed ([uploads] max_sessions)"
+            )));
+        }
+        Ok(())
     }
 
     /// Where an upload request runs: here, when this node owns the session (or has
