@@ -46,6 +46,7 @@ use tracing::{debug, info, warn};
 
 use crate::direct::DirectFile;
 use crate::lock::{KeyedGuard, KeyedLocks};
+use crate::temp::TempBlob;
 use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 /// Chunk size of streams returned by `get` / `upload_read`.
@@ -247,7 +248,7 @@ impl BlobStore for FsBlobStore {
         Ok(read_blob(file, start, len).await?)
     }
 
-    async fn put(&self, digest: &Digest, mut data: ByteStream) -> Result<u64, BlobError> {
+    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
         let final_path = self.blob_path(digest)?;
         if let Some(size) = self.stat(digest).await? {
             // The bytes are already here, but the caller must still prove it has
@@ -258,72 +259,18 @@ impl BlobStore for FsBlobStore {
             return Ok(size);
         }
 
-        let tmp_path = self.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-        let (file, mut temp) = create_temp(tmp_path.clone()).await?;
-        let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()))
+        let size = TempBlob::create(&self.tmp, "put", digest)
+            .await?
             .durable()
-            .direct(self.direct_io);
-
-        let written: Result<u64, BlobError> = async {
-            while let Some(item) = data.next().await {
-                let chunk = item.map_err(BlobError::Client)?;
-                if chunk.is_empty() {
-                    continue;
-                }
-                writer.write(chunk).await?;
-            }
-            Ok(writer.flush().await?)
-        }
-        .await;
-        let size = match written {
-            Ok(size) => size,
-            Err(e) => {
-                writer.wait_quiet().await;
-                temp.remove().await;
-                return Err(e);
-            }
-        };
-
-        let Some(hasher) = writer.take_hasher() else {
-            temp.remove().await;
-            return Err(BlobError::Backend("put: hasher lost".into()));
-        };
-        let actual = hasher.finalize();
-        if actual.hex() != digest.hex() {
-            temp.remove().await;
-            return Err(BlobError::DigestMismatch {
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-
-        let synced = writer.sync().await;
-        drop(writer);
-        if let Err(e) = synced {
-            temp.remove().await;
-            return Err(e.into());
-        }
-
-        let dst = final_path;
-        let src = tmp_path;
-        let moved = blocking(move || {
-            let parent = parent_of(&dst)?;
-            ensure_dir(parent)?;
-            std::fs::rename(&src, &dst)?;
-            sync_dir(parent)
-        })
-        .await;
-        match moved {
-            Ok(()) => {
-                temp.disarm();
-                debug!(%digest, size, "put: stored blob");
-                Ok(size)
-            }
-            Err(e) => {
-                temp.remove().await;
-                Err(e.into())
-            }
-        }
+            .direct(self.direct_io)
+            .receive(data)
+            .await?
+            .sync()
+            .await?
+            .persist(final_path)
+            .await?;
+        debug!(%digest, size, "put: stored blob");
+        Ok(size)
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
@@ -881,6 +828,11 @@ impl FileWriter {
     /// (a rollback that runs after this writer is gone).
     pub(crate) fn take_inflight(&mut self) -> Option<Inflight> {
         self.inflight.take()
+    }
+
+    /// The file being written.
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
     }
 
     /// The hasher, once everything has been flushed.

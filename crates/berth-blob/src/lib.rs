@@ -27,6 +27,7 @@ pub use berth_oci::{Digest, DigestAlgorithm};
 mod direct;
 mod fs;
 mod lock;
+mod temp;
 
 #[cfg(feature = "testing")]
 pub mod conformance;

@@ -80,13 +80,14 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use berth_oci::{Digest, Hasher};
+use berth_oci::Digest;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::fs::{FileWriter, blocking, clean_dir, create_temp, read_stream};
+use crate::fs::{FileWriter, blocking, clean_dir, read_stream};
 use crate::lock::{KeyedGuard, KeyedLocks};
+use crate::temp::TempBlob;
 use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 mod error;
@@ -1426,7 +1427,7 @@ impl BlobStore for S3BlobStore {
         Ok(sdk_body_stream(out.body, len, key, inner.request_timeout))
     }
 
-    async fn put(&self, digest: &Digest, mut data: ByteStream) -> Result<u64, BlobError> {
+    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
         let inner = &self.inner;
         let key = inner.keys.blob(digest)?;
         let span = tracing::debug_span!("s3_put", %digest);
@@ -1438,42 +1439,10 @@ impl BlobStore for S3BlobStore {
                 return Ok(size);
             }
 
-            let tmp_path = inner.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-            let (file, mut temp) = create_temp(tmp_path.clone()).await?;
-            let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()));
-            let written: Result<u64, BlobError> = async {
-                while let Some(item) = data.next().await {
-                    let chunk = item.map_err(BlobError::Client)?;
-                    if !chunk.is_empty() {
-                        writer.write(chunk).await?;
-                    }
-                }
-                Ok(writer.flush().await?)
-            }
-            .await;
-            let size = match written {
-                Ok(size) => size,
-                Err(e) => {
-                    writer.wait_quiet().await;
-                    temp.remove().await;
-                    return Err(e);
-                }
-            };
-            let Some(hasher) = writer.take_hasher() else {
-                temp.remove().await;
-                return Err(BlobError::Backend("put: hasher lost".into()));
-            };
-            drop(writer);
-            let actual = hasher.finalize();
-            if actual.hex() != digest.hex() {
-                temp.remove().await;
-                return Err(BlobError::DigestMismatch {
-                    expected: digest.to_string(),
-                    actual: actual.to_string(),
-                });
-            }
-            let stored = inner.store_file(&key, &tmp_path, size).await;
-            temp.remove().await;
+            let verified = TempBlob::create(&inner.tmp, "put", digest).await?.receive(data).await?;
+            let size = verified.size();
+            let stored = inner.store_file(&key, verified.path(), size).await;
+            verified.discard().await;
             stored?;
             debug!(size, "put: stored blob");
             Ok(size)
