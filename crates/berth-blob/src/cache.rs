@@ -2,7 +2,9 @@
 //!
 //! [`CachedBlobStore`] wraps another store (in practice S3) and is itself a
 //! [`BlobStore`], so it composes around any backend. Only blob reads are
-//! cached; everything else is delegated.
+//! cached; as a [`ForwardingBlobStore`](crate::ForwardingBlobStore) it
+//! overrides `stat`, `get`, `delete` and `check_writable`, and everything
+//! else goes to the inner store.
 //!
 //! Layout under the cache directory:
 //!
@@ -51,9 +53,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use async_trait::async_trait;
 use berth_oci::Digest;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -971,8 +972,15 @@ impl CachedBlobStore {
     }
 }
 
-#[async_trait]
-impl BlobStore for CachedBlobStore {
+// Only reads and what changes which blobs exist are the cache's business; the
+// rest (puts, uploads, listing, presigning) goes to the inner store unchanged.
+// The trait is named, not imported, so that `BlobStore` methods called on a
+// `CachedBlobStore` in this module stay unambiguous.
+impl crate::ForwardingBlobStore for CachedBlobStore {
+    fn inner(&self) -> &dyn BlobStore {
+        &*self.shared.inner
+    }
+
     fn kind(&self) -> &'static str {
         "cache"
     }
@@ -1020,54 +1028,12 @@ impl BlobStore for CachedBlobStore {
         Err(BlobError::Backend(format!("cache entry for {digest} keeps vanishing")))
     }
 
-    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
-        self.shared.inner.put(digest, data).await
-    }
-
     async fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
         // Inner first: a fill that starts after this cannot find the blob, and
         // any fill that started before is disowned by `invalidate`.
         let res = self.shared.inner.delete(digest).await;
         let local = self.shared.invalidate(digest).await;
         res.and(local)
-    }
-
-    async fn upload_create(&self, id: &str) -> Result<(), BlobError> {
-        self.shared.inner.upload_create(id).await
-    }
-
-    async fn upload_append(
-        &self,
-        id: &str,
-        offset: u64,
-        data: ByteStream,
-        on_chunk: &mut (dyn for<'c> FnMut(&'c [u8]) + Send),
-    ) -> Result<u64, BlobError> {
-        self.shared.inner.upload_append(id, offset, data, on_chunk).await
-    }
-
-    async fn upload_len(&self, id: &str) -> Result<u64, BlobError> {
-        self.shared.inner.upload_len(id).await
-    }
-
-    async fn upload_read(&self, id: &str) -> Result<ByteStream, BlobError> {
-        self.shared.inner.upload_read(id).await
-    }
-
-    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, BlobError> {
-        self.shared.inner.upload_commit(id, digest).await
-    }
-
-    async fn upload_abort(&self, id: &str) -> Result<(), BlobError> {
-        self.shared.inner.upload_abort(id).await
-    }
-
-    async fn upload_list(&self) -> Result<Vec<String>, BlobError> {
-        self.shared.inner.upload_list().await
-    }
-
-    async fn presigned_get(&self, digest: &Digest, expires: Duration) -> Result<Option<String>, BlobError> {
-        self.shared.inner.presigned_get(digest, expires).await
     }
 
     async fn check_writable(&self) -> Result<(), BlobError> {

@@ -6,9 +6,11 @@
 //! manifests-as-bytes) and the bytes of in-progress upload sessions. All
 //! backends sit behind one trait, [`BlobStore`]; this crate ships the local
 //! filesystem backend [`FsBlobStore`] (the embedded default) and the S3 backend
-//! [`S3BlobStore`] (aws-sdk-s3; AWS or S3-compatible stores). With the
-//! `testing` feature it also exports [`conformance`], a suite every backend
-//! must pass.
+//! [`S3BlobStore`] (aws-sdk-s3; AWS or S3-compatible stores), and
+//! [`CachedBlobStore`], a node-local read cache in front of either. Stores that
+//! wrap another store build on [`ForwardingBlobStore`], which forwards whatever
+//! they do not override. With the `testing` feature it also exports
+//! [`conformance`], a suite every backend must pass.
 //!
 //! **Who calls it.** `berth-registry`, which implements the OCI Distribution
 //! upload/pull flows on top of it (it hashes upload chunks through the
@@ -25,6 +27,7 @@ use std::pin::Pin;
 pub use berth_oci::{Digest, DigestAlgorithm};
 
 mod direct;
+mod forward;
 mod fs;
 mod lock;
 mod temp;
@@ -32,6 +35,7 @@ mod temp;
 #[cfg(feature = "testing")]
 pub mod conformance;
 
+pub use forward::ForwardingBlobStore;
 pub use fs::FsBlobStore;
 pub use fs::MAP_CHUNK;
 pub mod s3;
