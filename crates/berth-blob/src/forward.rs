@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use berth_oci::Digest;
 
-use crate::{BlobError, BlobStore, ByteRange, ByteStream};
+use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream};
 
 /// A store that wraps another [`BlobStore`] and changes part of its behaviour
 /// (the read cache today; metrics and quota accounting next).
@@ -62,6 +62,15 @@ pub trait ForwardingBlobStore: Send + Sync + 'static {
     /// See [`BlobStore::delete`].
     fn delete<'a>(&'a self, digest: &'a Digest) -> impl Future<Output = Result<(), BlobError>> + Send + 'a {
         self.inner().delete(digest)
+    }
+
+    /// See [`BlobStore::list`].
+    fn list<'a>(
+        &'a self,
+        after: Option<&'a Digest>,
+        limit: usize,
+    ) -> impl Future<Output = Result<BlobPage, BlobError>> + Send + 'a {
+        self.inner().list(after, limit)
     }
 
     /// See [`BlobStore::upload_create`].
@@ -144,6 +153,10 @@ impl<T: ForwardingBlobStore> BlobStore for T {
 
     async fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
         ForwardingBlobStore::delete(self, digest).await
+    }
+
+    async fn list(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError> {
+        ForwardingBlobStore::list(self, after, limit).await
     }
 
     async fn upload_create(&self, id: &str) -> Result<(), BlobError> {

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_oci::{Digest, Hasher};
+use berth_oci::{Digest, DigestAlgorithm, Hasher};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::Either;
@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 use crate::direct::DirectFile;
 use crate::lock::{KeyedGuard, KeyedLocks};
 use crate::temp::TempBlob;
-use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
+use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 /// Chunk size of streams returned by `get` / `upload_read`.
 pub(crate) const READ_CHUNK: usize = 128 * 1024;
@@ -162,6 +162,78 @@ impl FsBlobStore {
         let found = scan_blobs(self.blobs.clone()).await?;
         Ok(found.into_iter().map(|(d, meta)| (d, meta.len())).collect())
     }
+}
+
+/// One page of the content-addressed tree `blobs` (see [`BlobStore::list`]).
+///
+/// Each level is read whole and sorted, and only its entries at or after
+/// `after` are descended into: a page costs the directories it touches (a
+/// shard holds 1/256 of an algorithm's blobs), never a walk of the whole tree.
+/// Sorting by name is sorting by digest, because algorithms are ordered as
+/// their names are and the shard is the first two characters of the lowercase
+/// hex name.
+fn list_page(blobs: &Path, after: Option<&Digest>, limit: usize) -> io::Result<BlobPage> {
+    let limit = limit.max(1);
+    let mut algos: Vec<(DigestAlgorithm, PathBuf)> = Vec::new();
+    for (name, path) in sorted_entries(blobs, true)? {
+        match DigestAlgorithm::from_name(&name) {
+            Some(algo) if after.is_none_or(|a| algo >= a.algorithm()) => algos.push((algo, path)),
+            Some(_) => {}
+            None => warn!(path = %path.display(), "ignoring unexpected directory in blob directory"),
+        }
+    }
+    algos.sort_by_key(|(algo, _)| *algo);
+    let mut out = Vec::new();
+    for (algo, algo_dir) in algos {
+        // The part of `after` that bounds this algorithm's names from below.
+        let floor = after.filter(|a| a.algorithm() == algo).map(Digest::hex);
+        for (shard, shard_dir) in sorted_entries(&algo_dir, true)? {
+            if floor.is_some_and(|f| shard.as_str() < f.get(..2).unwrap_or(f)) {
+                continue;
+            }
+            for (name, path) in sorted_entries(&shard_dir, false)? {
+                if floor.is_some_and(|f| name.as_str() <= f) {
+                    continue;
+                }
+                let digest = match Digest::new(algo, &name) {
+                    Ok(d) if name.starts_with(shard.as_str()) => d,
+                    _ => {
+                        warn!(path = %path.display(), "ignoring unexpected file in blob directory");
+                        continue;
+                    }
+                };
+                let size = match std::fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_file() => meta.len(),
+                    Ok(_) => continue,
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                out.push((digest, size));
+                if out.len() == limit {
+                    return Ok(BlobPage::of(out, limit));
+                }
+            }
+        }
+    }
+    Ok(BlobPage::of(out, limit))
+}
+
+/// The entries of `dir` that are directories (`dirs`) or not, with UTF-8
+/// names, sorted by name; nothing if `dir` does not exist.
+fn sorted_entries(dir: &Path, dirs: bool) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in read_dir_if_exists(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() != dirs {
+            continue;
+        }
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, entry.path()));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Walk a content-addressed tree `<dir>/<algo>/<xx>/<hex>` and return every
@@ -282,6 +354,12 @@ impl BlobStore for FsBlobStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn list(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError> {
+        let blobs = self.blobs.clone();
+        let after = after.cloned();
+        Ok(blocking(move || list_page(&blobs, after.as_ref(), limit)).await?)
     }
 
     async fn upload_create(&self, id: &str) -> Result<(), BlobError> {

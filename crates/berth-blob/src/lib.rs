@@ -89,6 +89,29 @@ impl ByteRange {
     }
 }
 
+/// One page of [`BlobStore::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobPage {
+    /// Stored blobs and their sizes, in ascending digest order.
+    pub blobs: Vec<(Digest, u64)>,
+    /// The `after` of the next page; `None` once the listing is complete. A full
+    /// page may carry one even if nothing follows (the next page is then empty).
+    pub next: Option<Digest>,
+}
+
+impl BlobPage {
+    /// The page of `blobs` (at most `limit`, ascending) when more may follow
+    /// exactly if the page is full.
+    pub(crate) fn of(blobs: Vec<(Digest, u64)>, limit: usize) -> Self {
+        let next = if blobs.len() >= limit {
+            blobs.last().map(|(d, _)| d.clone())
+        } else {
+            None
+        };
+        BlobPage { blobs, next }
+    }
+}
+
 /// Errors returned by a [`BlobStore`].
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -141,6 +164,15 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Idempotent delete.
     async fn delete(&self, digest: &Digest) -> Result<(), BlobError>;
+
+    /// One page of the stored blobs, with their sizes: at most `limit` of them
+    /// (at least one is asked for), in ascending [`Digest`] order, strictly after
+    /// `after` (`None`: from the first). Pass the page's [`BlobPage::next`] as
+    /// `after` to get the next page. Files or objects in the blob area that are
+    /// not blobs are skipped. A blob stored or deleted while a listing runs may
+    /// or may not appear in it. Memory use is bounded by `limit`, not by the
+    /// number of blobs.
+    async fn list(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError>;
 
     // ---- upload sessions -----------------------------------------------------------
 

@@ -88,7 +88,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::fs::{FileWriter, blocking, clean_dir, read_stream};
 use crate::lock::{KeyedGuard, KeyedLocks};
 use crate::temp::TempBlob;
-use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
+use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 mod error;
 mod plan;
@@ -120,6 +120,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const LOAD_TRIES: usize = 5;
 /// Bound on ListObjectsV2 pages for one listing.
 const MAX_LIST_PAGES: usize = 1_000_000;
+/// Keys asked for per ListObjectsV2 request (S3 answers at most 1,000).
+const LIST_PAGE_KEYS: i32 = 1000;
 
 // ---- configuration ---------------------------------------------------------------------
 
@@ -725,6 +727,69 @@ impl Inner {
         }
         Err(BlobError::Backend(format!(
             "ListObjectsV2 {prefix}: more than {MAX_LIST_PAGES} pages"
+        )))
+    }
+
+    /// One page of the blobs (see [`BlobStore::list`]): ListObjectsV2 from the
+    /// key of `after`, following continuation tokens past keys that are not
+    /// blobs until the page is full or the listing ends. S3 lists keys in
+    /// byte order, which is digest order for blob keys (see `Keys::blob`).
+    async fn list_blobs_page(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError> {
+        let limit = limit.max(1);
+        let root = self.keys.blobs_root();
+        let start_after = after.map(|d| self.keys.blob(d)).transpose()?;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX).min(LIST_PAGE_KEYS);
+            let req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&root)
+                .max_keys(want);
+            // The start applies to the first request; the token carries it on.
+            let req = match &token {
+                Some(t) => req.continuation_token(t),
+                None => req.set_start_after(start_after.clone()),
+            };
+            let page = req
+                .send()
+                .await
+                .map_err(|e| to_blob_error("ListObjectsV2", &root, &e))?;
+            let truncated = page.is_truncated() == Some(true);
+            let mut objects = page.contents().iter();
+            for obj in objects.by_ref() {
+                let (Some(key), Some(size)) = (obj.key(), obj.size()) else {
+                    continue;
+                };
+                match self.keys.parse_blob_key(key) {
+                    Some(digest) => out.push((digest, u64::try_from(size).unwrap_or(0))),
+                    None => warn!(%key, "ignoring unexpected object under blobs/"),
+                }
+                if out.len() == limit {
+                    break;
+                }
+            }
+            if out.len() == limit {
+                let more = truncated || objects.next().is_some();
+                let next = more.then(|| out.last().map(|(d, _)| d.clone())).flatten();
+                return Ok(BlobPage { blobs: out, next });
+            }
+            match page.next_continuation_token() {
+                Some(next) if truncated => {
+                    if token.as_deref() == Some(next) {
+                        return Err(BlobError::Backend(format!(
+                            "ListObjectsV2 {root}: S3 repeated continuation token"
+                        )));
+                    }
+                    token = Some(next.to_owned());
+                }
+                _ => return Ok(BlobPage { blobs: out, next: None }),
+            }
+        }
+        Err(BlobError::Backend(format!(
+            "ListObjectsV2 {root}: more than {MAX_LIST_PAGES} pages"
         )))
     }
 
@@ -1472,6 +1537,10 @@ impl BlobStore for S3BlobStore {
                 }
             }
         }
+    }
+
+    async fn list(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError> {
+        self.inner.list_blobs_page(after, limit).await
     }
 
     async fn upload_create(&self, id: &str) -> Result<(), BlobError> {
