@@ -12,18 +12,19 @@ use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream};
 /// (the read cache today; metrics and quota accounting next).
 ///
 /// Every method defaults to the same method of [`inner`](Self::inner), so a
-/// wrapper implements only what it changes, and a method added to
-/// [`BlobStore`] reaches every wrapper's inner store without touching the
-/// wrapper. A blanket impl makes every `ForwardingBlobStore` a [`BlobStore`]
-/// (so a type implements one of the two traits, never both).
+/// wrapper implements only what it changes. A method added to [`BlobStore`] is
+/// added here once (a forwarding default plus a line of the blanket impl) and
+/// reaches every wrapper's inner store without touching the wrappers. The
+/// blanket impl makes every `ForwardingBlobStore` a [`BlobStore`], so a type
+/// implements one of the two traits, never both.
 ///
-/// The methods mirror [`BlobStore`]'s and keep its contracts. (Their one
-/// lifetime `'a` is the one `#[async_trait]` gives the inner store's futures.)
-/// They return
-/// `impl Future` rather than going through `#[async_trait]`: a wrapper's
-/// future is then stored inside the one box the blanket impl makes, so a call
-/// through a wrapper allocates no more than a call to a plain backend. An
-/// override may be written as an `async fn`.
+/// The methods mirror [`BlobStore`]'s and keep its contracts; their one
+/// lifetime `'a` is the one `#[async_trait]` gives the inner store's futures.
+/// They return `impl Future` rather than going through `#[async_trait]`: an
+/// override's future is stored inside the one box the blanket impl makes, so
+/// an overridden method costs what a plain backend's does, and a forwarded one
+/// what a hand-written forwarding call would (that box plus the inner store's).
+/// An override may be written as an `async fn`.
 ///
 /// With both traits imported, calling a method on a concrete wrapper is
 /// ambiguous; call it through `dyn BlobStore` (as callers do) or name the trait.
