@@ -806,3 +806,65 @@ async fn no_acknowledged_push_is_lost_when_a_follower_is_partitioned() {
     let leaders: Vec<&serde_json::Value> = status.iter().map(|s| &s["leader"]).collect();
     assert!(leaders.iter().all(|l| *l == leaders[0] && !l.is_null()), "{leaders:?}");
 }
+
+/// An error answered by the node that ran a request reaches the client unchanged
+/// when another node passed the request on: out-of-order chunks and wrong digests of
+/// a handed-over upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_keep_their_code_across_a_hop_between_nodes() {
+    let cluster = Cluster::start(3).await;
+    let repo = "team/hop-errors";
+    let location = path_of(&cluster.reg(0).start_upload(repo).await.expect("POST"));
+    let error_code = |body: &serde_json::Value| body["errors"][0]["code"].as_str().unwrap_or("").to_string();
+    let owner_is_0 = cluster.reg(1).url(&location);
+
+    // A chunk that does not start at the upload's end, sent through node 1.
+    let resp = http()
+        .patch(&owner_is_0)
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", "5-9")
+        .body(vec![1u8; 5])
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(range_end(&resp), "0-0");
+    let body: serde_json::Value = resp.json().await.expect("error body");
+    assert_eq!(error_code(&body), "BLOB_UPLOAD_INVALID", "{body}");
+
+    // The right chunk, then a finish with a digest the bytes do not have.
+    let resp = http()
+        .patch(&owner_is_0)
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", "0-4")
+        .body(vec![1u8; 5])
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let wrong = sha256_digest(b"something else");
+    let resp = http()
+        .put(format!("{owner_is_0}?digest={wrong}"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = resp.json().await.expect("error body");
+    assert_eq!(error_code(&body), "DIGEST_INVALID", "{body}");
+    assert!(
+        body["errors"][0]["message"].as_str().unwrap_or("").contains(&wrong),
+        "the owner's message names the digest: {body}"
+    );
+
+    // The mismatch ended the session on its owner: unknown through every node.
+    for i in 0..3 {
+        let resp = http()
+            .get(cluster.reg(i).url(&location))
+            .send()
+            .await
+            .expect("GET status");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "node {i}");
+        let body: serde_json::Value = resp.json().await.expect("error body");
+        assert_eq!(error_code(&body), "BLOB_UPLOAD_UNKNOWN", "node {i}: {body}");
+    }
+}

@@ -30,6 +30,7 @@ mod direct;
 mod forward;
 mod fs;
 mod lock;
+mod range;
 mod temp;
 
 #[cfg(feature = "testing")]
@@ -38,6 +39,7 @@ pub mod conformance;
 pub use forward::ForwardingBlobStore;
 pub use fs::FsBlobStore;
 pub use fs::MAP_CHUNK;
+pub use range::RangeRequest;
 pub mod s3;
 pub use s3::{S3BlobStore, S3Config};
 pub mod cache;

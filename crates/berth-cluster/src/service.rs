@@ -54,11 +54,7 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 }
 
 fn status(e: ClusterError) -> Status {
-    match e {
-        ClusterError::Unavailable(m) => Status::unavailable(m),
-        ClusterError::NotLeader(m) => Status::failed_precondition(m),
-        other => Status::internal(other.to_string()),
-    }
+    e.to_status()
 }
 
 #[tonic::async_trait]
@@ -89,7 +85,9 @@ impl RaftService for RaftGrpcService {
         let change: MembershipChange = decode(&req.into_inner().change)?;
         match self.node.change_membership_here(change).await {
             Ok(()) => Ok(Response::new(MembershipReply {})),
-            Err(ForwardOr::Forward(_)) => Err(Status::unavailable("not the leader (leadership moved)")),
+            Err(ForwardOr::Forward(_)) => Err(status(ClusterError::NotLeader(
+                "not the leader (leadership moved)".into(),
+            ))),
             Err(ForwardOr::Failed(e)) => Err(status(e)),
         }
     }
@@ -99,7 +97,9 @@ impl RaftService for RaftGrpcService {
         req: Request<tonic::Streaming<HandOverFrame>>,
     ) -> Result<Response<HandOverReply>, Status> {
         let Some(handler) = self.node.hand_over_handler() else {
-            return Err(Status::unavailable("this node does not take upload hand-overs yet"));
+            return Err(status(ClusterError::Unavailable(
+                "this node does not take upload hand-overs yet".into(),
+            )));
         };
         let mut frames = req.into_inner();
         let header = match frames.message().await? {
@@ -111,7 +111,7 @@ impl RaftService for RaftGrpcService {
         let reply = handler
             .handle(header, handover::body_of(frames))
             .await
-            .map_err(Status::unavailable)?;
+            .map_err(|e| status(ClusterError::Remote(e)))?;
         Ok(Response::new(HandOverReply { reply }))
     }
 
@@ -152,7 +152,7 @@ pub async fn serve_grpc(
         stream
     });
     tonic::transport::Server::builder()
-        .trace_fn(crate::trace_context::grpc_server_span)
+        .trace_fn(berth_telemetry::trace_context::grpc_server_span)
         .add_service(RaftGrpcService::new(node))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

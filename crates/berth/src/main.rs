@@ -16,7 +16,6 @@ use berth_blob::CachedBlobStore;
 use berth_blob::FsBlobStore;
 use berth_blob::S3BlobStore;
 use berth_cluster::ClusterNode;
-use berth_cluster::RaftOptions;
 use berth_cluster::serve_grpc;
 use berth_meta::NodeInfo;
 use berth_registry::BlobDelivery;
@@ -133,22 +132,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let cc = &config.cluster;
     let node_id = cc.node_id;
-    let raft_options = RaftOptions {
-        snapshot_after_logs: config.metadata.snapshot_after_logs,
-        heartbeat_interval: cc.heartbeat_interval,
-        election_timeout_min: cc.election_timeout,
-        election_timeout_max: cc.election_timeout * 2,
-        source_address: cc.source_address,
-        read_lease: cc.read_lease,
-        // A node that serves no cluster has nobody to grant a lease to (and would
-        // otherwise wait one out on every restart).
-        follower_lease: if cc.is_clustered() {
-            cc.follower_lease()
-        } else {
-            Duration::ZERO
-        },
-        ..RaftOptions::default()
-    };
+    let raft_options = config.raft_options();
     let cluster = ClusterNode::open(node_id, &config.meta_dir(), raft_options)
         .await
         .with_context(|| format!("opening metadata store in {}", config.meta_dir().display()))?;
@@ -223,7 +207,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
     );
 
-    tasks.spawn(registry.clone().run_upload_sweeper(stop.clone()));
+    registry.start_workers();
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -235,7 +219,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "berth is serving the OCI distribution API"
     );
 
-    let app = berth_api::router(registry);
+    let app = berth_api::router(registry.clone());
     let shutdown = stop.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -259,6 +243,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     // Requests are done: stop background work, then Raft (which closes RocksDB).
+    if !registry.workers().shutdown(Duration::from_secs(10)).await {
+        tracing::warn!("background workers did not stop in time");
+    }
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
         .await
