@@ -158,6 +158,7 @@ impl FsBlobStore {
 
     /// Walk `blobs/` and return every stored blob with its size (used to
     /// rebuild an index). Files whose names are not valid digests are skipped.
+    /// Holds the whole listing in memory; [`BlobStore::list`] pages instead.
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
         let found = scan_blobs(self.blobs.clone()).await?;
         Ok(found.into_iter().map(|(d, meta)| (d, meta.len())).collect())

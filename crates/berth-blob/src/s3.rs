@@ -376,7 +376,8 @@ impl S3BlobStore {
     }
 
     /// Every stored blob with its size (a bucket listing, to rebuild an
-    /// index). Keys that are not valid digests are skipped.
+    /// index). Keys that are not valid digests are skipped. Holds the whole
+    /// listing in memory; [`BlobStore::list`] pages instead.
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
         let listed = self.inner.list_keys(&self.inner.keys.blobs_root()).await?;
         let mut out = Vec::with_capacity(listed.len());
