@@ -2,7 +2,9 @@
 //!
 //! [`CachedBlobStore`] wraps another store (in practice S3) and is itself a
 //! [`BlobStore`], so it composes around any backend. Only blob reads are
-//! cached; everything else is delegated.
+//! cached; as a [`ForwardingBlobStore`](crate::ForwardingBlobStore) it
+//! overrides `stat`, `get`, `delete` and `check_writable`, and everything
+//! else goes to the inner store.
 //!
 //! Layout under the cache directory:
 //!
@@ -51,19 +53,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use async_trait::async_trait;
-use berth_oci::{Digest, Hasher};
+use berth_oci::Digest;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::fs::{
-    FileWriter, READ_CHUNK, WRITE_BATCH, blocking, clean_dir, create_temp, ensure_dir, parent_of, probe_writable,
-    read_blob, scan_blobs, sync_dir,
-};
+use crate::fs::{READ_CHUNK, WRITE_BATCH, blocking, clean_dir, probe_writable, read_blob, scan_blobs, sync_dir};
+use crate::temp::TempBlob;
 use crate::{BlobError, BlobStore, ByteRange, ByteStream};
 
 /// Bytes a fill keeps in memory after receiving them, for the requesters reading
@@ -678,10 +677,9 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
     }
 
     let mut data = shared.inner.get(&digest, None).await?;
-    let tmp_path = shared.tmp.join(format!("fill-{}", uuid::Uuid::new_v4()));
     let direct = shared.direct_io.load(Ordering::Relaxed);
-    let (file, mut temp) = create_temp(tmp_path.clone()).await?;
-    let reader = file.try_clone()?;
+    let mut blob = TempBlob::create(&shared.tmp, "fill", &digest).await?.direct(direct);
+    let reader = blob.reader()?;
     if direct {
         // Requesters behind the tail read the file below what is written, while
         // the next batches are written directly: no readahead into those.
@@ -697,7 +695,6 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
         }
     });
 
-    let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm())).direct(direct);
     let publish = |received: u64, written: u64| {
         tx.send_if_modified(|p| {
             let changed = (p.received, p.written) != (received, written);
@@ -719,7 +716,7 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
             let item = match data.next().now_or_never() {
                 Some(item) => item,
                 None => {
-                    publish(received, writer.completed().await?);
+                    publish(received, blob.completed().await?);
                     published = received;
                     data.next().await
                 }
@@ -736,44 +733,38 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
                 )));
             }
             lock_tail(&tail).push(chunk.clone(), TAIL_BYTES);
-            writer.write(chunk).await?;
+            blob.write(chunk).await?;
             if received - published >= PUBLISH_STEP {
-                publish(received, writer.completed().await?);
+                publish(received, blob.completed().await?);
                 published = received;
             }
         }
-        Ok(writer.flush().await?)
+        Ok(received)
     }
     .await;
     drop(data);
-    let written = match streamed {
-        Ok(n) if n == size => n,
+    match streamed {
+        Ok(n) if n == size => {}
         Ok(n) => {
-            temp.remove().await;
+            blob.abort().await;
             return Err(BlobError::Backend(format!(
                 "cache fill size mismatch: {digest} has {n} bytes, its stat reported {size}"
             )));
         }
         Err(e) => {
-            writer.wait_quiet().await;
-            temp.remove().await;
+            blob.abort().await;
             return Err(e);
         }
-    };
-    let Some(hasher) = writer.take_hasher() else {
-        temp.remove().await;
-        return Err(BlobError::Backend("cache fill: hasher lost".into()));
-    };
-    let actual = hasher.finalize();
-    if actual != digest {
-        temp.remove().await;
-        return Err(BlobError::Backend(format!(
-            "cache fill digest mismatch: expected {digest}, got {actual}"
-        )));
     }
+    let verified = blob.finish().await.map_err(|e| match e {
+        BlobError::DigestMismatch { expected, actual } => {
+            BlobError::Backend(format!("cache fill digest mismatch: expected {expected}, got {actual}"))
+        }
+        other => other,
+    })?;
     tx.send_modify(|p| {
-        p.written = written;
-        p.received = written;
+        p.written = size;
+        p.received = size;
         p.phase = Phase::Verified {
             file: Arc::clone(&reader),
             tail: Arc::clone(&tail),
@@ -782,32 +773,15 @@ async fn fill(guard: &mut FillGuard, tx: &watch::Sender<Progress>) -> Result<Fil
     });
 
     // Make it durable and put it in place.
-    let synced = writer.sync().await;
-    drop(writer);
-    if let Err(e) = synced {
-        temp.remove().await;
-        return Err(e.into());
-    }
+    let verified = verified.sync().await?;
     let _files = shared.files.lock().await;
     // `delete` disowns fills in progress; a disowned fill must not re-insert.
     let still_ours = shared.lock().fills.get(&digest).is_some_and(|slot| slot.id == guard.id);
     if !still_ours {
-        temp.remove().await;
+        verified.discard().await;
         return Ok(FillEnd::Disowned);
     }
-    let dst = shared.path_of(&digest);
-    let moved = blocking(move || {
-        let parent = parent_of(&dst)?;
-        ensure_dir(parent)?;
-        std::fs::rename(&tmp_path, &dst)?;
-        sync_dir(parent)
-    })
-    .await;
-    if let Err(e) = moved {
-        temp.remove().await;
-        return Err(e.into());
-    }
-    temp.disarm();
+    verified.persist(shared.path_of(&digest)).await?;
     let victims = {
         let mut st = shared.lock();
         st.fills.remove(&digest);
@@ -998,8 +972,15 @@ impl CachedBlobStore {
     }
 }
 
-#[async_trait]
-impl BlobStore for CachedBlobStore {
+// Only reads and what changes which blobs exist are the cache's business; the
+// rest (puts, uploads, listing, presigning) goes to the inner store unchanged.
+// The trait is named, not imported, so that `BlobStore` methods called on a
+// `CachedBlobStore` in this module stay unambiguous.
+impl crate::ForwardingBlobStore for CachedBlobStore {
+    fn inner(&self) -> &dyn BlobStore {
+        &*self.shared.inner
+    }
+
     fn kind(&self) -> &'static str {
         "cache"
     }
@@ -1047,54 +1028,12 @@ impl BlobStore for CachedBlobStore {
         Err(BlobError::Backend(format!("cache entry for {digest} keeps vanishing")))
     }
 
-    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
-        self.shared.inner.put(digest, data).await
-    }
-
     async fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
         // Inner first: a fill that starts after this cannot find the blob, and
         // any fill that started before is disowned by `invalidate`.
         let res = self.shared.inner.delete(digest).await;
         let local = self.shared.invalidate(digest).await;
         res.and(local)
-    }
-
-    async fn upload_create(&self, id: &str) -> Result<(), BlobError> {
-        self.shared.inner.upload_create(id).await
-    }
-
-    async fn upload_append(
-        &self,
-        id: &str,
-        offset: u64,
-        data: ByteStream,
-        on_chunk: &mut (dyn for<'c> FnMut(&'c [u8]) + Send),
-    ) -> Result<u64, BlobError> {
-        self.shared.inner.upload_append(id, offset, data, on_chunk).await
-    }
-
-    async fn upload_len(&self, id: &str) -> Result<u64, BlobError> {
-        self.shared.inner.upload_len(id).await
-    }
-
-    async fn upload_read(&self, id: &str) -> Result<ByteStream, BlobError> {
-        self.shared.inner.upload_read(id).await
-    }
-
-    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, BlobError> {
-        self.shared.inner.upload_commit(id, digest).await
-    }
-
-    async fn upload_abort(&self, id: &str) -> Result<(), BlobError> {
-        self.shared.inner.upload_abort(id).await
-    }
-
-    async fn upload_list(&self) -> Result<Vec<String>, BlobError> {
-        self.shared.inner.upload_list().await
-    }
-
-    async fn presigned_get(&self, digest: &Digest, expires: Duration) -> Result<Option<String>, BlobError> {
-        self.shared.inner.presigned_get(digest, expires).await
     }
 
     async fn check_writable(&self) -> Result<(), BlobError> {

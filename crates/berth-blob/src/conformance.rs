@@ -13,7 +13,7 @@ use berth_oci::{Digest, DigestAlgorithm, Hasher};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{BlobError, BlobStore, ByteRange, ByteStream};
+use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -170,6 +170,7 @@ pub async fn run_all(store: Arc<dyn BlobStore>) {
     upload_commit_when_blob_exists(&store).await;
     concurrent_identical_puts(&store).await;
     upload_list_lists_uploads(&store).await;
+    list_pages_in_digest_order(&store).await;
     invalid_upload_ids(&store).await;
     check_writable_ok(&store).await;
 }
@@ -868,6 +869,103 @@ pub async fn upload_list_lists_uploads(store: &Arc<dyn BlobStore>) {
         .upload_abort(&b)
         .await
         .unwrap_or_else(|e| panic!("{what}: abort: {e:?}"));
+}
+
+/// Every page of `list` from `after` on, checking the paging contract; the
+/// blobs in listing order.
+async fn list_from(store: &dyn BlobStore, mut after: Option<Digest>, limit: usize, what: &str) -> Vec<(Digest, u64)> {
+    let mut all: Vec<(Digest, u64)> = Vec::new();
+    // Other checks may store blobs meanwhile, but never this many.
+    for _ in 0..100_000 {
+        let page: BlobPage = match store.list(after.as_ref(), limit).await {
+            Ok(page) => page,
+            Err(e) => panic!("{what}: list(after {after:?}, limit {limit}) failed: {e:?}"),
+        };
+        assert!(
+            page.blobs.len() <= limit,
+            "{what}: a page of limit {limit} held {} blobs",
+            page.blobs.len()
+        );
+        for (digest, _) in &page.blobs {
+            if let Some(a) = &after {
+                assert!(digest > a, "{what}: {digest} listed after {a}, out of order");
+            }
+            if let Some((prev, _)) = all.last() {
+                assert!(digest > prev, "{what}: {digest} listed after {prev}, out of order");
+            }
+        }
+        all.extend(page.blobs.iter().cloned());
+        match page.next {
+            None => return all,
+            Some(next) => {
+                assert_eq!(
+                    Some(&next),
+                    page.blobs.last().map(|(d, _)| d),
+                    "{what}: the next page starts after this page's last blob"
+                );
+                after = Some(next);
+            }
+        }
+    }
+    panic!("{what}: the listing did not end");
+}
+
+/// `list` pages through the stored blobs in digest order, with their sizes,
+/// from any starting point, and stops showing a deleted blob.
+pub async fn list_pages_in_digest_order(store: &Arc<dyn BlobStore>) {
+    let what = "list";
+    let mut ours: Vec<(Digest, u64)> = Vec::new();
+    for (i, len) in [10usize, 1, 1000, 70 * KIB + 3, 5].into_iter().enumerate() {
+        let data = pseudo_random(60 + i as u64, len);
+        let algo = if i == 3 {
+            DigestAlgorithm::Sha512
+        } else {
+            DigestAlgorithm::Sha256
+        };
+        let digest = Digest::of(algo, &data);
+        put_ok(&**store, &digest, stream_once(&data), what).await;
+        ours.push((digest, data.len() as u64));
+    }
+    ours.sort();
+
+    for limit in [1, 2, 1000] {
+        let listed = list_from(&**store, None, limit, what).await;
+        let found: Vec<_> = listed.iter().filter(|b| ours.contains(b)).cloned().collect();
+        assert_eq!(
+            found, ours,
+            "{what}: pages of {limit} list each of our blobs once, with its size"
+        );
+    }
+    // From the middle: exactly what sorts after the starting digest.
+    let from = &ours[1].0;
+    let listed = list_from(&**store, Some(from.clone()), 2, what).await;
+    let found: Vec<_> = listed.iter().filter(|b| ours.contains(b)).cloned().collect();
+    assert_eq!(found, ours[2..], "{what}: listing after {from}");
+    // From a digest that is not stored.
+    let absent = Digest::sha256_of(b"list: never stored");
+    let listed = list_from(&**store, Some(absent.clone()), 3, what).await;
+    let expected: Vec<_> = ours.iter().filter(|(d, _)| *d > absent).cloned().collect();
+    let found: Vec<_> = listed.iter().filter(|b| ours.contains(b)).cloned().collect();
+    assert_eq!(found, expected, "{what}: listing after an absent digest");
+
+    let (gone, _) = ours.remove(2);
+    store
+        .delete(&gone)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: delete: {e:?}"));
+    let listed = list_from(&**store, None, 2, what).await;
+    assert!(
+        !listed.iter().any(|(d, _)| *d == gone),
+        "{what}: deleted blob {gone} still listed"
+    );
+    let found: Vec<_> = listed.iter().filter(|b| ours.contains(b)).cloned().collect();
+    assert_eq!(found, ours, "{what}: the others stay listed");
+    for (digest, _) in &ours {
+        store
+            .delete(digest)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: cleanup delete: {e:?}"));
+    }
 }
 
 /// Ids outside `[A-Za-z0-9-]{1,64}` are rejected with UploadNotFound everywhere.

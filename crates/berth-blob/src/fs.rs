@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_oci::{Digest, Hasher};
+use berth_oci::{Digest, DigestAlgorithm, Hasher};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::Either;
@@ -46,7 +46,8 @@ use tracing::{debug, info, warn};
 
 use crate::direct::DirectFile;
 use crate::lock::{KeyedGuard, KeyedLocks};
-use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
+use crate::temp::TempBlob;
+use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 /// Chunk size of streams returned by `get` / `upload_read`.
 pub(crate) const READ_CHUNK: usize = 128 * 1024;
@@ -157,10 +158,83 @@ impl FsBlobStore {
 
     /// Walk `blobs/` and return every stored blob with its size (used to
     /// rebuild an index). Files whose names are not valid digests are skipped.
+    /// Holds the whole listing in memory; [`BlobStore::list`] pages instead.
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
         let found = scan_blobs(self.blobs.clone()).await?;
         Ok(found.into_iter().map(|(d, meta)| (d, meta.len())).collect())
     }
+}
+
+/// One page of the content-addressed tree `blobs` (see [`BlobStore::list`]).
+///
+/// Each level is read whole and sorted, and only its entries at or after
+/// `after` are descended into: a page costs the directories it touches (a
+/// shard holds 1/256 of an algorithm's blobs), never a walk of the whole tree.
+/// Sorting by name is sorting by digest, because algorithms are ordered as
+/// their names are and the shard is the first two characters of the lowercase
+/// hex name.
+fn list_page(blobs: &Path, after: Option<&Digest>, limit: usize) -> io::Result<BlobPage> {
+    let limit = limit.max(1);
+    let mut algos: Vec<(DigestAlgorithm, PathBuf)> = Vec::new();
+    for (name, path) in sorted_entries(blobs, true)? {
+        match DigestAlgorithm::from_name(&name) {
+            Some(algo) if after.is_none_or(|a| algo >= a.algorithm()) => algos.push((algo, path)),
+            Some(_) => {}
+            None => warn!(path = %path.display(), "ignoring unexpected directory in blob directory"),
+        }
+    }
+    algos.sort_by_key(|(algo, _)| *algo);
+    let mut out = Vec::new();
+    for (algo, algo_dir) in algos {
+        // The part of `after` that bounds this algorithm's names from below.
+        let floor = after.filter(|a| a.algorithm() == algo).map(Digest::hex);
+        for (shard, shard_dir) in sorted_entries(&algo_dir, true)? {
+            if floor.is_some_and(|f| shard.as_str() < f.get(..2).unwrap_or(f)) {
+                continue;
+            }
+            for (name, path) in sorted_entries(&shard_dir, false)? {
+                if floor.is_some_and(|f| name.as_str() <= f) {
+                    continue;
+                }
+                let digest = match Digest::new(algo, &name) {
+                    Ok(d) if name.starts_with(shard.as_str()) => d,
+                    _ => {
+                        warn!(path = %path.display(), "ignoring unexpected file in blob directory");
+                        continue;
+                    }
+                };
+                let size = match std::fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_file() => meta.len(),
+                    Ok(_) => continue,
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                out.push((digest, size));
+                if out.len() == limit {
+                    return Ok(BlobPage::of(out, limit));
+                }
+            }
+        }
+    }
+    Ok(BlobPage::of(out, limit))
+}
+
+/// The entries of `dir` that are directories (`dirs`) or not, with UTF-8
+/// names, sorted by name; nothing if `dir` does not exist.
+fn sorted_entries(dir: &Path, dirs: bool) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in read_dir_if_exists(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() != dirs {
+            continue;
+        }
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, entry.path()));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Walk a content-addressed tree `<dir>/<algo>/<xx>/<hex>` and return every
@@ -247,7 +321,7 @@ impl BlobStore for FsBlobStore {
         Ok(read_blob(file, start, len).await?)
     }
 
-    async fn put(&self, digest: &Digest, mut data: ByteStream) -> Result<u64, BlobError> {
+    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
         let final_path = self.blob_path(digest)?;
         if let Some(size) = self.stat(digest).await? {
             // The bytes are already here, but the caller must still prove it has
@@ -258,72 +332,18 @@ impl BlobStore for FsBlobStore {
             return Ok(size);
         }
 
-        let tmp_path = self.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-        let (file, mut temp) = create_temp(tmp_path.clone()).await?;
-        let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()))
+        let size = TempBlob::create(&self.tmp, "put", digest)
+            .await?
             .durable()
-            .direct(self.direct_io);
-
-        let written: Result<u64, BlobError> = async {
-            while let Some(item) = data.next().await {
-                let chunk = item.map_err(BlobError::Client)?;
-                if chunk.is_empty() {
-                    continue;
-                }
-                writer.write(chunk).await?;
-            }
-            Ok(writer.flush().await?)
-        }
-        .await;
-        let size = match written {
-            Ok(size) => size,
-            Err(e) => {
-                writer.wait_quiet().await;
-                temp.remove().await;
-                return Err(e);
-            }
-        };
-
-        let Some(hasher) = writer.take_hasher() else {
-            temp.remove().await;
-            return Err(BlobError::Backend("put: hasher lost".into()));
-        };
-        let actual = hasher.finalize();
-        if actual.hex() != digest.hex() {
-            temp.remove().await;
-            return Err(BlobError::DigestMismatch {
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
-
-        let synced = writer.sync().await;
-        drop(writer);
-        if let Err(e) = synced {
-            temp.remove().await;
-            return Err(e.into());
-        }
-
-        let dst = final_path;
-        let src = tmp_path;
-        let moved = blocking(move || {
-            let parent = parent_of(&dst)?;
-            ensure_dir(parent)?;
-            std::fs::rename(&src, &dst)?;
-            sync_dir(parent)
-        })
-        .await;
-        match moved {
-            Ok(()) => {
-                temp.disarm();
-                debug!(%digest, size, "put: stored blob");
-                Ok(size)
-            }
-            Err(e) => {
-                temp.remove().await;
-                Err(e.into())
-            }
-        }
+            .direct(self.direct_io)
+            .receive(data)
+            .await?
+            .sync()
+            .await?
+            .persist(final_path)
+            .await?;
+        debug!(%digest, size, "put: stored blob");
+        Ok(size)
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
@@ -335,6 +355,12 @@ impl BlobStore for FsBlobStore {
         })
         .await?;
         Ok(())
+    }
+
+    async fn list(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError> {
+        let blobs = self.blobs.clone();
+        let after = after.cloned();
+        Ok(blocking(move || list_page(&blobs, after.as_ref(), limit)).await?)
     }
 
     async fn upload_create(&self, id: &str) -> Result<(), BlobError> {
@@ -881,6 +907,11 @@ impl FileWriter {
     /// (a rollback that runs after this writer is gone).
     pub(crate) fn take_inflight(&mut self) -> Option<Inflight> {
         self.inflight.take()
+    }
+
+    /// The file being written.
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
     }
 
     /// The hasher, once everything has been flushed.

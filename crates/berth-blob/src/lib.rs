@@ -6,9 +6,11 @@
 //! manifests-as-bytes) and the bytes of in-progress upload sessions. All
 //! backends sit behind one trait, [`BlobStore`]; this crate ships the local
 //! filesystem backend [`FsBlobStore`] (the embedded default) and the S3 backend
-//! [`S3BlobStore`] (aws-sdk-s3; AWS or S3-compatible stores). With the
-//! `testing` feature it also exports [`conformance`], a suite every backend
-//! must pass.
+//! [`S3BlobStore`] (aws-sdk-s3; AWS or S3-compatible stores), and
+//! [`CachedBlobStore`], a node-local read cache in front of either. Stores that
+//! wrap another store build on [`ForwardingBlobStore`], which forwards whatever
+//! they do not override. With the `testing` feature it also exports
+//! [`conformance`], a suite every backend must pass.
 //!
 //! **Who calls it.** `berth-registry`, which implements the OCI Distribution
 //! upload/pull flows on top of it (it hashes upload chunks through the
@@ -25,13 +27,16 @@ use std::pin::Pin;
 pub use berth_oci::{Digest, DigestAlgorithm};
 
 mod direct;
+mod forward;
 mod fs;
 mod lock;
 mod range;
+mod temp;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
 
+pub use forward::ForwardingBlobStore;
 pub use fs::FsBlobStore;
 pub use fs::MAP_CHUNK;
 pub use range::RangeRequest;
@@ -83,6 +88,29 @@ impl ByteRange {
             });
         }
         Ok(())
+    }
+}
+
+/// One page of [`BlobStore::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobPage {
+    /// Stored blobs and their sizes, in ascending digest order.
+    pub blobs: Vec<(Digest, u64)>,
+    /// The `after` of the next page; `None` once the listing is complete. A full
+    /// page may carry one even if nothing follows (the next page is then empty).
+    pub next: Option<Digest>,
+}
+
+impl BlobPage {
+    /// The page of `blobs` (at most `limit`, ascending) when more may follow
+    /// exactly if the page is full.
+    pub(crate) fn of(blobs: Vec<(Digest, u64)>, limit: usize) -> Self {
+        let next = if blobs.len() >= limit {
+            blobs.last().map(|(d, _)| d.clone())
+        } else {
+            None
+        };
+        BlobPage { blobs, next }
     }
 }
 
@@ -138,6 +166,15 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Idempotent delete.
     async fn delete(&self, digest: &Digest) -> Result<(), BlobError>;
+
+    /// One page of the stored blobs, with their sizes: at most `limit` of them
+    /// (at least one is asked for), in ascending [`Digest`] order, strictly after
+    /// `after` (`None`: from the first). Pass the page's [`BlobPage::next`] as
+    /// `after` to get the next page. Files or objects in the blob area that are
+    /// not blobs are skipped. A blob stored or deleted while a listing runs may
+    /// or may not appear in it. Memory use is bounded by `limit`, not by the
+    /// number of blobs.
+    async fn list(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError>;
 
     // ---- upload sessions -----------------------------------------------------------
 

@@ -80,14 +80,15 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use berth_oci::{Digest, Hasher};
+use berth_oci::Digest;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::fs::{FileWriter, blocking, clean_dir, create_temp, read_stream};
+use crate::fs::{FileWriter, blocking, clean_dir, read_stream};
 use crate::lock::{KeyedGuard, KeyedLocks};
-use crate::{BlobError, BlobStore, ByteRange, ByteStream, check_upload_id};
+use crate::temp::TempBlob;
+use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 mod error;
 mod plan;
@@ -119,6 +120,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const LOAD_TRIES: usize = 5;
 /// Bound on ListObjectsV2 pages for one listing.
 const MAX_LIST_PAGES: usize = 1_000_000;
+/// Keys asked for per ListObjectsV2 request (S3 answers at most 1,000).
+const LIST_PAGE_KEYS: i32 = 1000;
 
 // ---- configuration ---------------------------------------------------------------------
 
@@ -373,7 +376,8 @@ impl S3BlobStore {
     }
 
     /// Every stored blob with its size (a bucket listing, to rebuild an
-    /// index). Keys that are not valid digests are skipped.
+    /// index). Keys that are not valid digests are skipped. Holds the whole
+    /// listing in memory; [`BlobStore::list`] pages instead.
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
         let listed = self.inner.list_keys(&self.inner.keys.blobs_root()).await?;
         let mut out = Vec::with_capacity(listed.len());
@@ -724,6 +728,69 @@ impl Inner {
         }
         Err(BlobError::Backend(format!(
             "ListObjectsV2 {prefix}: more than {MAX_LIST_PAGES} pages"
+        )))
+    }
+
+    /// One page of the blobs (see [`BlobStore::list`]): ListObjectsV2 from the
+    /// key of `after`, following continuation tokens past keys that are not
+    /// blobs until the page is full or the listing ends. S3 lists keys in
+    /// byte order, which is digest order for blob keys (see `Keys::blob`).
+    async fn list_blobs_page(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError> {
+        let limit = limit.max(1);
+        let root = self.keys.blobs_root();
+        let start_after = after.map(|d| self.keys.blob(d)).transpose()?;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX).min(LIST_PAGE_KEYS);
+            let req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&root)
+                .max_keys(want);
+            // The start applies to the first request; the token carries it on.
+            let req = match &token {
+                Some(t) => req.continuation_token(t),
+                None => req.set_start_after(start_after.clone()),
+            };
+            let page = req
+                .send()
+                .await
+                .map_err(|e| to_blob_error("ListObjectsV2", &root, &e))?;
+            let truncated = page.is_truncated() == Some(true);
+            let mut objects = page.contents().iter();
+            for obj in objects.by_ref() {
+                let (Some(key), Some(size)) = (obj.key(), obj.size()) else {
+                    continue;
+                };
+                match self.keys.parse_blob_key(key) {
+                    Some(digest) => out.push((digest, u64::try_from(size).unwrap_or(0))),
+                    None => warn!(%key, "ignoring unexpected object under blobs/"),
+                }
+                if out.len() == limit {
+                    break;
+                }
+            }
+            if out.len() == limit {
+                let more = truncated || objects.next().is_some();
+                let next = more.then(|| out.last().map(|(d, _)| d.clone())).flatten();
+                return Ok(BlobPage { blobs: out, next });
+            }
+            match page.next_continuation_token() {
+                Some(next) if truncated => {
+                    if token.as_deref() == Some(next) {
+                        return Err(BlobError::Backend(format!(
+                            "ListObjectsV2 {root}: S3 repeated continuation token"
+                        )));
+                    }
+                    token = Some(next.to_owned());
+                }
+                _ => return Ok(BlobPage { blobs: out, next: None }),
+            }
+        }
+        Err(BlobError::Backend(format!(
+            "ListObjectsV2 {root}: more than {MAX_LIST_PAGES} pages"
         )))
     }
 
@@ -1426,7 +1493,7 @@ impl BlobStore for S3BlobStore {
         Ok(sdk_body_stream(out.body, len, key, inner.request_timeout))
     }
 
-    async fn put(&self, digest: &Digest, mut data: ByteStream) -> Result<u64, BlobError> {
+    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
         let inner = &self.inner;
         let key = inner.keys.blob(digest)?;
         let span = tracing::debug_span!("s3_put", %digest);
@@ -1438,42 +1505,10 @@ impl BlobStore for S3BlobStore {
                 return Ok(size);
             }
 
-            let tmp_path = inner.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-            let (file, mut temp) = create_temp(tmp_path.clone()).await?;
-            let mut writer = FileWriter::with_hasher(file, 0, Hasher::new(digest.algorithm()));
-            let written: Result<u64, BlobError> = async {
-                while let Some(item) = data.next().await {
-                    let chunk = item.map_err(BlobError::Client)?;
-                    if !chunk.is_empty() {
-                        writer.write(chunk).await?;
-                    }
-                }
-                Ok(writer.flush().await?)
-            }
-            .await;
-            let size = match written {
-                Ok(size) => size,
-                Err(e) => {
-                    writer.wait_quiet().await;
-                    temp.remove().await;
-                    return Err(e);
-                }
-            };
-            let Some(hasher) = writer.take_hasher() else {
-                temp.remove().await;
-                return Err(BlobError::Backend("put: hasher lost".into()));
-            };
-            drop(writer);
-            let actual = hasher.finalize();
-            if actual.hex() != digest.hex() {
-                temp.remove().await;
-                return Err(BlobError::DigestMismatch {
-                    expected: digest.to_string(),
-                    actual: actual.to_string(),
-                });
-            }
-            let stored = inner.store_file(&key, &tmp_path, size).await;
-            temp.remove().await;
+            let verified = TempBlob::create(&inner.tmp, "put", digest).await?.receive(data).await?;
+            let size = verified.size();
+            let stored = inner.store_file(&key, verified.path(), size).await;
+            verified.discard().await;
             stored?;
             debug!(size, "put: stored blob");
             Ok(size)
@@ -1503,6 +1538,10 @@ impl BlobStore for S3BlobStore {
                 }
             }
         }
+    }
+
+    async fn list(&self, after: Option<&Digest>, limit: usize) -> Result<BlobPage, BlobError> {
+        self.inner.list_blobs_page(after, limit).await
     }
 
     async fn upload_create(&self, id: &str) -> Result<(), BlobError> {

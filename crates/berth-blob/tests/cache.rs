@@ -61,13 +61,14 @@ impl Counting {
     }
 }
 
-#[async_trait::async_trait]
-impl BlobStore for Counting {
+// Named, not imported: with both traits in scope, calls on concrete stores
+// below would be ambiguous.
+impl berth_blob::ForwardingBlobStore for Counting {
+    fn inner(&self) -> &dyn BlobStore {
+        &*self.fs
+    }
     fn kind(&self) -> &'static str {
         "counting"
-    }
-    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
-        self.fs.stat(digest).await
     }
     async fn get(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream, BlobError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
@@ -127,42 +128,6 @@ impl BlobStore for Counting {
             }
         }));
         Ok(stream)
-    }
-    async fn put(&self, digest: &Digest, data: ByteStream) -> Result<u64, BlobError> {
-        self.fs.put(digest, data).await
-    }
-    async fn delete(&self, digest: &Digest) -> Result<(), BlobError> {
-        self.fs.delete(digest).await
-    }
-    async fn upload_create(&self, id: &str) -> Result<(), BlobError> {
-        self.fs.upload_create(id).await
-    }
-    async fn upload_append(
-        &self,
-        id: &str,
-        offset: u64,
-        data: ByteStream,
-        on_chunk: &mut (dyn for<'c> FnMut(&'c [u8]) + Send),
-    ) -> Result<u64, BlobError> {
-        self.fs.upload_append(id, offset, data, on_chunk).await
-    }
-    async fn upload_len(&self, id: &str) -> Result<u64, BlobError> {
-        self.fs.upload_len(id).await
-    }
-    async fn upload_read(&self, id: &str) -> Result<ByteStream, BlobError> {
-        self.fs.upload_read(id).await
-    }
-    async fn upload_commit(&self, id: &str, digest: &Digest) -> Result<u64, BlobError> {
-        self.fs.upload_commit(id, digest).await
-    }
-    async fn upload_abort(&self, id: &str) -> Result<(), BlobError> {
-        self.fs.upload_abort(id).await
-    }
-    async fn upload_list(&self) -> Result<Vec<String>, BlobError> {
-        self.fs.upload_list().await
-    }
-    async fn check_writable(&self) -> Result<(), BlobError> {
-        self.fs.check_writable().await
     }
 }
 

@@ -57,6 +57,24 @@ async fn conformance_suite_current_thread() {
     conformance::run_all(store).await;
 }
 
+/// Overrides nothing, so it must behave exactly like the store it wraps.
+struct Transparent(FsBlobStore);
+
+// Named, not imported: calls on `FsBlobStore` below stay unambiguous.
+impl berth_blob::ForwardingBlobStore for Transparent {
+    fn inner(&self) -> &dyn BlobStore {
+        &self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapper_that_overrides_nothing_passes_the_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn BlobStore> = Arc::new(Transparent(open(dir.path()).await));
+    assert_eq!(store.kind(), "fs", "the kind is the inner store's");
+    conformance::run_all(store).await;
+}
+
 #[tokio::test]
 async fn layout_is_content_addressed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -83,6 +101,59 @@ async fn layout_is_content_addressed() {
     let id = "0f0e0d0c-upload";
     store.upload_create(id).await.expect("create");
     assert!(dir.path().join("uploads").join(id).is_file());
+}
+
+/// `list` walks the shards in digest order, page by page, and skips whatever in
+/// the blob directory is not a blob.
+#[tokio::test]
+async fn listing_pages_in_order_and_skips_foreign_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let mut ours = Vec::new();
+    for i in 0..40u64 {
+        let data = pseudo_random(120 + i, 10 + i as usize);
+        let algo = if i % 7 == 0 {
+            berth_blob::DigestAlgorithm::Sha512
+        } else {
+            berth_blob::DigestAlgorithm::Sha256
+        };
+        let digest = Digest::of(algo, &data);
+        store.put(&digest, stream_once(&data)).await.expect("put");
+        ours.push((digest, data.len() as u64));
+    }
+    ours.sort();
+    let blobs = dir.path().join("blobs");
+    let hex = ours[5].0.hex().to_owned();
+    let shard = blobs.join("sha256").join(&hex[..2]);
+    std::fs::write(shard.join(format!("{hex}.tmp")), b"junk").expect("write");
+    std::fs::write(shard.join("short"), b"junk").expect("write");
+    std::fs::create_dir(shard.join("ffff")).expect("mkdir");
+    // A valid name in the wrong shard would break the order: skipped.
+    std::fs::create_dir_all(blobs.join("sha256/zz")).expect("mkdir");
+    std::fs::write(blobs.join("sha256/zz").join(&hex), b"junk").expect("write");
+    std::fs::create_dir_all(blobs.join("md5/00")).expect("mkdir");
+    std::fs::write(blobs.join("md5/00/00ab"), b"junk").expect("write");
+    std::fs::write(blobs.join("README"), b"junk").expect("write");
+
+    for limit in [1, 3, 7, 1000] {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list(after.as_ref(), limit).await.expect("list");
+            assert!(page.blobs.len() <= limit);
+            all.extend(page.blobs);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(all, ours, "pages of {limit}");
+    }
+    let page = store.list(Some(&ours[5].0), 3).await.expect("list");
+    assert_eq!(page.blobs, ours[6..9]);
+    assert_eq!(page.next.as_ref(), Some(&ours[8].0));
+    let page = store.list(ours.last().map(|(d, _)| d), 3).await.expect("list");
+    assert_eq!(page, berth_blob::BlobPage::default(), "nothing after the last blob");
 }
 
 #[tokio::test]

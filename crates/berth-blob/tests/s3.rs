@@ -188,6 +188,76 @@ async fn layout_is_content_addressed() {
     store.delete(&digest).await.expect("delete");
 }
 
+/// Every page of `list` from the start, `limit` blobs at a time.
+async fn list_all(store: &dyn BlobStore, limit: usize) -> Vec<(Digest, u64)> {
+    let mut all = Vec::new();
+    let mut after: Option<Digest> = None;
+    loop {
+        let page = store.list(after.as_ref(), limit).await.expect("list");
+        assert!(
+            page.blobs.len() <= limit,
+            "page of {} for limit {limit}",
+            page.blobs.len()
+        );
+        all.extend(page.blobs);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+}
+
+/// `list` reads only its own prefix's blob keys, skips objects there that are not
+/// blobs (following continuation tokens past them), and pages in digest order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_skips_foreign_keys_and_other_prefixes() {
+    let fs = seaweed().await;
+    let store = connect(fs.s3_config("lst")).await;
+    let other = connect(fs.s3_config("lst2")).await;
+    let mut ours = Vec::new();
+    for i in 0..5u64 {
+        let data = pseudo_random(210 + i, 100 + i as usize);
+        let digest = Digest::sha256_of(&data);
+        store.put(&digest, stream_once(&data)).await.expect("put");
+        ours.push((digest, data.len() as u64));
+    }
+    ours.sort();
+    let elsewhere = pseudo_random(220, 10);
+    other
+        .put(&Digest::sha256_of(&elsewhere), stream_once(&elsewhere))
+        .await
+        .expect("put under another prefix");
+    // Not blobs: keys that sort before, between and after the real ones.
+    let hex = ours[2].0.hex().to_owned();
+    let foreign = [
+        "lst/blobs/0000".to_owned(),
+        "lst/blobs/sha256/00/short".to_owned(),
+        format!("lst/blobs/sha256/{}/{hex}.part", &hex[..2]),
+        format!("lst/blobs/sha256/zz/{hex}"),
+        "lst/blobs/sha999/aa/aaaa".to_owned(),
+        "lst/blobsx/sha256/00/x".to_owned(),
+    ];
+    for key in &foreign {
+        store
+            .client()
+            .put_object()
+            .bucket(store.bucket())
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"junk"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+    for limit in [1, 2, 1000] {
+        assert_eq!(list_all(&store, limit).await, ours, "pages of {limit}");
+    }
+    let page = store.list(Some(&ours[1].0), 2).await.expect("list after");
+    assert_eq!(page.blobs, ours[2..4]);
+    assert_eq!(page.next.as_ref(), Some(&ours[3].0));
+    let last = store.list(Some(&ours[3].0), 5).await.expect("list the rest");
+    assert_eq!((last.blobs, last.next), (ours[4..].to_vec(), None), "the end is known");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn multipart_commit_with_upload_part_copy() {
     let fs = seaweed().await;

@@ -132,7 +132,9 @@ impl Keys {
         }
     }
 
-    /// `<prefix>blobs/<algo>/<2 hex>/<hex>`.
+    /// `<prefix>blobs/<algo>/<2 hex>/<hex>`. In byte order these keys sort as
+    /// their digests do (algorithm names sort like [`berth_oci::DigestAlgorithm`],
+    /// the shard is a prefix of the hex), which blob listings rely on.
     pub fn blob(&self, digest: &Digest) -> Result<String, BlobError> {
         let hex = digest.hex();
         let canonical = hex.len() >= 2 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
@@ -260,6 +262,25 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blob_keys_sort_like_their_digests() {
+        use berth_oci::DigestAlgorithm;
+        let keys = Keys::new("reg");
+        let mut digests = Vec::new();
+        for i in 0..200u32 {
+            let data = i.to_le_bytes();
+            digests.push(Digest::sha256_of(&data));
+            digests.push(Digest::of(DigestAlgorithm::Sha512, &data));
+        }
+        let mut by_key = digests.clone();
+        by_key.sort_by_key(|d| keys.blob(d).unwrap());
+        digests.sort();
+        assert_eq!(by_key, digests);
+        for d in &digests {
+            assert_eq!(keys.parse_blob_key(&keys.blob(d).unwrap()).as_ref(), Some(d));
+        }
+    }
 
     #[test]
     fn part_size_doubles_every_thousand_parts() {
