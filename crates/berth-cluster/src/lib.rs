@@ -32,4 +32,6 @@ pub use node::MembershipChange;
 pub use node::NodeStatus;
 pub use node::RaftOptions;
 pub use service::RaftGrpcService;
+pub use service::grpc_incoming;
+pub use service::grpc_server;
 pub use service::serve_grpc;
