@@ -77,7 +77,7 @@ const SENT_BEFORE_KILL: usize = 16 * 1024 * 1024;
 
 /// A request body of `data` in 1 MiB chunks that, after `pause_at` bytes, tells
 /// `reached` and waits for `resume` before sending the rest.
-fn gated_body(
+pub(crate) fn gated_body(
     data: Bytes,
     pause_at: usize,
     reached: oneshot::Sender<()>,
