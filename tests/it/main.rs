@@ -13,6 +13,7 @@ mod persistence;
 mod s3;
 mod spec;
 mod telemetry;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

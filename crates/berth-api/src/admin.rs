@@ -1,4 +1,4 @@
-//! The admin JSON API: cluster status and membership.
+//! The admin JSON API: cluster status and membership, background workers.
 //!
 //! It is served on the same port as the registry API. Until authentication lands,
 //! expose that port only to trusted networks.
@@ -9,8 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use berth_cluster::MembershipChange;
-use berth_meta::NodeInfo;
+use berth_registry::NewMember;
 use serde::Deserialize;
 
 use crate::AppState;
@@ -29,21 +28,22 @@ pub struct AddNode {
 }
 
 pub async fn add_node(State(state): State<AppState>, Json(req): Json<AddNode>) -> Result<Response, ApiError> {
-    let change = MembershipChange::Add {
+    let member = NewMember {
         id: req.id,
-        info: NodeInfo {
-            grpc_addr: req.grpc_addr,
-            http_addr: req.http_addr,
-        },
+        grpc_addr: req.grpc_addr,
+        http_addr: req.http_addr,
     };
-    state.registry.change_membership(change).await?;
+    state.registry.add_member(member).await?;
     Ok((StatusCode::OK, Json(state.registry.cluster_status().await)).into_response())
 }
 
 pub async fn remove_node(State(state): State<AppState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
-    state
-        .registry
-        .change_membership(MembershipChange::Remove { id })
-        .await?;
+    state.registry.remove_member(id).await?;
     Ok((StatusCode::OK, Json(state.registry.cluster_status().await)).into_response())
+}
+
+/// Every background worker of this node with its state, last step, last error and
+/// progress counters.
+pub async fn workers(State(state): State<AppState>) -> Response {
+    Json(serde_json::json!({ "workers": state.registry.workers().status() })).into_response()
 }

@@ -7,6 +7,7 @@ use berth_oci::Digest;
 use berth_oci::OciError;
 use berth_oci::Reference;
 use berth_oci::RepoName;
+use berth_oci::UploadId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -21,7 +22,7 @@ pub enum Endpoint {
     /// `/v2/<name>/blobs/uploads/`
     UploadStart { repo: RepoName },
     /// `/v2/<name>/blobs/uploads/<id>`
-    Upload { repo: RepoName, id: String },
+    Upload { repo: RepoName, id: UploadId },
     /// `/v2/<name>/blobs/<digest>`
     Blob { repo: RepoName, digest: Digest },
     /// `/v2/<name>/referrers/<digest>`
@@ -105,7 +106,7 @@ pub fn parse(path: &str) -> Result<Endpoint, ParseError> {
         } else {
             Endpoint::Upload {
                 repo,
-                id: id.to_string(),
+                id: UploadId::parse(id)?,
             }
         });
     }
@@ -182,7 +183,7 @@ mod tests {
             parse("/v2/team/app/blobs/uploads/abc-123"),
             Ok(Endpoint::Upload {
                 repo: repo("team/app"),
-                id: "abc-123".into()
+                id: UploadId::parse("abc-123").unwrap()
             })
         );
     }
@@ -197,6 +198,8 @@ mod tests {
         assert_eq!(code("/v2/a//b/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("/v2/a/blobs/sha256:zz"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/manifests/-bad"), ErrorCode::ManifestInvalid);
+        assert_eq!(code("/v2/a/blobs/uploads/bad.id"), ErrorCode::BlobUploadUnknown);
+        assert_eq!(code("/v2/a/blobs/uploads/x%00"), ErrorCode::BlobUploadUnknown);
         assert_eq!(parse("/v2/a/unknown/x"), Err(ParseError::NotFound));
     }
 }

@@ -58,17 +58,13 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let code = e.code();
         let mut err = ApiError::new(code, e.to_string());
-        match &e {
-            RegistryError::ChunkOutOfOrder { .. } => {
-                err = err.with_status(StatusCode::RANGE_NOT_SATISFIABLE);
-            }
-            RegistryError::RangeNotSatisfiable { size } => {
-                err = err.with_header(header::CONTENT_RANGE, &format!("bytes */{size}"));
-            }
-            RegistryError::Unavailable(_) => {
-                err = err.with_header(header::RETRY_AFTER, "1");
-            }
-            RegistryError::Internal(m) => tracing::error!(error = %m, "internal error"),
+        if let RegistryError::RangeNotSatisfiable { size } = &e {
+            err = err.with_header(header::CONTENT_RANGE, &format!("bytes */{size}"));
+        }
+        match code {
+            // Unavailability passes: the client may try again in a moment.
+            ErrorCode::Unavailable => err = err.with_header(header::RETRY_AFTER, "1"),
+            ErrorCode::Internal => tracing::error!(error = %e, "internal error"),
             _ => {}
         }
         err

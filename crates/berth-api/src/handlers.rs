@@ -14,10 +14,13 @@ use berth_oci::Digest;
 use berth_oci::ErrorCode;
 use berth_oci::Reference;
 use berth_oci::RepoName;
+use berth_oci::UploadId;
 use berth_oci::media_types;
 use berth_registry::BlobBody;
-use berth_registry::ByteRange;
+use berth_registry::BlobHead;
 use berth_registry::MountResult;
+use berth_registry::Page;
+use berth_registry::RangeRequest;
 use berth_registry::UploadStatus;
 use serde_json::json;
 
@@ -62,7 +65,7 @@ pub async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     // trace shows `GET manifest` with the repository instead of a bare path.
     let span = tracing::Span::current();
     if !span.is_disabled() {
-        berth_cluster::trace_context::rename(&span, || format!("{} {}", req.method(), endpoint.name()));
+        berth_telemetry::trace_context::rename(&span, || format!("{} {}", req.method(), endpoint.name()));
         span.record("endpoint", endpoint.name());
         span.record("repo", endpoint.repo().map(|r| r.as_str()).unwrap_or(""));
     }
@@ -151,7 +154,7 @@ fn page_params(q: &Query) -> ApiResult<(usize, Option<String>)> {
     Ok((n, q.get("last").cloned()))
 }
 
-fn paginated(path: &str, key: &str, name: Option<&RepoName>, page: berth_meta::Page, n: usize) -> Response {
+fn paginated(path: &str, key: &str, name: Option<&RepoName>, page: Page, n: usize) -> Response {
     let mut body = serde_json::Map::new();
     if let Some(name) = name {
         body.insert("name".into(), json!(name.as_str()));
@@ -207,7 +210,7 @@ async fn get_manifest(state: AppState, repo: RepoName, reference: Reference, hea
 }
 
 async fn put_manifest(state: AppState, repo: RepoName, reference: Reference, req: Request) -> ApiResult {
-    let limit = berth_oci::MAX_MANIFEST_SIZE;
+    let limit = state.registry.max_manifest_size();
     let too_large = |size: String| {
         ApiError::new(
             ErrorCode::ManifestTooLarge,
@@ -276,52 +279,14 @@ async fn referrers(state: AppState, repo: RepoName, digest: Digest, req: Request
 
 // ---- blobs --------------------------------------------------------------------------
 
-/// Parse a `Range: bytes=…` header against a blob of `size` bytes. Only one range is
-/// served; `None` means "the whole blob".
-fn parse_range(h: &HeaderValue, size: u64) -> Result<Option<ByteRange>, ApiError> {
-    let unsatisfiable = || {
-        ApiError::new(ErrorCode::RangeInvalid, "requested range not satisfiable")
-            .with_header(header::CONTENT_RANGE, &format!("bytes */{size}"))
-    };
-    let s = h.to_str().map_err(|_| unsatisfiable())?.trim();
-    let spec = s.strip_prefix("bytes=").ok_or_else(unsatisfiable)?;
-    if spec.contains(',') {
-        // Multipart range responses are not supported: serve the whole blob.
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
-    let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
-        if n == 0 || size == 0 {
-            return Err(unsatisfiable());
-        }
-        ByteRange::new(size.saturating_sub(n), size)
-    } else {
-        let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
-        let end = if b.is_empty() {
-            size
-        } else {
-            let last: u64 = b.parse().map_err(|_| unsatisfiable())?;
-            if last < start {
-                return Err(unsatisfiable());
-            }
-            last.saturating_add(1).min(size)
-        };
-        if start >= size {
-            return Err(unsatisfiable());
-        }
-        ByteRange::new(start, end)
-    };
-    Ok(Some(range))
+/// The `Range` a request asks for; the registry holds it against the blob.
+fn range_request(headers: &HeaderMap) -> Option<RangeRequest> {
+    headers
+        .get(header::RANGE)
+        .map(|h| h.to_str().map_or(RangeRequest::Malformed, RangeRequest::parse))
 }
 
-async fn get_blob(state: AppState, repo: RepoName, digest: Digest, req: Request, head: bool) -> ApiResult {
-    let size = state.registry.stat_blob(&repo, &digest).await?;
-    let range = match req.headers().get(header::RANGE) {
-        Some(h) => parse_range(h, size)?,
-        None => None,
-    };
+fn blob_headers(digest: &Digest, head: &BlobHead) -> (StatusCode, Vec<(header::HeaderName, String)>) {
     let digest_s = digest.to_string();
     let mut headers = vec![
         (docker_content_digest(), digest_s.clone()),
@@ -330,7 +295,8 @@ async fn get_blob(state: AppState, repo: RepoName, digest: Digest, req: Request,
         (header::ETAG, format!("\"{digest_s}\"")),
         (header::CACHE_CONTROL, "max-age=31536000".to_string()),
     ];
-    let status = match range {
+    let size = head.size;
+    let status = match head.range {
         Some(r) => {
             headers.push((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
             headers.push((header::CONTENT_LENGTH, r.len().to_string()));
@@ -341,16 +307,24 @@ async fn get_blob(state: AppState, repo: RepoName, digest: Digest, req: Request,
             StatusCode::OK
         }
     };
+    (status, headers)
+}
+
+async fn get_blob(state: AppState, repo: RepoName, digest: Digest, req: Request, head: bool) -> ApiResult {
+    let range = range_request(req.headers());
     if head {
+        let found = state.registry.head_blob(&repo, &digest, range).await?;
+        let (status, headers) = blob_headers(&digest, &found);
         return Ok(with_headers(status, &headers));
     }
-    let body = match state.registry.get_blob(&repo, &digest, range).await? {
-        BlobBody::Stream { body, .. } => body,
+    let (found, body) = match state.registry.get_blob(&repo, &digest, range).await? {
+        BlobBody::Stream { head, body } => (head, body),
         BlobBody::Redirect(url) => {
-            let headers = [(header::LOCATION, url), (docker_content_digest(), digest_s)];
+            let headers = [(header::LOCATION, url), (docker_content_digest(), digest.to_string())];
             return Ok(with_headers(StatusCode::TEMPORARY_REDIRECT, &headers));
         }
     };
+    let (status, headers) = blob_headers(&digest, &found);
     let mut resp = Response::new(Body::from_stream(body));
     *resp.status_mut() = status;
     for (k, v) in headers {
@@ -369,7 +343,7 @@ fn upload_response(status: StatusCode, repo: &RepoName, s: &UploadStatus) -> Res
         &[
             (header::LOCATION, format!("/v2/{repo}/blobs/uploads/{}", s.id)),
             (header::RANGE, format!("0-{end}")),
-            (header::HeaderName::from_static("docker-upload-uuid"), s.id.clone()),
+            (header::HeaderName::from_static("docker-upload-uuid"), s.id.to_string()),
             (header::CONTENT_LENGTH, "0".to_string()),
         ],
     )
@@ -465,7 +439,7 @@ fn chunk_bounds(headers: &HeaderMap) -> ApiResult<(Option<u64>, Option<u64>)> {
     }
 }
 
-async fn out_of_order(state: &AppState, repo: &RepoName, id: &str, err: ApiError) -> ApiError {
+async fn out_of_order(state: &AppState, repo: &RepoName, id: &UploadId, err: ApiError) -> ApiError {
     // Tell the client where the upload really is, so it can resume.
     match state.registry.upload_status(repo, id).await {
         Ok(s) => err
@@ -475,7 +449,7 @@ async fn out_of_order(state: &AppState, repo: &RepoName, id: &str, err: ApiError
     }
 }
 
-async fn patch_upload(state: AppState, repo: RepoName, id: String, req: Request) -> ApiResult {
+async fn patch_upload(state: AppState, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
     let (start, length) = chunk_bounds(req.headers())?;
     let stream = body::stream(req.into_body());
     match state.registry.append_chunk(&repo, &id, start, length, stream).await {
@@ -490,7 +464,7 @@ async fn patch_upload(state: AppState, repo: RepoName, id: String, req: Request)
     }
 }
 
-async fn finish_upload(state: AppState, repo: RepoName, id: String, req: Request) -> ApiResult {
+async fn finish_upload(state: AppState, repo: RepoName, id: UploadId, req: Request) -> ApiResult {
     let q = query(&req);
     let digest = digest_param(&q, "digest")?
         .ok_or_else(|| ApiError::new(ErrorCode::DigestInvalid, "the digest query parameter is required"))?;
@@ -507,22 +481,6 @@ async fn finish_upload(state: AppState, repo: RepoName, id: String, req: Request
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn range(s: &str, size: u64) -> Result<Option<ByteRange>, StatusCode> {
-        parse_range(&HeaderValue::from_str(s).unwrap(), size).map_err(|e| e.status)
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(range("bytes=0-9", 100), Ok(Some(ByteRange::new(0, 10))));
-        assert_eq!(range("bytes=10-", 100), Ok(Some(ByteRange::new(10, 100))));
-        assert_eq!(range("bytes=-5", 100), Ok(Some(ByteRange::new(95, 100))));
-        assert_eq!(range("bytes=90-200", 100), Ok(Some(ByteRange::new(90, 100))));
-        assert_eq!(range("bytes=100-", 100), Err(StatusCode::RANGE_NOT_SATISFIABLE));
-        assert_eq!(range("bytes=abc", 100), Err(StatusCode::RANGE_NOT_SATISFIABLE));
-        assert_eq!(range("bytes=5-1", 100), Err(StatusCode::RANGE_NOT_SATISFIABLE));
-        assert_eq!(range("items=0-1", 100), Err(StatusCode::RANGE_NOT_SATISFIABLE));
-    }
 
     #[test]
     fn content_ranges() {

@@ -53,6 +53,7 @@ pub fn router(registry: Registry) -> Router {
         .route("/admin/cluster", get(admin::cluster_status))
         .route("/admin/cluster/nodes", axum::routing::post(admin::add_node))
         .route("/admin/cluster/nodes/{id}", axum::routing::delete(admin::remove_node))
+        .route("/admin/workers", get(admin::workers))
         .fallback(handlers::dispatch)
         .layer(axum::middleware::from_fn(api_version_header))
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
@@ -78,7 +79,7 @@ fn request_span(req: &Request) -> tracing::Span {
         repo = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
-    berth_cluster::trace_context::adopt_parent(&span, req.headers());
+    berth_telemetry::trace_context::adopt_parent(&span, req.headers());
     span
 }
 

@@ -28,7 +28,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
-use berth_cluster::ClusterStatus;
+use berth_registry::ClusterStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::EncodeLabelValue;
 use prometheus_client::encoding::LabelValueEncoder;

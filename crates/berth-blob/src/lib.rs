@@ -27,12 +27,14 @@ pub use berth_oci::{Digest, DigestAlgorithm};
 mod direct;
 mod fs;
 mod lock;
+mod range;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
 
 pub use fs::FsBlobStore;
 pub use fs::MAP_CHUNK;
+pub use range::RangeRequest;
 pub mod s3;
 pub use s3::{S3BlobStore, S3Config};
 pub mod cache;

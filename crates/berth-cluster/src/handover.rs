@@ -17,6 +17,7 @@ use futures::Stream;
 use futures::StreamExt;
 
 use crate::ClusterError;
+use crate::RemoteError;
 use crate::network::Peers;
 
 /// A request body in transit.
@@ -26,8 +27,8 @@ pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> +
 #[async_trait::async_trait]
 pub trait HandOverHandler: Send + Sync + 'static {
     /// `header` is the caller's encoded request, `body` its bytes; the answer is the
-    /// encoded reply. An `Err` is a transport-level failure.
-    async fn handle(&self, header: Vec<u8>, body: BodyStream) -> Result<Vec<u8>, String>;
+    /// encoded reply, or the error the caller's client must see.
+    async fn handle(&self, header: Vec<u8>, body: BodyStream) -> Result<Vec<u8>, RemoteError>;
 }
 
 pub(crate) type SharedHandler = Arc<std::sync::OnceLock<Arc<dyn HandOverHandler>>>;
@@ -42,7 +43,7 @@ pub struct OwnerChannel {
 impl OwnerChannel {
     /// Connect now: only an owner that cannot be reached may be taken over, and only
     /// while the request body has not been consumed.
-    pub(crate) async fn connect(peers: &Peers, addr: String, timeout: Duration) -> Result<OwnerChannel, String> {
+    pub(crate) async fn connect(peers: &Peers, addr: String, timeout: Duration) -> Result<OwnerChannel, ClusterError> {
         let channel = peers.connect(&addr).await?;
         Ok(OwnerChannel { addr, channel, timeout })
     }
@@ -80,11 +81,10 @@ impl OwnerChannel {
         pump.abort();
         match result {
             Ok(reply) => Ok(reply.into_inner().reply),
-            Err(status) => Err(ClusterError::Unavailable(format!(
-                "upload owner {}: {}",
-                self.addr,
-                status.message()
-            ))),
+            Err(status) => Err(ClusterError::from_status(
+                &status,
+                &format!("upload owner {}", self.addr),
+            )),
         }
     }
 }

@@ -30,8 +30,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
-use crate::trace_context::PropagateTrace;
+use crate::ClusterError;
 use crate::visibility::Visibility;
+use berth_telemetry::trace_context::PropagateTrace;
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>;
 
@@ -57,8 +58,9 @@ impl Peers {
         }
     }
 
-    fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| format!("{addr}: {e}"))?;
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, ClusterError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClusterError::Unavailable(format!("{addr}: {e}")))?;
         Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -69,7 +71,7 @@ impl Peers {
 
     /// The shared channel to `addr`; it connects on first use and reconnects after
     /// the connection breaks.
-    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, ClusterError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
@@ -82,12 +84,12 @@ impl Peers {
     /// A channel to `addr` that is connected now, or an error saying why it cannot
     /// be: the caller learns that the peer is unreachable before sending anything.
     /// The shared channel is replaced by the new one.
-    pub(crate) async fn connect(&self, addr: &str) -> Result<Channel, String> {
+    pub(crate) async fn connect(&self, addr: &str) -> Result<Channel, ClusterError> {
         let endpoint = self.endpoint(addr)?;
         let ch = tokio::time::timeout(self.connect_timeout, endpoint.connect())
             .await
-            .map_err(|_| format!("{addr}: connect timed out"))?
-            .map_err(|e| format!("{addr}: {e}"))?;
+            .map_err(|_| ClusterError::Unavailable(format!("{addr}: connect timed out")))?
+            .map_err(|e| ClusterError::Unavailable(format!("{addr}: {e}")))?;
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
@@ -138,10 +140,14 @@ pub trait LinkFilter: Send + Sync + 'static {
 }
 
 /// Apply `filter` to a message `from` → `to`: `Err` when it is dropped.
-pub(crate) async fn pass_link(filter: Option<&Arc<dyn LinkFilter>>, from: NodeId, to: NodeId) -> Result<(), String> {
+pub(crate) async fn pass_link(
+    filter: Option<&Arc<dyn LinkFilter>>,
+    from: NodeId,
+    to: NodeId,
+) -> Result<(), ClusterError> {
     match filter.map_or(LinkAction::Pass, |f| f.on_send(from, to)) {
         LinkAction::Pass => Ok(()),
-        LinkAction::Drop => Err(format!("link {from} -> {to} is down")),
+        LinkAction::Drop => Err(ClusterError::Unavailable(format!("link {from} -> {to} is down"))),
         LinkAction::Delay(d) => {
             tokio::time::sleep(d).await;
             Ok(())
@@ -164,7 +170,7 @@ pub struct PeerClient {
     from: NodeId,
     target: NodeId,
     filter: Option<Arc<dyn LinkFilter>>,
-    client: Result<RaftServiceClient<Channel>, String>,
+    client: Result<RaftServiceClient<Channel>, ClusterError>,
     visibility: Arc<Visibility>,
 }
 
@@ -183,8 +189,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     }
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    rmp_serde::to_vec_named(v).map_err(|e| e.to_string())
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, std::io::Error> {
+    rmp_serde::to_vec_named(v).map_err(std::io::Error::other)
 }
 
 impl PeerClient {
@@ -200,17 +206,19 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         if let Err(e) = pass_link(self.filter.as_ref(), self.from, self.target).await {
-            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))));
+            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                e.to_string(),
+            ))));
         }
         let client = match &self.client {
             Ok(c) => c.clone(),
             Err(e) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-                    e.clone(),
+                    e.to_string(),
                 ))));
             }
         };
-        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let mut client = client;

@@ -52,52 +52,8 @@ use crate::network::LinkFilter;
 use crate::network::Peers;
 use crate::network::pass_link;
 use crate::network::traced_client;
+use crate::options::RaftOptions;
 use crate::visibility::Visibility;
-
-/// Raft timing and log-compaction settings.
-#[derive(Debug, Clone)]
-pub struct RaftOptions {
-    pub heartbeat_interval: Duration,
-    pub election_timeout_min: Duration,
-    pub election_timeout_max: Duration,
-    /// Build a snapshot (and purge the log) after this many applied entries.
-    pub snapshot_after_logs: u64,
-    /// Entries kept in the log behind a snapshot, so lagging followers can catch up
-    /// without a snapshot transfer.
-    pub logs_to_keep: u64,
-    /// How long a proposal or read barrier may take before the caller gets
-    /// "unavailable".
-    pub request_timeout: Duration,
-    /// Local address of connections to other members; the OS picks when `None`.
-    pub source_address: Option<std::net::IpAddr>,
-    /// How long a confirmed leadership round lets the leader answer reads without
-    /// another one (see `lease.rs`); zero: a round for every burst of reads. At most
-    /// `election_timeout_min`, well below `election_timeout_max` (what followers
-    /// promise).
-    pub read_lease: Duration,
-    /// How long a follower may answer linearizable reads alone once the leader
-    /// granted it a lease (see `follower_lease.rs`); the leader then applies, and so
-    /// acknowledges, a write only once every lease holder logged it. Zero (or a zero
-    /// `read_lease`): followers ask the leader for a read index per burst of reads.
-    /// `read_lease + follower_lease` may be at most `election_timeout_min`.
-    pub follower_lease: Duration,
-}
-
-impl Default for RaftOptions {
-    fn default() -> Self {
-        RaftOptions {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
-            snapshot_after_logs: 10_000,
-            logs_to_keep: 1_000,
-            request_timeout: Duration::from_secs(10),
-            source_address: None,
-            read_lease: Duration::from_millis(250),
-            follower_lease: Duration::from_millis(250),
-        }
-    }
-}
 
 /// A point-in-time view of this node's Raft state, as it sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,7 +144,7 @@ pub(crate) struct ForwardedReply {
     pub response: CommandResponse,
 }
 
-type BarrierWaiter = oneshot::Sender<Result<(), String>>;
+type BarrierWaiter = oneshot::Sender<Result<(), ClusterError>>;
 
 /// Runs read-barrier rounds for queued callers until every sender is gone.
 async fn run_barriers(
@@ -204,13 +160,11 @@ async fn run_barriers(
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = barrier_round(&raft, timeout, filter.as_ref(), &peers, &lease)
-            .await
-            .map_err(|e| e.to_string());
+        let result = barrier_round(&raft, timeout, filter.as_ref(), &peers, &lease).await;
         lease.round_done();
         for w in waiters {
             // A caller that gave up no longer listens; nothing to do.
-            let _ = w.send(result.clone());
+            let _ = w.send(result.as_ref().map(|_| ()).map_err(ClusterError::duplicate));
         }
     }
 }
@@ -289,9 +243,9 @@ async fn peer_client(
     addr: &str,
 ) -> Result<RaftServiceClient<tonic::transport::Channel>, ClusterError> {
     if let Some(to) = to {
-        pass_link(filter, from, to).await.map_err(unavailable)?;
+        pass_link(filter, from, to).await?;
     }
-    Ok(RaftServiceClient::new(peers.channel(addr).map_err(unavailable)?))
+    Ok(RaftServiceClient::new(peers.channel(addr)?))
 }
 
 /// A call to another member bounded by `timeout`; every failure is "unavailable".
@@ -303,7 +257,7 @@ async fn bounded<T>(
     Ok(tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| unavailable(format!("{what} timed out")))?
-        .map_err(|s| unavailable(s.message()))?
+        .map_err(|s| ClusterError::from_status(&s, what))?
         .into_inner())
 }
 
@@ -533,18 +487,7 @@ impl ClusterNode {
         options: RaftOptions,
         filter: Option<Arc<dyn LinkFilter>>,
     ) -> Result<ClusterNode, ClusterError> {
-        if options.read_lease > options.election_timeout_min {
-            return Err(ClusterError::Config(format!(
-                "read lease {:?} is longer than the election timeout {:?}",
-                options.read_lease, options.election_timeout_min
-            )));
-        }
-        if options.read_lease + options.follower_lease > options.election_timeout_min {
-            return Err(ClusterError::Config(format!(
-                "read lease {:?} plus follower lease {:?} is longer than the election timeout {:?}",
-                options.read_lease, options.follower_lease, options.election_timeout_min
-            )));
-        }
+        options.validate().map_err(|e| ClusterError::Config(e.to_string()))?;
         let store = MetaStore::open(dir)?;
         // A member that acknowledged a leader's heartbeat promised not to vote for
         // anyone else for `election_timeout_max` (the leader's read lease rests on
@@ -892,7 +835,7 @@ impl ClusterNode {
                     if let Some(to) = f.leader_id {
                         pass_link(self.inner.filter.as_ref(), self.inner.id, to)
                             .await
-                            .map_err(Attempt::Retry)?;
+                            .map_err(|e| Attempt::Retry(e.to_string()))?;
                     }
                     self.forward(&leader, cmd).await
                 };
@@ -930,23 +873,27 @@ impl ClusterNode {
         let addr = &leader.grpc_addr;
         let command = rmp_serde::to_vec_named(cmd).map_err(|e| Attempt::Failed(unavailable(e)))?;
         let peers = &self.inner.peers;
-        let shared = peers.channel(addr).map_err(Attempt::Retry)?;
+        let shared = peers.channel(addr).map_err(|e| Attempt::Retry(e.to_string()))?;
         let reply = match send_proposal(shared, command.clone()).await {
             // The shared connection could not be made or was refused before the call
             // ran (connect error, refused stream, dead keep-alive). Connect anew: a
             // leader that cannot be reached has not seen the command.
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+            Err(s) if ClusterError::is_transport_failure(&s) => {
                 tracing::debug!(leader = %addr, status = %s, "reconnecting to the leader");
-                let fresh = peers.connect(addr).await.map_err(Attempt::Retry)?;
+                let fresh = peers.connect(addr).await.map_err(|e| Attempt::Retry(e.to_string()))?;
                 send_proposal(fresh, command).await
             }
             other => other,
         };
         let reply = match reply {
             Ok(r) => r,
-            // The node no longer leads and did not append the command.
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(Attempt::Retry(s.message().into())),
-            Err(s) => return Err(Attempt::Failed(unavailable(format!("leader {addr}: {}", s.message())))),
+            Err(s) => {
+                return Err(match ClusterError::from_status(&s, &format!("leader {addr}")) {
+                    // The node no longer leads and did not append the command.
+                    ClusterError::NotLeader(why) => Attempt::Retry(why),
+                    other => Attempt::Failed(other),
+                });
+            }
         };
         let reply: ForwardedReply =
             rmp_serde::from_slice(&reply.response).map_err(|e| Attempt::Failed(unavailable(e)))?;
@@ -973,12 +920,12 @@ impl ClusterNode {
             Err(ForwardOr::Forward(leader)) => {
                 let leader = leader.ok_or_else(|| unavailable("no leader known"))?;
                 tracing::info!(leader = %leader.grpc_addr, ?change, "forwarding membership change to the leader");
-                let ch = self.inner.peers.channel(&leader.grpc_addr).map_err(unavailable)?;
+                let ch = self.inner.peers.channel(&leader.grpc_addr)?;
                 let bytes = rmp_serde::to_vec_named(&change).map_err(unavailable)?;
                 traced_client(ch)
                     .change_membership(MembershipRequest { change: bytes })
                     .await
-                    .map_err(|s| unavailable(format!("leader {}: {}", leader.grpc_addr, s.message())))?;
+                    .map_err(|s| ClusterError::from_status(&s, &format!("leader {}", leader.grpc_addr)))?;
                 // Answered once this node's membership shows the change, like every
                 // forwarded write is answered once applied here: the status the
                 // caller reads next from this node must not show the old members.
@@ -1052,7 +999,7 @@ impl ClusterNode {
 
     /// A connection to `node`, the owner of an upload session; an error means it
     /// cannot be reached now.
-    pub async fn connect_owner(&self, node: NodeId) -> Result<OwnerChannel, String> {
+    pub async fn connect_owner(&self, node: NodeId) -> Result<OwnerChannel, ClusterError> {
         let addr = {
             let m = self.inner.raft.metrics();
             let m = m.borrow();
@@ -1065,7 +1012,7 @@ impl ClusterNode {
             Some(a) if !a.is_empty() => {
                 OwnerChannel::connect(&self.inner.peers, a, self.inner.options.request_timeout).await
             }
-            _ => Err(format!("node {node} is not a member")),
+            _ => Err(ClusterError::Unavailable(format!("node {node} is not a member"))),
         }
     }
 
@@ -1110,7 +1057,7 @@ impl ClusterNode {
             .map_err(|_| ClusterError::Fatal("read barrier task stopped".into()))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(m)) => Err(ClusterError::Unavailable(m)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ClusterError::Fatal("read barrier task stopped".into())),
         }
     }

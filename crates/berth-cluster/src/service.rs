@@ -54,11 +54,7 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 }
 
 fn status(e: ClusterError) -> Status {
-    match e {
-        ClusterError::Unavailable(m) => Status::unavailable(m),
-        ClusterError::NotLeader(m) => Status::failed_precondition(m),
-        other => Status::internal(other.to_string()),
-    }
+    e.to_status()
 }
 
 #[tonic::async_trait]
@@ -89,7 +85,9 @@ impl RaftService for RaftGrpcService {
         let change: MembershipChange = decode(&req.into_inner().change)?;
         match self.node.change_membership_here(change).await {
             Ok(()) => Ok(Response::new(MembershipReply {})),
-            Err(ForwardOr::Forward(_)) => Err(Status::unavailable("not the leader (leadership moved)")),
+            Err(ForwardOr::Forward(_)) => Err(status(ClusterError::NotLeader(
+                "not the leader (leadership moved)".into(),
+            ))),
             Err(ForwardOr::Failed(e)) => Err(status(e)),
         }
     }
@@ -99,7 +97,9 @@ impl RaftService for RaftGrpcService {
         req: Request<tonic::Streaming<HandOverFrame>>,
     ) -> Result<Response<HandOverReply>, Status> {
         let Some(handler) = self.node.hand_over_handler() else {
-            return Err(Status::unavailable("this node does not take upload hand-overs yet"));
+            return Err(status(ClusterError::Unavailable(
+                "this node does not take upload hand-overs yet".into(),
+            )));
         };
         // Tracked from the first frame: a node shutting down lets the request finish.
         self.node
@@ -114,7 +114,7 @@ impl RaftService for RaftGrpcService {
                 let reply = handler
                     .handle(header, handover::body_of(frames))
                     .await
-                    .map_err(Status::unavailable)?;
+                    .map_err(|e| status(ClusterError::Remote(e)))?;
                 Ok(Response::new(HandOverReply { reply }))
             })
             .await
@@ -143,7 +143,7 @@ impl RaftService for RaftGrpcService {
 /// A gRPC server for the node's services (the cluster's, and whatever the binary
 /// adds beside it): each call gets a span that continues the caller's trace.
 pub fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder().trace_fn(crate::trace_context::grpc_server_span)
+    tonic::transport::Server::builder().trace_fn(berth_telemetry::trace_context::grpc_server_span)
 }
 
 /// The connections `listener` accepts, with `TCP_NODELAY`: Raft messages and

@@ -563,7 +563,11 @@ struct HeldHandler {
 
 #[async_trait::async_trait]
 impl berth_cluster::HandOverHandler for HeldHandler {
-    async fn handle(&self, header: Vec<u8>, _body: berth_cluster::BodyStream) -> Result<Vec<u8>, String> {
+    async fn handle(
+        &self,
+        header: Vec<u8>,
+        _body: berth_cluster::BodyStream,
+    ) -> Result<Vec<u8>, berth_cluster::RemoteError> {
         if let Some(release) = self.release.lock().await.take() {
             let _ = release.await;
         }

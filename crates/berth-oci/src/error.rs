@@ -47,6 +47,9 @@ pub enum ErrorCode {
     /// `SIZE_INVALID`, 413: the manifest exceeds the registry's size limit.
     #[serde(rename(serialize = "SIZE_INVALID", deserialize = "MANIFEST_TOO_LARGE"))]
     ManifestTooLarge,
+    /// `BLOB_UPLOAD_INVALID`, 416: a chunk does not start where the upload ends.
+    #[serde(rename(serialize = "BLOB_UPLOAD_INVALID", deserialize = "UPLOAD_OUT_OF_ORDER"))]
+    UploadOutOfOrder,
     /// `UNAVAILABLE`, 503.
     Unavailable,
     /// `INTERNAL_ERROR`, 500.
@@ -56,7 +59,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every error code, in declaration order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BlobUnknown,
         ErrorCode::BlobUploadInvalid,
         ErrorCode::BlobUploadUnknown,
@@ -73,6 +76,7 @@ impl ErrorCode {
         ErrorCode::TooManyRequests,
         ErrorCode::RangeInvalid,
         ErrorCode::ManifestTooLarge,
+        ErrorCode::UploadOutOfOrder,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -96,6 +100,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::ManifestTooLarge => "SIZE_INVALID",
+            ErrorCode::UploadOutOfOrder => "BLOB_UPLOAD_INVALID",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL_ERROR",
         }
@@ -120,9 +125,53 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 429,
             ErrorCode::RangeInvalid => 416,
             ErrorCode::ManifestTooLarge => 413,
+            ErrorCode::UploadOutOfOrder => 416,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
+    }
+
+    /// The gRPC status code an error of this code crosses a gRPC hop with
+    /// (the numbers of `grpc/status.proto`: 3 `INVALID_ARGUMENT`, 5 `NOT_FOUND`,
+    /// 7 `PERMISSION_DENIED`, 8 `RESOURCE_EXHAUSTED`, 11 `OUT_OF_RANGE`,
+    /// 12 `UNIMPLEMENTED`, 13 `INTERNAL`, 14 `UNAVAILABLE`, 16 `UNAUTHENTICATED`).
+    /// The code itself travels beside it, so the far side restores it exactly.
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            ErrorCode::BlobUnknown
+            | ErrorCode::BlobUploadUnknown
+            | ErrorCode::ManifestUnknown
+            | ErrorCode::NameUnknown => 5,
+            ErrorCode::BlobUploadInvalid
+            | ErrorCode::DigestInvalid
+            | ErrorCode::ManifestBlobUnknown
+            | ErrorCode::ManifestInvalid
+            | ErrorCode::NameInvalid
+            | ErrorCode::SizeInvalid => 3,
+            ErrorCode::Unauthorized => 16,
+            ErrorCode::Denied => 7,
+            ErrorCode::Unsupported => 12,
+            ErrorCode::TooManyRequests | ErrorCode::ManifestTooLarge => 8,
+            ErrorCode::RangeInvalid | ErrorCode::UploadOutOfOrder => 11,
+            ErrorCode::Unavailable => 14,
+            ErrorCode::Internal => 13,
+        }
+    }
+
+    /// The variant's own name (`UPLOAD_OUT_OF_ORDER`, `MANIFEST_TOO_LARGE`, …),
+    /// unique per variant where [`ErrorCode::as_str`], the wire code clients see,
+    /// is shared by a few. It names the code on internal hops.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ErrorCode::ManifestTooLarge => "MANIFEST_TOO_LARGE",
+            ErrorCode::UploadOutOfOrder => "UPLOAD_OUT_OF_ORDER",
+            other => other.as_str(),
+        }
+    }
+
+    /// Looks up a code by its [`ErrorCode::name`].
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.name() == name)
     }
 
     /// A short human-readable message for the error body's `message` field.
@@ -144,6 +193,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::RangeInvalid => "requested range not satisfiable",
             ErrorCode::ManifestTooLarge => "manifest too large",
+            ErrorCode::UploadOutOfOrder => "chunk out of order",
             ErrorCode::Unavailable => "service unavailable",
             ErrorCode::Internal => "internal server error",
         }
@@ -153,10 +203,10 @@ impl ErrorCode {
     /// [`ErrorCode::SizeInvalid`]; `"MANIFEST_TOO_LARGE"` is accepted for
     /// [`ErrorCode::ManifestTooLarge`].
     pub fn from_code_str(code: &str) -> Option<ErrorCode> {
-        if code == "MANIFEST_TOO_LARGE" {
-            return Some(ErrorCode::ManifestTooLarge);
-        }
-        ErrorCode::ALL.into_iter().find(|c| c.as_str() == code)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == code)
+            .or_else(|| ErrorCode::from_name(code))
     }
 }
 
@@ -192,6 +242,9 @@ pub enum OciError {
     /// The manifest is of a kind berth does not accept (e.g. Docker schema 1).
     #[error("unsupported manifest: {0}")]
     UnsupportedManifest(String),
+    /// The upload id does not match `[A-Za-z0-9-]{1,64}`: no such session can exist.
+    #[error("blob upload unknown to registry: {0}")]
+    InvalidUploadId(String),
     /// The manifest body exceeds the size limit.
     #[error("manifest too large: {size} bytes exceeds the limit of {limit} bytes")]
     ManifestTooLarge {
@@ -213,6 +266,7 @@ impl OciError {
             OciError::InvalidReference(_) => ErrorCode::ManifestInvalid,
             OciError::InvalidManifest(_) => ErrorCode::ManifestInvalid,
             OciError::UnsupportedManifest(_) => ErrorCode::ManifestInvalid,
+            OciError::InvalidUploadId(_) => ErrorCode::BlobUploadUnknown,
             OciError::ManifestTooLarge { .. } => ErrorCode::ManifestTooLarge,
         }
     }
@@ -224,7 +278,7 @@ mod tests {
 
     #[test]
     fn code_strings_and_statuses() {
-        let expected: [(ErrorCode, &str, u16); 18] = [
+        let expected: [(ErrorCode, &str, u16); 19] = [
             (ErrorCode::BlobUnknown, "BLOB_UNKNOWN", 404),
             (ErrorCode::BlobUploadInvalid, "BLOB_UPLOAD_INVALID", 400),
             (ErrorCode::BlobUploadUnknown, "BLOB_UPLOAD_UNKNOWN", 404),
@@ -241,6 +295,7 @@ mod tests {
             (ErrorCode::TooManyRequests, "TOOMANYREQUESTS", 429),
             (ErrorCode::RangeInvalid, "RANGE_INVALID", 416),
             (ErrorCode::ManifestTooLarge, "SIZE_INVALID", 413),
+            (ErrorCode::UploadOutOfOrder, "BLOB_UPLOAD_INVALID", 416),
             (ErrorCode::Unavailable, "UNAVAILABLE", 503),
             (ErrorCode::Internal, "INTERNAL_ERROR", 500),
         ];
@@ -259,14 +314,28 @@ mod tests {
         for code in ErrorCode::ALL {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
-            if code != ErrorCode::ManifestTooLarge {
+            if code.name() == code.as_str() {
                 let back: ErrorCode = serde_json::from_str(&json).unwrap();
                 assert_eq!(back, code);
             }
         }
         let back: ErrorCode = serde_json::from_str("\"MANIFEST_TOO_LARGE\"").unwrap();
         assert_eq!(back, ErrorCode::ManifestTooLarge);
+        let back: ErrorCode = serde_json::from_str("\"UPLOAD_OUT_OF_ORDER\"").unwrap();
+        assert_eq!(back, ErrorCode::UploadOutOfOrder);
         assert!(serde_json::from_str::<ErrorCode>("\"NOPE\"").is_err());
+    }
+
+    #[test]
+    fn every_code_has_a_unique_name_and_a_grpc_code() {
+        let mut names = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(names.insert(code.name()), "{code:?}");
+            assert_eq!(ErrorCode::from_name(code.name()), Some(code));
+            assert!((1..=16).contains(&code.grpc_code()), "{code:?}");
+        }
+        assert_eq!(ErrorCode::Unavailable.grpc_code(), 14);
+        assert_eq!(ErrorCode::NameUnknown.grpc_code(), 5);
     }
 
     #[test]

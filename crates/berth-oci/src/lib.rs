@@ -58,12 +58,26 @@ mod error;
 mod manifest;
 pub mod media_types;
 mod name;
+mod upload;
 
-pub use digest::{Digest, DigestAlgorithm, Hasher};
-pub use error::{ErrorCode, OciError};
-pub use manifest::{Descriptor, MAX_MANIFEST_SIZE, ManifestKind, ParsedManifest};
-pub use media_types::{is_manifest_media_type, normalize_media_type};
-pub use name::{MAX_REPO_NAME_LEN, MAX_TAG_LEN, Reference, RepoName, Tag};
+pub use digest::Digest;
+pub use digest::DigestAlgorithm;
+pub use digest::Hasher;
+pub use error::ErrorCode;
+pub use error::OciError;
+pub use manifest::Descriptor;
+pub use manifest::MAX_MANIFEST_SIZE;
+pub use manifest::ManifestKind;
+pub use manifest::ParsedManifest;
+pub use media_types::is_manifest_media_type;
+pub use media_types::normalize_media_type;
+pub use name::MAX_REPO_NAME_LEN;
+pub use name::MAX_TAG_LEN;
+pub use name::Reference;
+pub use name::RepoName;
+pub use name::Tag;
+pub use upload::MAX_UPLOAD_ID_LEN;
+pub use upload::UploadId;
 
 /// Renders user input for inclusion in an error message: quoted, escaped and
 /// truncated so that hostile input cannot bloat or corrupt messages.

@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use serde_json::Map;
+use serde_json::Value;
 
 use crate::digest::Digest;
 use crate::error::OciError;
-use crate::media_types::{self, normalize_media_type};
+use crate::media_types;
+use crate::media_types::normalize_media_type;
 use crate::quote;
 
 /// Maximum accepted manifest body size (4 MiB), enforced by

@@ -37,6 +37,10 @@ pub enum RegistryError {
     Membership(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Another node ran the operation and failed with this code and message (a
+    /// request handed over to an upload's owner).
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,12 +55,13 @@ impl RegistryError {
             RegistryError::ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
             RegistryError::ManifestUnknown(_) => ErrorCode::ManifestUnknown,
             RegistryError::NameUnknown(_) => ErrorCode::NameUnknown,
-            RegistryError::ChunkOutOfOrder { .. } => ErrorCode::BlobUploadInvalid,
+            RegistryError::ChunkOutOfOrder { .. } => ErrorCode::UploadOutOfOrder,
             RegistryError::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
             RegistryError::SizeInvalid(_) => ErrorCode::SizeInvalid,
             RegistryError::Oci(e) => e.code(),
             RegistryError::Membership(_) => ErrorCode::Denied,
             RegistryError::Unavailable(_) => ErrorCode::Unavailable,
+            RegistryError::Remote { code, .. } => *code,
             RegistryError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -67,6 +72,10 @@ impl From<ClusterError> for RegistryError {
         match e {
             ClusterError::Rejected(r) => r.into(),
             ClusterError::Unavailable(m) | ClusterError::NotLeader(m) => RegistryError::Unavailable(m),
+            ClusterError::Remote(e) => RegistryError::Remote {
+                code: e.code,
+                message: e.message,
+            },
             other => RegistryError::Internal(other.to_string()),
         }
     }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use anyhow::bail;
+use berth_cluster::RaftOptions;
+use berth_cluster::TimingError;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -535,23 +537,20 @@ impl Config {
                  or set storage.fs.shared = true on a directory shared by all nodes"
             );
         }
-        if cluster.heartbeat_interval.is_zero() || cluster.election_timeout <= cluster.heartbeat_interval * 2 {
-            bail!("cluster.election_timeout: must be more than twice cluster.heartbeat_interval");
-        }
-        if cluster.read_lease > cluster.election_timeout {
-            bail!(
-                "cluster.read_lease: must not exceed cluster.election_timeout (followers promise \
-                 twice that; the rest is the margin for clock drift and pauses)"
-            );
-        }
-        if cluster.read_lease + cluster.follower_lease() > cluster.election_timeout {
-            bail!(
-                "cluster.follower_lease: cluster.read_lease + cluster.follower_lease must not exceed \
-                 cluster.election_timeout (a follower's lease may outlive the leader's by its length)"
-            );
-        }
-        if self.metadata.snapshot_after_logs == 0 {
-            bail!("metadata.snapshot_after_logs: must be greater than zero");
+        // The configured follower lease is checked even where it is not used (a
+        // single node), so a config that is wrong for a cluster fails at once.
+        let configured = RaftOptions {
+            follower_lease: cluster.follower_lease(),
+            ..self.raft_options()
+        };
+        if let Err(e) = configured.validate() {
+            let key = match e {
+                TimingError::Heartbeat | TimingError::ElectionRange { .. } => "cluster.election_timeout",
+                TimingError::ReadLease { .. } => "cluster.read_lease",
+                TimingError::FollowerLease { .. } => "cluster.follower_lease",
+                TimingError::SnapshotAfterLogs => "metadata.snapshot_after_logs",
+            };
+            bail!("{key}: {e}");
         }
         let telemetry = &self.telemetry;
         if let Some(r) = telemetry.sample_ratio
@@ -601,6 +600,27 @@ impl Config {
 
     pub fn meta_dir(&self) -> PathBuf {
         self.data_dir.join("meta")
+    }
+
+    /// The Raft settings of this node.
+    pub fn raft_options(&self) -> RaftOptions {
+        let cc = &self.cluster;
+        RaftOptions {
+            snapshot_after_logs: self.metadata.snapshot_after_logs,
+            heartbeat_interval: cc.heartbeat_interval,
+            election_timeout_min: cc.election_timeout,
+            election_timeout_max: cc.election_timeout.saturating_mul(2),
+            source_address: cc.source_address,
+            read_lease: cc.read_lease,
+            // A node that serves no cluster has nobody to grant a lease to (and would
+            // otherwise wait one out on every restart).
+            follower_lease: if cc.is_clustered() {
+                cc.follower_lease()
+            } else {
+                Duration::ZERO
+            },
+            ..RaftOptions::default()
+        }
     }
 }
 

@@ -18,7 +18,6 @@ use berth_blob::FsBlobStore;
 use berth_blob::S3BlobStore;
 use berth_cluster::ClusterNode;
 use berth_cluster::RaftGrpcService;
-use berth_cluster::RaftOptions;
 use berth_meta::NodeInfo;
 use berth_registry::BlobDelivery;
 use berth_registry::Registry;
@@ -30,7 +29,6 @@ use config::Config;
 use config::Delivery;
 use config::Overrides;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// berth: a distributed container-image registry (OCI Distribution API).
@@ -144,22 +142,7 @@ async fn serve(config: Config, telemetry: &mut Option<telemetry::Telemetry>) -> 
 
     let cc = &config.cluster;
     let node_id = cc.node_id;
-    let raft_options = RaftOptions {
-        snapshot_after_logs: config.metadata.snapshot_after_logs,
-        heartbeat_interval: cc.heartbeat_interval,
-        election_timeout_min: cc.election_timeout,
-        election_timeout_max: cc.election_timeout * 2,
-        source_address: cc.source_address,
-        read_lease: cc.read_lease,
-        // A node that serves no cluster has nobody to grant a lease to (and would
-        // otherwise wait one out on every restart).
-        follower_lease: if cc.is_clustered() {
-            cc.follower_lease()
-        } else {
-            Duration::ZERO
-        },
-        ..RaftOptions::default()
-    };
+    let raft_options = config.raft_options();
     let cluster = ClusterNode::open(node_id, &config.meta_dir(), raft_options)
         .await
         .with_context(|| format!("opening metadata store in {}", config.meta_dir().display()))?;
@@ -243,9 +226,7 @@ async fn serve(config: Config, telemetry: &mut Option<telemetry::Telemetry>) -> 
         },
     );
 
-    let workers_stop = CancellationToken::new();
-    let workers = TaskTracker::new();
-    workers.spawn(registry.clone().run_upload_sweeper(workers_stop.clone()));
+    registry.start_workers();
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -257,7 +238,7 @@ async fn serve(config: Config, telemetry: &mut Option<telemetry::Telemetry>) -> 
         "berth is serving the OCI distribution API"
     );
 
-    let app = berth_api::router(registry);
+    let app = berth_api::router(registry.clone());
     let http_stop = CancellationToken::new();
     let force = CancellationToken::new();
     tokio::spawn(watch_signals(http_stop.clone(), force.clone()).instrument(tracing::info_span!("shutdown_signals")));
@@ -300,12 +281,10 @@ async fn serve(config: Config, telemetry: &mut Option<telemetry::Telemetry>) -> 
 
     // 2: background workers.
     let stage = Instant::now();
-    workers_stop.cancel();
-    workers.close();
-    if tokio::time::timeout(WORKERS_STOP, workers.wait()).await.is_err() {
-        tracing::warn!(bound = ?WORKERS_STOP, "shutdown: background workers did not stop in time");
-    } else {
+    if registry.workers().shutdown(WORKERS_STOP).await {
         tracing::info!(took = ?stage.elapsed(), "shutdown: background workers stopped");
+    } else {
+        tracing::warn!(bound = ?WORKERS_STOP, "shutdown: background workers did not stop in time");
     }
 
     // 3: gRPC. Peers get GOAWAY; calls in flight may finish within the bound.
