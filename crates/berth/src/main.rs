@@ -247,36 +247,43 @@ async fn serve(config: Config, telemetry: &mut Option<telemetry::Telemetry>) -> 
         .with_graceful_shutdown(async move { server_stop.cancelled().await })
         .into_future();
     tokio::pin!(server);
+    // Biased: once the signal came, the server's end (at once when no request runs)
+    // is the drain's, not an early end that would skip draining the hand-overs.
     let ended_early = tokio::select! {
-        served = &mut server => Some(served.context("http server")),
+        biased;
         () = http_stop.cancelled() => None,
+        served = &mut server => Some(served.context("http server")),
     };
 
     // The shutdown, in stages. 1: no new HTTP connections (the listener is closed);
     // requests in flight, here and those other nodes handed over, get the grace
     // period, while gRPC serves on.
-    if ended_early.is_none() {
-        let stage = Instant::now();
-        let drained = async {
-            let (served, ()) = tokio::join!(&mut server, cluster.drain_hand_overs());
-            served
-        };
-        tokio::select! {
-            served = drained => {
-                if let Err(e) = served {
-                    tracing::warn!(error = %e, "http server failed while draining");
-                }
-                tracing::info!(took = ?stage.elapsed(), "shutdown: requests drained");
+    let stage = Instant::now();
+    let drained = async {
+        let http = async {
+            match ended_early {
+                None => (&mut server).await,
+                Some(_) => Ok(()),
             }
-            () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(
-                grace = ?SHUTDOWN_GRACE,
-                "shutdown: requests still running after the grace period: cancelling them"
-            ),
-            () = force.cancelled() => tracing::warn!(
-                took = ?stage.elapsed(),
-                "shutdown: second signal: cancelling the requests still running"
-            ),
+        };
+        let (served, ()) = tokio::join!(http, cluster.drain_hand_overs());
+        served
+    };
+    tokio::select! {
+        served = drained => {
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "http server failed while draining");
+            }
+            tracing::info!(took = ?stage.elapsed(), "shutdown: requests drained");
         }
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "shutdown: requests still running after the grace period: cancelling them"
+        ),
+        () = force.cancelled() => tracing::warn!(
+            took = ?stage.elapsed(),
+            "shutdown: second signal: cancelling the requests still running"
+        ),
     }
 
     // 2: background workers.
