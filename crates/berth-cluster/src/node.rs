@@ -1235,7 +1235,10 @@ mod tests {
         assert_eq!(node.inner.background.tasks.len(), 3);
         node.shutdown().await;
         assert!(node.inner.background.tasks.is_empty());
-        assert!(node.read_barrier().await.is_err(), "barriers are served after shutdown");
+        assert!(
+            node.read_barrier().await.is_err(),
+            "a read barrier passed after shutdown"
+        );
     }
 
     #[test]
