@@ -2,6 +2,7 @@
 //! bucket: writes and reads through any node, and chunked uploads whose requests
 //! land on different nodes, also after the session's owner was killed.
 
+use std::path::Path;
 use std::time::Duration;
 
 use berth_testkit::BerthNode;
@@ -261,18 +262,7 @@ async fn a_chunked_upload_may_hit_a_different_node_every_time() {
         assert_eq!(status.status(), StatusCode::NO_CONTENT);
         assert_eq!(range_end(&status), format!("0-{}", end - 1), "status on node {node}");
     }
-    let digest = sha256_digest(&data);
-    let put = http()
-        .put(format!("{}?digest={digest}", cluster.reg(node).url(&location)))
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(
-        put.status(),
-        StatusCode::CREATED,
-        "{}",
-        put.text().await.unwrap_or_default()
-    );
+    let digest = finish_upload(&cluster.reg(node), &location, &data).await;
     for i in 0..3 {
         assert_eq!(
             cluster.reg(i).get_blob(repo, &digest).await.expect("pull"),
@@ -303,21 +293,7 @@ async fn an_upload_survives_the_death_of_its_owner() {
 
     // Another node takes the session over; the client resumes where it reports.
     let survivor = cluster.reg(2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let offset = loop {
-        let status = http().get(survivor.url(&location)).send().await.expect("GET status");
-        if status.status() == StatusCode::NO_CONTENT {
-            let range = range_end(&status);
-            let end: usize = range.trim_start_matches("0-").parse().expect("Range");
-            break if range == "0-0" { 0 } else { end + 1 };
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "status stayed {}",
-            status.status()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let offset = resume_offset(&survivor, &location).await;
     assert!(
         offset <= first,
         "the new owner reports {offset} bytes, more than were sent"
@@ -336,9 +312,15 @@ async fn an_upload_survives_the_death_of_its_owner() {
         "{}",
         resp.text().await.unwrap_or_default()
     );
-    let digest = sha256_digest(&data);
+    let digest = finish_upload(&cluster.reg(0), &location, &data).await;
+    assert_eq!(cluster.reg(0).get_blob(repo, &digest).await.expect("pull"), data);
+}
+
+/// Finish the upload at `location` through `via` as the blob of `data`; its digest.
+async fn finish_upload(via: &Registry, location: &str, data: &[u8]) -> String {
+    let digest = sha256_digest(data);
     let put = http()
-        .put(format!("{}?digest={digest}", cluster.reg(0).url(&location)))
+        .put(format!("{}?digest={digest}", via.url(location)))
         .send()
         .await
         .expect("PUT");
@@ -348,7 +330,159 @@ async fn an_upload_survives_the_death_of_its_owner() {
         "{}",
         put.text().await.unwrap_or_default()
     );
-    assert_eq!(cluster.reg(0).get_blob(repo, &digest).await.expect("pull"), data);
+    digest
+}
+
+/// The offset an upload continues at, as `via` reports it once it answers (which,
+/// after the session's owner went away, takes the session over).
+async fn resume_offset(via: &Registry, location: &str) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = http().get(via.url(location)).send().await.expect("GET status");
+        if status.status() == StatusCode::NO_CONTENT {
+            let range = range_end(&status);
+            let end: usize = range.trim_start_matches("0-").parse().expect("Range");
+            return if range == "0-0" { 0 } else { end + 1 };
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status stayed {}",
+            status.status()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Bytes in the spool file of an S3 upload's `part` (`spool/uploads/<id>/spool-NNNNN`
+/// under the data dir): the owner has received that much of the part's bytes.
+fn spooled(data_dir: &Path, upload_id: &str, part: u32) -> u64 {
+    let file = data_dir
+        .join("spool/uploads")
+        .join(upload_id)
+        .join(format!("spool-{part:05}"));
+    std::fs::metadata(file).map_or(0, |m| m.len())
+}
+
+/// What a graceful shutdown logs, in this order.
+const SHUTDOWN_STAGES: [&str; 7] = [
+    "shutdown requested",
+    "shutdown: requests drained",
+    "shutdown: background workers stopped",
+    "shutdown: gRPC server stopped",
+    "shutdown: telemetry flushed",
+    "shutdown: Raft and the metadata store closed",
+    "berth stopped",
+];
+
+/// A rolling restart reaches the owner of an upload session while another node is
+/// streaming a PATCH of it over to the owner. The owner drains: it keeps serving gRPC
+/// (hand-overs, and the Raft traffic its answer waits for) until the PATCH is done,
+/// and it is acknowledged. The survivors then take the session over from the stored
+/// parts, with every acknowledged byte, and the blob is pushed and pulled whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_of_an_upload_owner_lets_a_hand_over_in_flight_finish() {
+    let mut cluster = Cluster::start(3).await;
+    let repo = "team/owner-shutting-down";
+    let part = 8 * 1024 * 1024;
+    let data = random_bytes(2 * part + 1234, 43);
+    // The owner is a follower: before answering, it waits to apply its progress
+    // write, which the leader sends to its gRPC port.
+    let leader = current_leader(&cluster.nodes);
+    let (owner, relay, third) = ((leader + 1) % 3, (leader + 2) % 3, leader);
+    let location = path_of(&cluster.reg(owner).start_upload(repo).await.expect("POST"));
+    let upload_id = location.rsplit('/').next().expect("upload id").to_string();
+    let relay_url = cluster.reg(relay).url(&location);
+    let patch = |from: usize, to: usize| {
+        http()
+            .patch(&relay_url)
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Range", format!("{from}-{}", to - 1))
+    };
+    let resp = patch(0, part).body(data[..part].to_vec()).send().await.expect("PATCH");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+
+    // The second part through the relay, held after 4 MiB until the owner got SIGTERM.
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+    let (resume_tx, resume_rx) = tokio::sync::oneshot::channel::<()>();
+    let second = bytes::Bytes::copy_from_slice(&data[part..2 * part]);
+    let in_flight = tokio::spawn(
+        patch(part, 2 * part)
+            .body(crate::persistence::gated_body(second, 4 << 20, reached_tx, resume_rx))
+            .send(),
+    );
+    tokio::time::timeout(Duration::from_secs(60), reached_rx)
+        .await
+        .expect("the PATCH body did not reach 4 MiB")
+        .expect("PATCH body stream dropped");
+    let owner_dir = cluster.nodes[owner].data_dir().to_path_buf();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while spooled(&owner_dir, &upload_id, 2) < 1 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owner received none of the handed-over part"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let owner_log = cluster.nodes[owner].log_path().to_path_buf();
+    let resume = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !berth_testkit::node::tail_of_file(&owner_log, 50).contains("shutdown requested") {
+            assert!(std::time::Instant::now() < deadline, "the owner logged no shutdown");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the signal's effects on the servers take hold before the rest comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = resume_tx.send(());
+    };
+    // `stop` sends SIGTERM and fails unless the node exits 0 within its timeout.
+    let (stopped, ()) = tokio::join!(cluster.nodes[owner].stop(), resume);
+    let resp = in_flight.await.expect("PATCH task").expect("PATCH");
+    let status = resp.status();
+    let range = range_end(&resp);
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the PATCH in flight to the owner: {}",
+        resp.text().await.unwrap_or_default()
+    );
+    assert_eq!(range, format!("0-{}", 2 * part - 1));
+    if let Err(e) = stopped {
+        panic!("the owner's graceful shutdown: {e:#}");
+    }
+
+    let log = String::from_utf8_lossy(&std::fs::read(&owner_log).expect("owner log")).into_owned();
+    let this_run = &log[log.rfind("=== berth-testkit: start #").unwrap_or(0)..];
+    let mut at = 0;
+    for stage in SHUTDOWN_STAGES {
+        match this_run[at..].find(stage) {
+            Some(i) => at += i + stage.len(),
+            None => panic!("{stage:?} missing, or out of order, in the owner's log:\n{this_run}"),
+        }
+    }
+    assert!(!this_run.contains("grace period"), "{this_run}");
+
+    // Nothing acknowledged is lost: the survivors continue after the second part.
+    assert_eq!(resume_offset(&cluster.reg(third), &location).await, 2 * part);
+    let resp = patch(2 * part, data.len())
+        .body(data[2 * part..].to_vec())
+        .send()
+        .await
+        .expect("last PATCH");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let digest = finish_upload(&cluster.reg(relay), &location, &data).await;
+    let manifest = config_only_manifest(&digest, data.len());
+    let url = |node: usize| format!("{}/v2/{repo}/manifests/v1", cluster.nodes[node].base_url());
+    assert_eq!(
+        put_manifest(&http(), url(relay), &manifest).await.status(),
+        StatusCode::CREATED
+    );
+    let got = get_manifest(&http(), url(third)).await;
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.expect("manifest").as_ref(), manifest.as_slice());
+    let pulled = cluster.reg(third).get_blob(repo, &digest).await.expect("pull");
+    assert_eq!(sha256_digest(&pulled), digest);
+    assert!(pulled == data, "the pulled blob differs from the pushed bytes");
 }
 
 /// Run `berth cluster …` against a node and return its JSON answer.

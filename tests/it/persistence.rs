@@ -77,7 +77,7 @@ const SENT_BEFORE_KILL: usize = 16 * 1024 * 1024;
 
 /// A request body of `data` in 1 MiB chunks that, after `pause_at` bytes, tells
 /// `reached` and waits for `resume` before sending the rest.
-fn gated_body(
+pub(crate) fn gated_body(
     data: Bytes,
     pause_at: usize,
     reached: oneshot::Sender<()>,
@@ -363,14 +363,16 @@ async fn sigterm_is_graceful_and_data_survives() {
     assert!(ok("GET layer", reg.get_blob(repo, &image.layers[0].digest).await) == image.layers[0].blob);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_a_stalled_upload_still_exits() {
-    let mut node = start_node().await;
-    let reg = Registry::new(node.base_url());
-    let repo = "team/persist-stalled";
-    let data = Bytes::from(random_bytes(8 * CHUNK, 61));
-
-    // A client that sends 2 MiB of a PATCH body and then goes silent.
+/// A client that starts an upload, sends 2 MiB of a PATCH body of `data` and then
+/// goes silent until the returned sender is used or dropped.
+async fn stalled_patch(
+    reg: &Registry,
+    repo: &str,
+    data: Bytes,
+) -> (
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    oneshot::Sender<()>,
+) {
     let upload = ok("POST upload", reg.start_upload(repo).await);
     let (reached_tx, reached_rx) = oneshot::channel();
     let (resume_tx, resume_rx) = oneshot::channel::<()>();
@@ -385,6 +387,17 @@ async fn sigterm_with_a_stalled_upload_still_exits() {
         .await
         .expect("PATCH body did not reach 2 MiB within 60 s")
         .expect("PATCH body stream dropped");
+    (patch, resume_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stalled_upload_still_exits() {
+    let mut node = start_node().await;
+    let reg = Registry::new(node.base_url());
+    let repo = "team/persist-stalled";
+    let data = Bytes::from(random_bytes(8 * CHUNK, 61));
+
+    let (patch, resume_tx) = stalled_patch(&reg, repo, data).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Graceful shutdown must not wait forever for that client.
@@ -401,4 +414,36 @@ async fn sigterm_with_a_stalled_upload_still_exits() {
         "HEAD of an unfinished blob: {}",
         describe(resp).await
     );
+}
+
+/// A second SIGTERM during the drain cuts it short: the stalled request is cancelled
+/// at once rather than after the grace period, the later stages still run (the
+/// metadata store is closed), and the node exits 0 and restarts with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_cuts_the_drain_short() {
+    let mut node = start_node().await;
+    let reg = Registry::new(node.base_url());
+    let repo = "team/persist-second-sigterm";
+    let config = random_bytes(512, 62);
+    let digest = ok("push config", reg.push_blob(repo, &config).await);
+
+    let data = Bytes::from(random_bytes(4 * CHUNK, 63));
+    let (patch, _resume_tx) = stalled_patch(&reg, repo, data).await;
+
+    node.terminate();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !node.log_tail(50).contains("shutdown requested") {
+        assert!(std::time::Instant::now() < deadline, "no shutdown logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second signal; `stop` then waits for an exit 0.
+    ok("second SIGTERM", node.stop().await);
+    let log = node.log_tail(40);
+    assert!(log.contains("shutdown: second signal"), "{log}");
+    assert!(!log.contains("grace period"), "{log}");
+    assert!(log.contains("shutdown: Raft and the metadata store closed"), "{log}");
+    let _ = tokio::time::timeout(Duration::from_secs(30), patch).await;
+
+    ok("restart", node.restart().await);
+    assert!(ok("GET config", reg.get_blob(repo, &digest).await) == config);
 }

@@ -225,3 +225,32 @@ async fn a_collector_that_cannot_be_reached_is_reported_in_the_log_and_serving_g
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Spans still queued at a SIGTERM are sent during the shutdown: with an hour
+/// between scheduled exports, only the shutdown's flush can deliver the request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_queued_are_sent_when_the_node_stops() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let mut node = berth_testkit::BerthNode::start_with(berth_testkit::NodeOptions {
+        binary: crate::berth_binary().into(),
+        extra_toml: format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\nflush_interval = \"1h\"\n"),
+        ..Default::default()
+    })
+    .await
+    .expect("starting berth");
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v2/", node.base_url()))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .expect("GET /v2/");
+    assert_eq!(resp.status(), 200);
+    assert!(collector.of_trace(trace_id).is_empty(), "exported before the shutdown");
+    node.stop().await.expect("graceful stop");
+    let spans = collector.of_trace(trace_id);
+    assert!(spans.iter().any(|s| s.node == 1), "{spans:#?}");
+    let log = node.log_tail(40);
+    assert!(log.contains("shutdown: telemetry flushed"), "{log}");
+}

@@ -34,4 +34,6 @@ pub use node::NodeStatus;
 pub use options::RaftOptions;
 pub use options::TimingError;
 pub use service::RaftGrpcService;
+pub use service::grpc_incoming;
+pub use service::grpc_server;
 pub use service::serve_grpc;

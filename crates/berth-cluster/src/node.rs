@@ -32,6 +32,8 @@ use serde::Deserialize;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::ClusterError;
@@ -426,6 +428,38 @@ struct Inner {
     hand_over: SharedHandler,
     filter: Option<Arc<dyn LinkFilter>>,
     peers: Peers,
+    background: Background,
+    /// Upload requests other nodes handed to this one, while they run.
+    hand_overs: TaskTracker,
+}
+
+/// How long [`ClusterNode::shutdown`] waits for the background tasks to end.
+const BACKGROUND_STOP: Duration = Duration::from_secs(5);
+
+/// The node's own tasks (read barriers, follower lease, commit heartbeats): each
+/// runs until the node shuts down, which stops them before Raft.
+#[derive(Default)]
+struct Background {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Background {
+    /// `task` must carry its span (`instrument`).
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            stop.run_until_cancelled(task).await;
+        });
+    }
+
+    /// Stop the tasks and wait for them, at most `bound`; `false` when some did not
+    /// end in time.
+    async fn stop(&self, bound: Duration) -> bool {
+        self.stop.cancel();
+        self.tasks.close();
+        tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
+    }
 }
 
 /// This node's member of the Raft group, shared by every request handler.
@@ -499,7 +533,8 @@ impl ClusterNode {
         visibility.attach(raft.metrics());
         let (barrier, rx) = mpsc::unbounded_channel();
         let lease = Arc::new(ReadLease::new(id, options.read_lease, raft.server_metrics()));
-        tokio::spawn(
+        let background = Background::default();
+        background.spawn(
             run_barriers(
                 raft.clone(),
                 options.request_timeout,
@@ -518,7 +553,7 @@ impl ClusterNode {
                 peers: peers.clone(),
                 timeout: options.follower_lease.max(Duration::from_millis(100)),
             };
-            tokio::spawn(
+            background.spawn(
                 keep_follower_lease(asker, follower_lease.clone())
                     .instrument(tracing::info_span!("follower_lease", node = id)),
             );
@@ -537,9 +572,11 @@ impl ClusterNode {
                 hand_over: SharedHandler::default(),
                 filter,
                 peers,
+                background,
+                hand_overs: TaskTracker::new(),
             }),
         };
-        tokio::spawn(
+        node.inner.background.spawn(
             send_held_back_commits(Arc::downgrade(&node.inner), node.inner.visibility.clone())
                 .instrument(tracing::info_span!("commit_heartbeats", node = id)),
         );
@@ -1138,8 +1175,32 @@ impl ClusterNode {
         m.state == ServerState::Leader
     }
 
-    /// Stop Raft. Pending proposals fail with "unavailable".
+    /// Run `handling`, a request another node handed over, as one that
+    /// [`ClusterNode::drain_hand_overs`] waits for.
+    pub(crate) async fn hand_over_tracked<T>(&self, handling: impl std::future::Future<Output = T>) -> T {
+        self.inner.hand_overs.track_future(handling).await
+    }
+
+    /// Does a request another node handed over run here now?
+    pub fn hand_over_in_flight(&self) -> bool {
+        !self.inner.hand_overs.is_empty()
+    }
+
+    /// Wait until no handed-over request runs here, including those that arrive
+    /// meanwhile: they are requests of clients like the HTTP ones a shutting-down
+    /// node drains, and this node's sessions are only here. The caller bounds it.
+    pub async fn drain_hand_overs(&self) {
+        self.inner.hand_overs.close();
+        self.inner.hand_overs.wait().await;
+    }
+
+    /// Stop the node's background tasks (waiting for them a bounded time), then
+    /// Raft, which closes the metadata store. Pending proposals fail with
+    /// "unavailable".
     pub async fn shutdown(&self) {
+        if !self.inner.background.stop(BACKGROUND_STOP).await {
+            tracing::warn!(bound = ?BACKGROUND_STOP, "cluster background tasks did not stop in time");
+        }
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -1164,6 +1225,20 @@ mod tests {
             replication: Some(replication.iter().copied().collect()),
             follower_lease: false,
         }
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_and_awaits_every_background_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = ClusterNode::open(1, dir.path(), RaftOptions::default()).await.unwrap();
+        // Read barriers, the follower lease, commit heartbeats.
+        assert_eq!(node.inner.background.tasks.len(), 3);
+        node.shutdown().await;
+        assert!(node.inner.background.tasks.is_empty());
+        assert!(
+            node.read_barrier().await.is_err(),
+            "a read barrier passed after shutdown"
+        );
     }
 
     #[test]

@@ -101,18 +101,23 @@ impl RaftService for RaftGrpcService {
                 "this node does not take upload hand-overs yet".into(),
             )));
         };
-        let mut frames = req.into_inner();
-        let header = match frames.message().await? {
-            Some(HandOverFrame {
-                kind: Some(Kind::Header(h)),
-            }) => h,
-            _ => return Err(Status::invalid_argument("a hand-over starts with its header")),
-        };
-        let reply = handler
-            .handle(header, handover::body_of(frames))
+        // Tracked from the first frame: a node shutting down lets the request finish.
+        self.node
+            .hand_over_tracked(async move {
+                let mut frames = req.into_inner();
+                let header = match frames.message().await? {
+                    Some(HandOverFrame {
+                        kind: Some(Kind::Header(h)),
+                    }) => h,
+                    _ => return Err(Status::invalid_argument("a hand-over starts with its header")),
+                };
+                let reply = handler
+                    .handle(header, handover::body_of(frames))
+                    .await
+                    .map_err(|e| status(ClusterError::Remote(e)))?;
+                Ok(Response::new(HandOverReply { reply }))
+            })
             .await
-            .map_err(|e| status(ClusterError::Remote(e)))?;
-        Ok(Response::new(HandOverReply { reply }))
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
@@ -135,25 +140,36 @@ impl RaftService for RaftGrpcService {
     }
 }
 
-/// Serve the cluster's gRPC service on `listener` until `shutdown` completes.
-///
-/// Accepted connections get `TCP_NODELAY`: Raft messages and read-index round trips
-/// are small, and Nagle's algorithm with delayed ACKs would add ~40 ms to each.
+/// A gRPC server for the node's services (the cluster's, and whatever the binary
+/// adds beside it): each call gets a span that continues the caller's trace.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder().trace_fn(berth_telemetry::trace_context::grpc_server_span)
+}
+
+/// The connections `listener` accepts, with `TCP_NODELAY`: Raft messages and
+/// read-index round trips are small, and Nagle's algorithm with delayed ACKs would
+/// add ~40 ms to each.
+pub fn grpc_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use futures::TryStreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map_ok(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        stream
+    })
+}
+
+/// Serve the cluster's gRPC service alone on `listener` until `shutdown` completes
+/// (in-process test clusters; the binary composes its server from [`grpc_server`]).
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     node: ClusterNode,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    use futures::TryStreamExt;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map_ok(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        stream
-    });
-    tonic::transport::Server::builder()
-        .trace_fn(berth_telemetry::trace_context::grpc_server_span)
+    grpc_server()
         .add_service(RaftGrpcService::new(node))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(grpc_incoming(listener), shutdown)
         .await
 }

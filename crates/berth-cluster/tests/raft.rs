@@ -555,3 +555,48 @@ async fn a_read_lease_longer_than_the_election_timeout_is_refused() -> anyhow::R
     }
     Ok(())
 }
+
+/// Answers a handed-over request once the test lets it.
+struct HeldHandler {
+    release: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+#[async_trait::async_trait]
+impl berth_cluster::HandOverHandler for HeldHandler {
+    async fn handle(
+        &self,
+        header: Vec<u8>,
+        _body: berth_cluster::BodyStream,
+    ) -> Result<Vec<u8>, berth_cluster::RemoteError> {
+        if let Some(release) = self.release.lock().await.take() {
+            let _ = release.await;
+        }
+        Ok(header)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_waits_for_the_hand_overs_it_runs() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(2, fast_options()).await?;
+    let (release, held) = tokio::sync::oneshot::channel();
+    let owner = cluster.node(1)?.clone();
+    owner.set_hand_over_handler(Arc::new(HeldHandler {
+        release: tokio::sync::Mutex::new(Some(held)),
+    }));
+    let channel = cluster.node(2)?.connect_owner(1).await.map_err(anyhow::Error::msg)?;
+    let body: berth_cluster::BodyStream = Box::pin(futures::stream::empty());
+    let hand_over = tokio::spawn(channel.send(b"request".to_vec(), body));
+    // Until the owner runs it, nothing is in flight to wait for.
+    let deadline = Instant::now() + WAIT;
+    while !owner.hand_over_in_flight() {
+        anyhow::ensure!(Instant::now() < deadline, "the hand-over never reached the owner");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drain = tokio::spawn(async move { owner.drain_hand_overs().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!drain.is_finished(), "the drain ended with a hand-over running");
+    let _ = release.send(());
+    assert_eq!(hand_over.await??, b"request");
+    tokio::time::timeout(WAIT, drain).await??;
+    Ok(())
+}

@@ -247,6 +247,14 @@ impl BerthNode {
         self.spawn_and_wait_ready().await
     }
 
+    /// SIGTERM without waiting: the node starts its graceful shutdown (a later
+    /// [`BerthNode::stop`] sends a second SIGTERM).
+    pub fn terminate(&self) {
+        if self.child.is_some() {
+            signal(self.last_pid, libc::SIGTERM);
+        }
+    }
+
     /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL. Errors if the node had to be
     /// killed or exited unsuccessfully (a graceful shutdown exits 0).
     pub async fn stop(&mut self) -> anyhow::Result<()> {

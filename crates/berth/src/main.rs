@@ -9,6 +9,7 @@ use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::Context;
 use berth_blob::BlobStore;
@@ -16,7 +17,7 @@ use berth_blob::CachedBlobStore;
 use berth_blob::FsBlobStore;
 use berth_blob::S3BlobStore;
 use berth_cluster::ClusterNode;
-use berth_cluster::serve_grpc;
+use berth_cluster::RaftGrpcService;
 use berth_meta::NodeInfo;
 use berth_registry::BlobDelivery;
 use berth_registry::Registry;
@@ -28,7 +29,6 @@ use config::Config;
 use config::Delivery;
 use config::Overrides;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// berth: a distributed container-image registry (OCI Distribution API).
@@ -103,9 +103,14 @@ fn main() -> anyhow::Result<()> {
                 let _in_runtime = rt.enter();
                 telemetry::init(&config)?
             };
-            let result = rt.block_on(serve(config));
-            let _in_runtime = rt.enter();
-            telemetry.shutdown();
+            // `serve` flushes it in its place in the shutdown; here only when it
+            // returned before.
+            let mut telemetry = Some(telemetry);
+            let result = rt.block_on(serve(config, &mut telemetry));
+            if let Some(telemetry) = telemetry {
+                let _in_runtime = rt.enter();
+                telemetry.shutdown();
+            }
             result
         }
         Command::Cluster { node, command } => {
@@ -120,10 +125,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// How long in-flight requests may run on after a shutdown signal.
+/// How long in-flight requests (HTTP, and upload requests other nodes handed over)
+/// may run on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long background workers may take to stop once requests are drained.
+const WORKERS_STOP: Duration = Duration::from_secs(5);
+/// How long the gRPC server may take to close its connections.
+const GRPC_STOP: Duration = Duration::from_secs(3);
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, telemetry: &mut Option<telemetry::Telemetry>) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
@@ -145,24 +155,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         http_addr: cc.advertise_http.clone().unwrap_or_else(|| config.listen.clone()),
     };
 
-    let stop = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    if let Some(grpc) = &cc.grpc_listen {
-        let grpc_listener = tokio::net::TcpListener::bind(grpc)
-            .await
-            .with_context(|| format!("cluster.grpc_listen: cannot bind {grpc}"))?;
-        let grpc_stop = stop.clone();
-        let grpc_node = cluster.clone();
-        tracing::info!(addr = %grpc, "serving the cluster gRPC service");
-        tasks.spawn(
-            async move {
-                if let Err(e) = serve_grpc(grpc_listener, grpc_node, grpc_stop.cancelled_owned()).await {
-                    tracing::error!(error = %e, "cluster gRPC service failed");
+    // One token per shutdown stage (see the end of this function): the gRPC server
+    // outlives the HTTP drain, so Raft and upload hand-overs keep working while
+    // requests finish.
+    let grpc_stop = CancellationToken::new();
+    let grpc_server = match &cc.grpc_listen {
+        Some(grpc) => {
+            let grpc_listener = tokio::net::TcpListener::bind(grpc)
+                .await
+                .with_context(|| format!("cluster.grpc_listen: cannot bind {grpc}"))?;
+            tracing::info!(addr = %grpc, "serving the cluster gRPC service");
+            // Every gRPC service of the node is added here.
+            let router = berth_cluster::grpc_server().add_service(RaftGrpcService::new(cluster.clone()));
+            let stop = grpc_stop.clone().cancelled_owned();
+            Some(tokio::spawn(
+                async move {
+                    if let Err(e) = router
+                        .serve_with_incoming_shutdown(berth_cluster::grpc_incoming(grpc_listener), stop)
+                        .await
+                    {
+                        tracing::error!(error = %e, "gRPC server failed");
+                    }
                 }
-            }
-            .instrument(tracing::info_span!("grpc_server")),
-        );
-    }
+                .instrument(tracing::info_span!("grpc_server")),
+            ))
+        }
+        None => None,
+    };
     if !cc.is_clustered() {
         cluster.bootstrap(BTreeMap::from([(node_id, me)])).await?;
         cluster.wait_for_leader(Duration::from_secs(30)).await?;
@@ -223,42 +242,90 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     let app = berth_api::router(registry.clone());
-    let shutdown = stop.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        shutdown.cancel();
-    });
-    let server_stop = stop.clone();
+    let http_stop = CancellationToken::new();
+    let force = CancellationToken::new();
+    tokio::spawn(watch_signals(http_stop.clone(), force.clone()).instrument(tracing::info_span!("shutdown_signals")));
+    let server_stop = http_stop.clone();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { server_stop.cancelled().await })
         .into_future();
     tokio::pin!(server);
-    // After the signal, requests get a grace period; a stalled client must not
-    // keep the node from shutting down.
-    let grace = async {
-        stop.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    // Biased: once the signal came, the server's end (at once when no request runs)
+    // is the drain's, not an early end that would skip draining the hand-overs.
+    let ended_early = tokio::select! {
+        biased;
+        () = http_stop.cancelled() => None,
+        served = &mut server => Some(served.context("http server")),
+    };
+
+    // The shutdown, in stages. 1: no new HTTP connections (the listener is closed);
+    // requests in flight, here and those other nodes handed over, get the grace
+    // period, while gRPC serves on.
+    let stage = Instant::now();
+    let drained = async {
+        let http = async {
+            match ended_early {
+                None => (&mut server).await,
+                Some(_) => Ok(()),
+            }
+        };
+        let (served, ()) = tokio::join!(http, cluster.drain_hand_overs());
+        served
     };
     tokio::select! {
-        served = &mut server => served.context("http server")?,
-        _ = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still running after the grace period: cancelling them"),
+        served = drained => {
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "http server failed while draining");
+            }
+            tracing::info!(took = ?stage.elapsed(), "shutdown: requests drained");
+        }
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "shutdown: requests still running after the grace period: cancelling them"
+        ),
+        () = force.cancelled() => tracing::warn!(
+            took = ?stage.elapsed(),
+            "shutdown: second signal: cancelling the requests still running"
+        ),
     }
 
-    // Requests are done: stop background work, then Raft (which closes RocksDB).
-    if !registry.workers().shutdown(Duration::from_secs(10)).await {
-        tracing::warn!("background workers did not stop in time");
+    // 2: background workers.
+    let stage = Instant::now();
+    if registry.workers().shutdown(WORKERS_STOP).await {
+        tracing::info!(took = ?stage.elapsed(), "shutdown: background workers stopped");
+    } else {
+        tracing::warn!(bound = ?WORKERS_STOP, "shutdown: background workers did not stop in time");
     }
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("background tasks did not stop in time");
+
+    // 3: gRPC. Peers get GOAWAY; calls in flight may finish within the bound.
+    if let Some(mut server) = grpc_server {
+        let stage = Instant::now();
+        grpc_stop.cancel();
+        if tokio::time::timeout(GRPC_STOP, &mut server).await.is_err() {
+            server.abort();
+            tracing::warn!(bound = ?GRPC_STOP, "shutdown: gRPC connections still open: closing them");
+        } else {
+            tracing::info!(took = ?stage.elapsed(), "shutdown: gRPC server stopped");
+        }
     }
+
+    // 4: telemetry, before Raft: the spans of everything above are still queued,
+    // and closing Raft needs only the log.
+    if let Some(telemetry) = telemetry.take() {
+        let stage = Instant::now();
+        // The exporter's flush blocks its thread until the spans are sent.
+        if let Err(e) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+            tracing::warn!(error = %e, "shutdown: flushing telemetry failed");
+        }
+        tracing::info!(took = ?stage.elapsed(), "shutdown: telemetry flushed");
+    }
+
+    // 5: Raft and the node's background tasks; this closes RocksDB.
+    let stage = Instant::now();
     cluster.shutdown().await;
+    tracing::info!(took = ?stage.elapsed(), "shutdown: Raft and the metadata store closed");
     tracing::info!("berth stopped");
-    Ok(())
+    ended_early.unwrap_or(Ok(()))
 }
 
 /// Run a `berth cluster …` command against a node's admin API and print its answer.
@@ -338,29 +405,70 @@ async fn open_blob_store(config: &Config) -> anyhow::Result<(Arc<dyn BlobStore>,
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// The first SIGTERM or ctrl-c starts the shutdown (`http_stop`); a second one
+/// during it cuts the request drain short (`force`).
+async fn watch_signals(http_stop: CancellationToken, force: CancellationToken) {
+    let mut signals = Signals::new();
+    signals.next().await;
+    tracing::info!("shutdown requested");
+    http_stop.cancel();
+    signals.next().await;
+    tracing::warn!("second shutdown signal");
+    force.cancel();
+}
+
+/// SIGTERM and ctrl-c, listened to from creation on, so that a signal between two
+/// `next` calls is not missed.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> Signals {
+        use tokio::signal::unix::SignalKind;
+        let listen = |kind: SignalKind, name: &str| match tokio::signal::unix::signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for {name}");
+                None
+            }
+        };
+        Signals {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "ctrl-c"),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> Signals {
+        Signals {}
+    }
+
+    #[cfg(unix)]
+    async fn next(&mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            if let Some(s) = s
+                && s.recv().await.is_some()
+            {
+                return;
+            }
+            std::future::pending().await
+        }
+        tokio::select! {
+            () = one(&mut self.term) => {},
+            () = one(&mut self.int) => {},
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for ctrl-c");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }
