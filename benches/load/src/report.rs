@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use serde::Deserialize;
 use serde::Serialize;
 
 use crate::physical::Physical;
@@ -16,7 +17,7 @@ pub const RSS_LIMIT_MIB: f64 = 150.0 * 1e6 / (1024.0 * 1024.0);
 /// Peak-RSS difference between small and big transfers still counted as "no growth".
 pub const RSS_GROWTH_SLACK_MIB: f64 = 16.0;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SystemInfo {
     pub name: String,
     pub description: String,
@@ -30,7 +31,7 @@ pub struct SystemInfo {
     pub peak_rss_mib: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Verdict {
     #[serde(rename = "PASS")]
     Pass,
@@ -44,7 +45,7 @@ pub enum Verdict {
     Info,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetLine {
     pub target: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,7 +55,7 @@ pub struct TargetLine {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub generated_unix: u64,
     pub generated_utc: String,
@@ -69,8 +70,9 @@ pub struct Report {
     pub results: Vec<Measurement>,
     /// With `--rounds` above 1, every round's measurement; `results` holds the
     /// median round of each scenario and system.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<Measurement>,
+    #[serde(default)]
     pub targets: Vec<TargetLine>,
 }
 
@@ -1022,6 +1024,29 @@ mod tests {
         let text = render(&r, &[SystemKind::BerthFs, SystemKind::DistFs], &[Scenario::ManifestTag]);
         assert!(text.contains("manifest GET by tag"), "{text}");
         assert!(text.contains("10.00"), "{text}");
+    }
+
+    #[test]
+    fn recorded_reports_get_their_recorded_verdicts() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        for name in ["report-shared-cores", "report-scaling", "report-partial"] {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+            let r: Report = serde_json::from_str(&text).unwrap();
+            let got = targets(&r);
+            let want: Vec<serde_json::Value> =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.verdicts.json"))).unwrap())
+                    .unwrap();
+            assert_eq!(got.len(), want.len(), "{name}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.target, w["target"].as_str().unwrap(), "{name}");
+                assert_eq!(serde_json::json!(g.verdict), w["verdict"], "{name}: {}", g.target);
+                // JSON numbers come back within an ulp or so.
+                match (g.value, w["value"].as_f64()) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{}", g.target),
+                    (a, b) => assert_eq!(a, b, "{name}: {}", g.target),
+                }
+            }
+        }
     }
 
     #[test]

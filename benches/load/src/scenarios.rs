@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::Context;
 use anyhow::bail;
 use reqwest::Url;
+use serde::Deserialize;
 use serde::Serialize;
 
 use crate::oci::Blob;
@@ -41,7 +42,7 @@ const MAX_IN_FLIGHT: usize = 1_000;
 
 /// How the clients of the closed-loop scenarios spread their requests over a
 /// system's nodes (the open-loop tag scenarios always go request by request).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Each client sends its requests to the nodes in turn, as an HTTP load
@@ -64,7 +65,7 @@ impl Balance {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// GET a manifest by tag.
@@ -161,13 +162,13 @@ pub fn size(bytes: u64) -> String {
 }
 
 /// Scenario settings (from the command line).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Params {
     pub clients: usize,
     pub large_clients: usize,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub duration: Duration,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub warmup: Duration,
     pub small_blob: u64,
     pub large_blob: u64,
@@ -177,14 +178,14 @@ pub struct Params {
     pub tag_rate: u32,
     /// Tag reads per second during `tag-writes-reads`.
     pub tag_read_rate: u32,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub tag_duration: Duration,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub request_timeout: Duration,
     /// CPU budget of each server process in cores (`--server-cpus`), if any.
     pub server_cpus: Option<f64>,
     /// CFS period of those budgets (`--cpu-period`).
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub cpu_period: Duration,
     /// How closed-loop clients spread over the nodes (`--balance`).
     pub balance: Balance,
@@ -192,6 +193,11 @@ pub struct Params {
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+fn from_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
 }
 
 /// The data every system gets (generated once per run).

@@ -27,6 +27,7 @@ use berth_testkit::NodeOptions;
 use berth_testkit::node::set_parent_death_signal;
 use berth_testkit::node::start_in_cgroup;
 use reqwest::Url;
+use serde::Deserialize;
 use serde::Serialize;
 use tempfile::TempDir;
 
@@ -34,7 +35,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SystemKind {
     /// berth single node, blobs on local disk.
