@@ -38,7 +38,6 @@ use crate::scenarios::Scenario;
 use crate::stats::Measurement;
 use crate::systems::LaunchSettings;
 use crate::systems::Running;
-use crate::systems::S3Target;
 use crate::systems::SystemKind;
 
 /// Load harness: berth against CNCF Distribution 2.8.2, side by side on 127.0.0.1.
@@ -400,12 +399,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Err(e) => s3_error = Some(format!("SeaweedFS did not start: {e:#}")),
         }
     }
-    let s3 = seaweed.as_ref().map(|fs| S3Target {
-        endpoint: fs.endpoint(),
-        bucket: fs.bucket().to_owned(),
-        access_key: fs.access_key().to_owned(),
-        secret_key: fs.secret_key().to_owned(),
-    });
+    let s3 = seaweed.as_ref().map(SeaweedFs::access);
 
     let pusher = Pusher::new(params.request_timeout)?;
     let mut live: Vec<Live> = Vec::new();
@@ -538,7 +532,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // run, and a failed S3 request is only explained there.
     let seaweed_log = seaweed.as_ref().and_then(|fs| {
         let dst = out_path.with_extension("seaweedfs.log");
-        match keep_seaweed_log(fs.dir(), &dst) {
+        match fs.keep_log(&dst) {
             Ok(()) => Some(dst),
             Err(e) => {
                 eprintln!("berth-bench: SeaweedFS's log not kept: {e:#}");
@@ -600,25 +594,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("SeaweedFS log: {}", log.display());
     }
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// Copy SeaweedFS's glog file (`log/weed.INFO`, which holds its warnings and errors
-/// too) and its console output from `dir` into `dst`.
-fn keep_seaweed_log(dir: &std::path::Path, dst: &std::path::Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let mut out = std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
-    for name in ["log/weed.INFO", "weed.log"] {
-        let src = dir.join(name);
-        // Either may be missing (no glog file yet, another console log name).
-        if let Ok(mut f) = std::fs::File::open(&src) {
-            writeln!(out, "=== {} ===", src.display())?;
-            std::io::copy(&mut f, &mut out).with_context(|| format!("copying {}", src.display()))?;
-        }
-    }
     Ok(())
 }
 

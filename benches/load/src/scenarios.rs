@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::bail;
+use berth_testkit::image::random_tar_layer;
+use berth_testkit::sha256_digest;
 use reqwest::Url;
 use serde::Deserialize;
 use serde::Serialize;
@@ -20,8 +22,6 @@ use serde::Serialize;
 use crate::oci::Blob;
 use crate::oci::Image;
 use crate::oci::Pusher;
-use crate::oci::sha256_digest;
-use crate::oci::tar_layer;
 use crate::rawhttp::RawClient;
 use crate::stats::Latencies;
 use crate::stats::Measurement;
@@ -216,13 +216,13 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn generate(p: &Params, nonce: u64) -> anyhow::Result<Dataset> {
-        let small = Blob::new(tar_layer(p.small_blob, nonce ^ 1, "small.bin")?);
-        let large = Blob::new(tar_layer(p.large_blob, nonce ^ 2, "large.bin")?);
+        let small = random_tar_layer(p.small_blob, nonce ^ 1, "small.bin")?;
+        let large = random_tar_layer(p.large_blob, nonce ^ 2, "large.bin")?;
         let app = Image::build(vec![small, large], "app")?;
-        let shared = Blob::new(tar_layer(p.image_layer, nonce ^ 3, "tag.bin")?);
+        let shared = random_tar_layer(p.image_layer, nonce ^ 3, "tag.bin")?;
         let tag_a = Image::build(vec![shared.clone()], "tag-a")?;
         let tag_b = Image::build(vec![shared], "tag-b")?;
-        let big = Blob::new(tar_layer(p.push_size, nonce ^ 4, "big.bin")?);
+        let big = Blob::tar_layer(p.push_size, nonce ^ 4, "big.bin")?;
         Ok(Dataset {
             app,
             tag_a,
@@ -777,8 +777,8 @@ async fn push_small(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
                     break;
                 }
                 let seed = nonce ^ ((worker as u64) << 40) ^ (i << 1) ^ 0x5555;
-                let image = tar_layer(layer_size, seed, "layer.bin")
-                    .and_then(|l| Image::build(vec![Blob::new(l)], &format!("w{worker}-{i}")));
+                let image = random_tar_layer(layer_size, seed, "layer.bin")
+                    .and_then(|l| Image::build(vec![l], &format!("w{worker}-{i}")));
                 let base = &endpoints[balance.node(worker, i, endpoints.len())];
                 let t0 = Instant::now();
                 let res = match image {
