@@ -4,8 +4,10 @@
 //! loopback copy), start every selected system (and one shared SeaweedFS for the S3
 //! ones), push the data to each, then run each scenario on each system in turn (so
 //! the systems are compared minutes apart at most), sample the servers' RSS, stop
-//! every process by PID, print the table and the target ratios and write the JSON.
-//! Ctrl-C or SIGTERM stops every started process too. See `benches/README.md`.
+//! every process by PID, print the table and the target lines and write the JSON.
+//! The phases are in [`phases`]; the targets come from `benches/targets.toml` and are
+//! judged by [`targets`]. Ctrl-C or SIGTERM stops every started process too. See
+//! `benches/README.md`.
 
 mod cpulimit;
 mod oci;
@@ -17,6 +19,7 @@ mod rss;
 mod scenarios;
 mod stats;
 mod systems;
+mod targets;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -124,7 +127,14 @@ struct Args {
     /// Where the JSON report goes (default: <repo>/target/bench/report.json).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Print the scenarios and systems and exit.
+    /// The targets to judge (default: <repo>/benches/targets.toml).
+    #[arg(long)]
+    targets: Option<PathBuf>,
+    /// Judge the targets against a recorded JSON report instead of running, and
+    /// print their lines.
+    #[arg(long, value_name = "REPORT")]
+    judge: Option<PathBuf>,
+    /// Print the scenarios, systems and metrics and exit.
     #[arg(long)]
     list: bool,
 }
@@ -168,7 +178,20 @@ fn main() -> std::process::ExitCode {
         for k in SystemKind::ALL {
             println!("  {:<18} {}", k.name(), k.describe());
         }
+        println!("metrics (of targets):");
+        for m in targets::METRICS {
+            println!("  {}", m.0);
+        }
         return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(report) = &args.judge {
+        return match judge_recorded(&args, report) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth-bench: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     // The client's runtime uses every core whatever TOKIO_WORKER_THREADS says: that
     // variable is left to size the servers' runtimes, which inherit the environment.
@@ -258,7 +281,7 @@ fn machine_info() -> serde_json::Value {
     })
 }
 
-/// The scenarios, systems and parameters `args` select.
+/// The scenarios, systems and parameters `args` select, and the targets to judge.
 fn plan(args: &Args) -> anyhow::Result<Plan> {
     let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
@@ -318,7 +341,14 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             .out
             .clone()
             .unwrap_or_else(|| repo_root().join("target").join("bench").join("report.json")),
+        targets: targets::load(&targets_path(args))?,
     })
+}
+
+fn targets_path(args: &Args) -> PathBuf {
+    args.targets
+        .clone()
+        .unwrap_or_else(|| repo_root().join("benches").join("targets.toml"))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -352,6 +382,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     phases::write_report(&plan, measured)?;
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `--judge`: the targets' lines for a recorded report, as the run would print them.
+fn judge_recorded(args: &Args, report: &std::path::Path) -> anyhow::Result<()> {
+    let targets = targets::load(&targets_path(args))?;
+    let r = targets::read_report(report)?;
+    for line in targets::judge(&targets, &r) {
+        println!("  {}", line.text);
+    }
     Ok(())
 }
 

@@ -33,6 +33,7 @@ use crate::systems;
 use crate::systems::LaunchSettings;
 use crate::systems::Running;
 use crate::systems::SystemKind;
+use crate::targets::Target;
 
 /// What one run does, from the command line.
 pub struct Plan {
@@ -44,6 +45,7 @@ pub struct Plan {
     pub rounds: u32,
     pub physical_reps: usize,
     pub out_path: PathBuf,
+    pub targets: Vec<Target>,
 }
 
 /// The data every system gets, generated off the runtime's workers.
@@ -473,7 +475,7 @@ pub fn write_report(plan: &Plan, measured: Measured) -> anyhow::Result<()> {
         rounds: measured.rounds,
         targets: vec![],
     };
-    rep.targets = report::targets(&rep);
+    rep.targets = crate::targets::judge(&plan.targets, &rep);
     let text = report::render(&rep, &plan.kinds, &plan.scenarios);
     println!();
     println!("{text}");
