@@ -323,23 +323,19 @@ impl TryFrom<String> for Unit {
     type Error = String;
 
     fn try_from(s: String) -> Result<Unit, String> {
-        Unit::parse(&s).ok_or_else(|| format!("unit {s:?} is none of x, %, s, ms, MB, MiB"))
-    }
-}
-
-impl Unit {
-    fn parse(s: &str) -> Option<Unit> {
-        Some(match s {
+        Ok(match s.as_str() {
             "x" => Unit::Times,
             "%" => Unit::Percent,
             "s" => Unit::Seconds,
             "ms" => Unit::Millis,
             "MB" => Unit::Megabytes,
             "MiB" => Unit::Mebibytes,
-            _ => return None,
+            _ => return Err(format!("unit {s:?} is none of x, %, s, ms, MB, MiB")),
         })
     }
+}
 
+impl Unit {
     fn is_ratio(self) -> bool {
         matches!(self, Unit::Times | Unit::Percent)
     }
