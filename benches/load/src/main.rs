@@ -4,11 +4,14 @@
 //! loopback copy), start every selected system (and one shared SeaweedFS for the S3
 //! ones), push the data to each, then run each scenario on each system in turn (so
 //! the systems are compared minutes apart at most), sample the servers' RSS, stop
-//! every process by PID, print the table and the target ratios and write the JSON.
-//! Ctrl-C or SIGTERM stops every started process too. See `benches/README.md`.
+//! every process by PID, print the table and the target lines and write the JSON.
+//! The phases are in [`phases`]; the targets come from `benches/targets.toml` and are
+//! judged by [`targets`]. Ctrl-C or SIGTERM stops every started process too. See
+//! `benches/README.md`.
 
 mod cpulimit;
 mod oci;
+mod phases;
 mod physical;
 mod rawhttp;
 mod report;
@@ -16,29 +19,23 @@ mod rss;
 mod scenarios;
 mod stats;
 mod systems;
+mod targets;
 
 use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 use std::time::SystemTime;
 
-use anyhow::Context;
 use anyhow::bail;
-use berth_testkit::SeaweedFs;
 use clap::Parser;
 
-use crate::oci::Pusher;
-use crate::report::Report;
-use crate::report::SystemInfo;
-use crate::rss::RssTracker;
+use crate::phases::Measured;
+use crate::phases::Plan;
+use crate::phases::Setup;
 use crate::scenarios::Balance;
-use crate::scenarios::Dataset;
 use crate::scenarios::Params;
 use crate::scenarios::Scenario;
-use crate::stats::Measurement;
 use crate::systems::LaunchSettings;
-use crate::systems::Running;
-use crate::systems::S3Target;
 use crate::systems::SystemKind;
 
 /// Load harness: berth against CNCF Distribution 2.8.2, side by side on 127.0.0.1.
@@ -130,7 +127,14 @@ struct Args {
     /// Where the JSON report goes (default: <repo>/target/bench/report.json).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Print the scenarios and systems and exit.
+    /// The targets to judge (default: <repo>/benches/targets.toml).
+    #[arg(long)]
+    targets: Option<PathBuf>,
+    /// Judge the targets against a recorded JSON report instead of running, and
+    /// print their lines.
+    #[arg(long, value_name = "REPORT")]
+    judge: Option<PathBuf>,
+    /// Print the scenarios, systems and metrics and exit.
     #[arg(long)]
     list: bool,
 }
@@ -174,7 +178,20 @@ fn main() -> std::process::ExitCode {
         for k in SystemKind::ALL {
             println!("  {:<18} {}", k.name(), k.describe());
         }
+        println!("metrics (of targets):");
+        for m in targets::METRICS {
+            println!("  {}", m.0);
+        }
         return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(report) = &args.judge {
+        return match judge_recorded(&args, report) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth-bench: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     // The client's runtime uses every core whatever TOKIO_WORKER_THREADS says: that
     // variable is left to size the servers' runtimes, which inherit the environment.
@@ -264,14 +281,8 @@ fn machine_info() -> serde_json::Value {
     })
 }
 
-struct Live {
-    kind: SystemKind,
-    running: Running,
-    /// Dropped after `running`: its cgroups go once the processes are gone.
-    cpu_limit: Option<cpulimit::CpuLimit>,
-}
-
-async fn run(args: Args) -> anyhow::Result<()> {
+/// The scenarios, systems and parameters `args` select, and the targets to judge.
+fn plan(args: &Args) -> anyhow::Result<Plan> {
     let scenarios: Vec<Scenario> = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
@@ -319,394 +330,69 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cache_max_bytes: args.cache_mib.saturating_mul(1024 * 1024),
         follower_lease: args.follower_lease.clone(),
     };
-    let out_path = args
-        .out
+    Ok(Plan {
+        scenarios,
+        kinds,
+        params,
+        settings,
+        rounds: args.rounds,
+        physical_reps: args.physical_reps,
+        out_path: args
+            .out
+            .clone()
+            .unwrap_or_else(|| repo_root().join("target").join("bench").join("report.json")),
+        targets: targets::load(&targets_path(args))?,
+    })
+}
+
+fn targets_path(args: &Args) -> PathBuf {
+    args.targets
         .clone()
-        .unwrap_or_else(|| repo_root().join("target").join("bench").join("report.json"));
+        .unwrap_or_else(|| repo_root().join("benches").join("targets.toml"))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let plan = plan(&args)?;
     let started = Instant::now();
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let machine = machine_info();
-
     println!(
         "berth-bench: {} scenario(s) × {} system(s); {} clients, {:?} per scenario",
-        scenarios.len(),
-        kinds.len(),
-        params.clients,
-        params.duration
-    );
-    println!(
-        "preparing data (layers of {}, {}, {}) …",
-        scenarios::size(params.small_blob),
-        scenarios::size(params.large_blob),
-        scenarios::size(params.push_size)
+        plan.scenarios.len(),
+        plan.kinds.len(),
+        plan.params.clients,
+        plan.params.duration
     );
     let nonce = now ^ u64::from(std::process::id()) << 32;
-    let p2 = params.clone();
-    let data = tokio::task::spawn_blocking(move || Dataset::generate(&p2, nonce))
-        .await
-        .context("data generation task")??;
-    let data = std::sync::Arc::new(data);
-
-    println!(
-        "physical references ({} × {}) …",
-        args.physical_reps,
-        scenarios::size(params.push_size)
-    );
-    let d2 = data.clone();
-    let reps = args.physical_reps;
-    let physical = tokio::task::spawn_blocking(move || physical::measure(&d2.big.bytes, reps))
-        .await
-        .context("physical reference task")??;
-    println!(
-        "  sha256: {:.0} MiB/s, loopback copy: {:.0} MiB/s, disk write+fsync: {:.0} MiB/s",
-        physical.sha256_mib_per_s, physical.loopback_mib_per_s, physical.disk_write_fsync_mib_per_s
-    );
-
-    let mut infos: Vec<SystemInfo> = Vec::new();
-    let mut available = Vec::new();
-    for &k in &kinds {
-        match systems::availability(k, &settings) {
-            Ok(()) => available.push(k),
-            Err(why) => {
-                println!("  {}: {why}", k.name());
-                infos.push(SystemInfo {
-                    name: k.name().into(),
-                    description: k.describe().into(),
-                    status: "not_available".into(),
-                    note: Some(why),
-                    pids: vec![],
-                    peak_rss_mib: None,
-                });
-            }
-        }
-    }
-
-    let rss = RssTracker::new();
-    let sampler = rss.spawn_sampler(Duration::from_millis(100));
-
-    // One SeaweedFS for every S3 system.
-    let mut seaweed: Option<SeaweedFs> = None;
-    let mut s3_error: Option<String> = None;
-    if available.iter().any(|k| k.uses_s3()) {
-        println!("starting SeaweedFS …");
-        match SeaweedFs::start_with_bucket("bench").await {
-            Ok(fs) => {
-                rss.track(fs.pid());
-                seaweed = Some(fs);
-            }
-            Err(e) => s3_error = Some(format!("SeaweedFS did not start: {e:#}")),
-        }
-    }
-    let s3 = seaweed.as_ref().map(|fs| S3Target {
-        endpoint: fs.endpoint(),
-        bucket: fs.bucket().to_owned(),
-        access_key: fs.access_key().to_owned(),
-        secret_key: fs.secret_key().to_owned(),
-    });
-
-    let pusher = Pusher::new(params.request_timeout)?;
-    let mut live: Vec<Live> = Vec::new();
-    for &k in &available {
-        let failed = |why: String| SystemInfo {
-            name: k.name().into(),
-            description: k.describe().into(),
-            status: "failed".into(),
-            note: Some(why),
-            pids: vec![],
-            peak_rss_mib: None,
-        };
-        if k.uses_s3() && s3.is_none() {
-            infos.push(failed(s3_error.clone().unwrap_or_else(|| "no SeaweedFS".into())));
-            continue;
-        }
-        println!("starting {} ({}) …", k.name(), k.describe());
-        let cpu_limit = match args
-            .server_cpus
-            .map(|c| cpulimit::prepare(k.nodes(), c, params.cpu_period))
-        {
-            None => None,
-            Some(Ok(l)) => Some(l),
-            Some(Err(e)) => {
-                println!("  failed: CPU budget: {e:#}");
-                infos.push(failed(format!("CPU budget: {e:#}")));
-                continue;
-            }
-        };
-        let cgroups = cpu_limit.as_ref().map(|l| l.dirs()).unwrap_or_default();
-        let mut running = match systems::start(k, &settings, s3.as_ref(), cgroups).await {
-            Ok(r) => r,
-            Err(e) => {
-                println!("  failed: {e:#}");
-                infos.push(failed(format!("{e:#}")));
-                continue;
-            }
-        };
-        for &pid in &running.server_pids {
-            rss.track(pid);
-        }
-        let t0 = Instant::now();
-        match scenarios::prepare(&running.endpoints, &data, &pusher).await {
-            Ok(()) => {
-                println!("  pushed and verified the data in {:.1} s", t0.elapsed().as_secs_f64());
-                live.push(Live {
-                    kind: k,
-                    running,
-                    cpu_limit,
-                });
-            }
-            Err(e) => {
-                println!("  preparing data failed: {e:#}");
-                let why = format!("preparing data: {e:#}\n{}", running.log_hint());
-                let _ = running.stop().await;
-                infos.push(failed(why));
-            }
-        }
-    }
-
-    let mut results: Vec<Measurement> = Vec::new();
-    let mut rounds: Vec<Measurement> = Vec::new();
-    for &s in &scenarios {
-        for &k in &kinds {
-            if !live.iter().any(|l| l.kind == k) {
-                let why = infos
-                    .iter()
-                    .find(|i| i.name == k.name())
-                    .and_then(|i| i.note.clone())
-                    .unwrap_or_else(|| "not running".into());
-                let first_line = why.lines().next().unwrap_or("").to_owned();
-                results.push(Measurement::not_available(s.id(), k.name(), first_line));
-            }
-        }
-        let mut these: Vec<Measurement> = Vec::new();
-        for round in 0..args.rounds {
-            for l in &live {
-                let mut m = measure(s, l, &params, &data, &pusher, &rss).await;
-                let tag = if args.rounds > 1 {
-                    m.round = Some(round);
-                    format!(" (round {})", round + 1)
-                } else {
-                    String::new()
-                };
-                println!("  {:<34} {:<18} {}{tag}", s.title(&params), l.kind.name(), summary(&m));
-                these.push(m);
-                // Pushes leave SeaweedFS with garbage (upload parts, overwritten
-                // blobs) it does not reclaim for a quarter of an hour: compact now, so
-                // every system pushes into the same free space.
-                if matches!(s, Scenario::PushLarge | Scenario::PushSmall)
-                    && l.kind.uses_s3()
-                    && let Some(fs) = &seaweed
-                    && let Err(e) = fs.vacuum().await
-                {
-                    eprintln!("berth-bench: SeaweedFS vacuum failed: {e:#}");
-                }
-            }
-        }
-        if args.rounds > 1 {
-            for l in &live {
-                let of_system: Vec<Measurement> = these.iter().filter(|m| m.system == l.kind.name()).cloned().collect();
-                results.extend(report::median_round(s, &of_system));
-            }
-            rounds.append(&mut these);
-        } else {
-            results.append(&mut these);
-        }
-    }
-
-    // Stop everything by PID, gracefully, before writing the report.
-    let seaweed_peak = seaweed.as_ref().and_then(|fs| rss.overall_mib(fs.pid()));
-    for mut l in live {
-        let peak = l
-            .running
-            .server_pids
-            .iter()
-            .filter_map(|&p| rss.overall_mib(p))
-            .reduce(|a, b| a + b);
-        let stop = l.running.stop().await;
-        infos.push(SystemInfo {
-            name: l.kind.name().into(),
-            description: l.kind.describe().into(),
-            status: "ran".into(),
-            note: stop.err().map(|e| format!("stop: {e:#}")),
-            pids: l.running.server_pids.clone(),
-            peak_rss_mib: peak,
-        });
-    }
-    // SeaweedFS's own log goes with the report: its temp dir does not outlive the
-    // run, and a failed S3 request is only explained there.
-    let seaweed_log = seaweed.as_ref().and_then(|fs| {
-        let dst = out_path.with_extension("seaweedfs.log");
-        match keep_seaweed_log(fs.dir(), &dst) {
-            Ok(()) => Some(dst),
-            Err(e) => {
-                eprintln!("berth-bench: SeaweedFS's log not kept: {e:#}");
-                None
-            }
-        }
-    });
-    if let Some(mut fs) = seaweed.take()
-        && let Err(e) = fs.stop().await
-    {
-        eprintln!("berth-bench: stopping SeaweedFS: {e:#}");
-    }
-    sampler.abort();
-    infos.sort_by_key(|i| kinds.iter().position(|k| k.name() == i.name));
-
-    let mut rep = Report {
+    let data = phases::prepare_data(&plan.params, nonce).await?;
+    let physical = phases::physical_references(&data, plan.physical_reps).await?;
+    let setup = Setup::start(&plan, &data).await?;
+    let (results, rounds) = phases::measure_all(&plan, &setup, &data).await;
+    let stopped = setup.stop(&plan.kinds, &plan.out_path).await;
+    let measured = Measured {
         generated_unix: now,
-        generated_utc: report::utc(now),
         machine,
-        note: match args.server_cpus {
-            None => "One run on a shared 2-core machine: client and servers share the cores, \
-                     other work may run at the same time. Compare systems only within one run."
-                .into(),
-            Some(c) => format!(
-                "One run on a shared 2-core machine, every server process limited to {c} CPU \
-                 cores by a cgroup of its own that it starts in (a machine per node, emulated; CFS period {:?}); \
-                 the client and SeaweedFS are not limited. Clients spread over a cluster's \
-                 nodes {}. Compare systems only within one run.",
-                params.cpu_period,
-                match params.balance {
-                    Balance::Request => "request by request (each client turns over the nodes)",
-                    Balance::Connection => "by connection (each client keeps to one node)",
-                }
-            ),
-        },
-        params: params.clone(),
-        scenarios: scenarios.iter().map(|s| s.id().to_owned()).collect(),
-        physical: Some(physical),
-        systems: infos,
-        seaweedfs_peak_rss_mib: seaweed_peak,
+        physical,
+        stopped,
         results,
         rounds,
-        targets: vec![],
     };
-    rep.targets = report::targets(&rep);
-    let text = report::render(&rep, &kinds, &scenarios);
-    println!();
-    println!("{text}");
-    if let Some(dir) = out_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&out_path, serde_json::to_vec_pretty(&rep)?)
-        .with_context(|| format!("writing {}", out_path.display()))?;
-    std::fs::write(out_path.with_extension("txt"), &text)
-        .with_context(|| format!("writing the table next to {}", out_path.display()))?;
-    let shown = out_path.canonicalize().unwrap_or(out_path);
-    println!("JSON report: {}", shown.display());
-    if let Some(log) = seaweed_log {
-        println!("SeaweedFS log: {}", log.display());
-    }
+    phases::write_report(&plan, measured)?;
     println!("total time: {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// Copy SeaweedFS's glog file (`log/weed.INFO`, which holds its warnings and errors
-/// too) and its console output from `dir` into `dst`.
-fn keep_seaweed_log(dir: &std::path::Path, dst: &std::path::Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let mut out = std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
-    for name in ["log/weed.INFO", "weed.log"] {
-        let src = dir.join(name);
-        // Either may be missing (no glog file yet, another console log name).
-        if let Ok(mut f) = std::fs::File::open(&src) {
-            writeln!(out, "=== {} ===", src.display())?;
-            std::io::copy(&mut f, &mut out).with_context(|| format!("copying {}", src.display()))?;
-        }
+/// `--judge`: the targets' lines for a recorded report, as the run would print them.
+fn judge_recorded(args: &Args, report: &std::path::Path) -> anyhow::Result<()> {
+    let targets = targets::load(&targets_path(args))?;
+    let r = targets::read_report(report)?;
+    for line in targets::judge(&targets, &r) {
+        println!("  {}", line.text);
     }
     Ok(())
-}
-
-/// One scenario on one running system, with the servers' CPU, RSS and (under
-/// CPU budgets) throttling over it.
-async fn measure(
-    s: Scenario,
-    l: &Live,
-    params: &Params,
-    data: &Dataset,
-    pusher: &Pusher,
-    rss: &RssTracker,
-) -> Measurement {
-    let ctx = scenarios::Ctx {
-        system: l.kind.name(),
-        endpoints: &l.running.endpoints,
-        server_pids: &l.running.server_pids,
-        params,
-        data,
-        pusher,
-    };
-    settle_disk().await;
-    let cpu_before = rss::cpu_seconds_of(&l.running.server_pids);
-    let periods_before = l.cpu_limit.as_ref().map(|c| c.periods());
-    rss.begin_window(&l.running.server_pids);
-    let mut m = scenarios::run(s, &ctx).await;
-    // Read scenarios measured their own window (without the warm-up).
-    let used = *m
-        .server_cpu_s
-        .get_or_insert_with(|| rss::cpu_seconds_of(&l.running.server_pids) - cpu_before);
-    m.cpu_us_per_op = (m.ops > 0).then(|| used * 1e6 / m.ops as f64);
-    if let (Some(before), Some(limit)) = (periods_before, &l.cpu_limit) {
-        m.throttled_share = cpulimit::least_throttled_share(&before, &limit.periods());
-    }
-    if let Some(w) = rss.end_window(&l.running.server_pids) {
-        m.peak_rss_mib = Some(w.peak_mib);
-        m.start_rss_mib = Some(w.start_mib);
-    }
-    m
-}
-
-/// Write back every dirty page before a measurement, so no scenario pays for the
-/// writes of an earlier one or of another system's data (the preparation alone
-/// leaves gigabytes behind, and a synced Raft log append waits behind them).
-async fn settle_disk() {
-    let started = Instant::now();
-    // SAFETY: sync(2) has no preconditions.
-    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
-    let took = started.elapsed();
-    if took > Duration::from_secs(1) {
-        println!(
-            "  (waited {:.1} s for earlier writes to reach the disk)",
-            took.as_secs_f64()
-        );
-    }
-}
-
-fn summary(m: &Measurement) -> String {
-    if let Some(note) = &m.note {
-        let first: String = note.lines().next().unwrap_or("").chars().take(160).collect();
-        return format!("{:?}: {first}", m.outcome);
-    }
-    let mut parts = Vec::new();
-    if let Some(w) = m.wall_s {
-        parts.push(format!("wall {w:.2} s"));
-    }
-    if let Some(v) = m.ops_per_s {
-        parts.push(format!("{v:.0} ops/s"));
-    }
-    if let Some(v) = m.mib_per_s {
-        parts.push(format!("{v:.0} MiB/s"));
-    }
-    if let Some(v) = m.readback_mib_per_s {
-        parts.push(format!("read-back {v:.0} MiB/s"));
-    }
-    if let (Some(a), Some(b)) = (m.p50_ms, m.p99_ms) {
-        parts.push(format!("p50 {a:.2} ms p99 {b:.2} ms"));
-    }
-    if let Some(v) = m.peak_rss_mib {
-        parts.push(format!("rss {v:.0} MiB"));
-    }
-    if let Some(v) = m.cpu_us_per_op {
-        parts.push(format!("cpu {v:.0} µs/op"));
-    }
-    if m.errors > 0 {
-        parts.push(format!("{} errors", m.errors));
-    }
-    parts.join(", ")
 }
 
 #[cfg(test)]

@@ -1,25 +1,22 @@
-//! Benchmark data (real images: tar layers of random bytes, a config with correct
-//! `diff_ids`, an OCI manifest) and a pushing client that speaks the OCI API the way
-//! skopeo does: HEAD blob, POST upload, one streamed PATCH, PUT `?digest=`, PUT
-//! manifest.
+//! Benchmark data (real images from the testkit's generator: tar layers of random
+//! bytes, a config with correct `diff_ids`, an OCI manifest), held as [`Bytes`] so
+//! the pushes slice them without copies, and a pushing client that speaks the OCI
+//! API the way skopeo does: HEAD blob, POST upload, one streamed PATCH, PUT
+//! `?digest=`, PUT manifest.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use anyhow::bail;
-use berth_testkit::image::MEDIA_OCI_CONFIG;
-use berth_testkit::image::MEDIA_OCI_LAYER_TAR;
+use berth_testkit::ImageBuilder;
 use berth_testkit::image::MEDIA_OCI_MANIFEST;
-use berth_testkit::image::fill_random;
+use berth_testkit::image::random_tar_layer;
+use berth_testkit::registry::expect_status;
+use berth_testkit::registry::location;
+use berth_testkit::sha256_digest;
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::Url;
-use serde_json::json;
-use sha2::Digest as _;
-use sha2::Sha256;
 
-const TAR_BLOCK: usize = 512;
-const TAR_MTIME: u64 = 1_700_000_000;
 /// Size of the pieces a streamed PATCH body is cut into.
 pub const STREAM_CHUNK: usize = 1024 * 1024;
 
@@ -37,46 +34,14 @@ impl Blob {
         Blob { bytes, digest }
     }
 
+    /// A tar layer of [`random_tar_layer`] (`size` rounded up to tar blocks).
+    pub fn tar_layer(size: u64, seed: u64, name: &str) -> anyhow::Result<Blob> {
+        Ok(Blob::new(random_tar_layer(size, seed, name)?))
+    }
+
     pub fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
-}
-
-/// "sha256:<hex>" of `data`, hashed in 1 MiB steps.
-pub fn sha256_digest(data: &[u8]) -> String {
-    let mut h = Sha256::new();
-    for chunk in data.chunks(1024 * 1024) {
-        h.update(chunk);
-    }
-    format!("sha256:{}", hex::encode(h.finalize()))
-}
-
-/// `size` rounded up to whole tar blocks, at least a header, one data block and
-/// the end-of-archive marker.
-pub fn tar_layer_size(size: u64) -> u64 {
-    let block = TAR_BLOCK as u64;
-    size.div_ceil(block).max(4) * block
-}
-
-/// An uncompressed tar archive of exactly [`tar_layer_size`]`(size)` bytes holding
-/// one file `name` of pseudo-random content from `seed`.
-pub fn tar_layer(size: u64, seed: u64, name: &str) -> anyhow::Result<Vec<u8>> {
-    let total = usize::try_from(tar_layer_size(size)).context("layer too large for memory")?;
-    let content_len = total - 3 * TAR_BLOCK;
-    let mut header = tar::Header::new_ustar();
-    header.set_path(name).with_context(|| format!("tar path {name:?}"))?;
-    header.set_size(content_len as u64);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(TAR_MTIME);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    let mut out = vec![0u8; total];
-    out[..TAR_BLOCK].copy_from_slice(header.as_bytes());
-    fill_random(&mut out[TAR_BLOCK..TAR_BLOCK + content_len], seed);
-    // The last two blocks stay zero: end of archive.
-    Ok(out)
 }
 
 /// A complete image: config, layers, manifest.
@@ -88,34 +53,32 @@ pub struct Image {
 }
 
 impl Image {
-    /// An OCI image of uncompressed tar `layers` (so `diff_ids` are the layer
-    /// digests); `label` goes into the config and the manifest annotations so images
-    /// with the same layers still differ.
-    pub fn build(layers: Vec<Blob>, label: &str) -> anyhow::Result<Image> {
-        let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
-        let config = json!({
-            "created": "2023-11-14T22:13:20Z",
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/bin/true"], "Labels": {"berth.bench": label}},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": layers.iter().map(|_| json!({"created": "2023-11-14T22:13:20Z", "created_by": "berth-bench"})).collect::<Vec<_>>(),
-        });
-        let config = Blob::new(serde_json::to_vec(&config)?);
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": MEDIA_OCI_MANIFEST,
-            "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": config.digest, "size": config.size()},
-            "layers": layers.iter().map(|l| json!({
-                "mediaType": MEDIA_OCI_LAYER_TAR, "digest": l.digest, "size": l.size(),
-            })).collect::<Vec<_>>(),
-            "annotations": {"org.opencontainers.image.title": label},
-        });
-        let manifest = Blob::new(serde_json::to_vec(&manifest)?);
+    /// An OCI image of uncompressed tar archives `layers`; `label` goes into the
+    /// config (label `berth.bench`) so images with the same layers still differ.
+    pub fn build(layers: Vec<Vec<u8>>, label: &str) -> anyhow::Result<Image> {
+        let builder = layers
+            .into_iter()
+            .fold(ImageBuilder::new(), ImageBuilder::tar_layer_blob);
+        // The builder (and its copy of the layers) goes at the end of this
+        // statement; the image keeps the built blobs.
+        let built = builder.label("berth.bench", label).build()?;
         Ok(Image {
-            config,
-            layers,
-            manifest,
+            config: Blob {
+                digest: built.config_digest,
+                bytes: built.config.into(),
+            },
+            layers: built
+                .layers
+                .into_iter()
+                .map(|l| Blob {
+                    digest: l.digest,
+                    bytes: l.blob.into(),
+                })
+                .collect(),
+            manifest: Blob {
+                digest: built.manifest_digest,
+                bytes: built.manifest.into(),
+            },
         })
     }
 }
@@ -159,8 +122,8 @@ impl Pusher {
         }
         let start = base.join(&format!("v2/{repo}/blobs/uploads/"))?;
         let resp = self.http.post(start).send().await.context("POST upload")?;
-        let resp = expect(resp, StatusCode::ACCEPTED, "POST upload").await?;
-        let upload_url = location(base, &resp)?;
+        let resp = expect_status(resp, StatusCode::ACCEPTED, "POST upload").await?;
+        let upload_url = join_location(base, &resp)?;
 
         let body = if streamed {
             let chunks: Vec<Result<Bytes, std::io::Error>> = (0..blob.bytes.len())
@@ -179,8 +142,8 @@ impl Pusher {
             .send()
             .await
             .context("PATCH upload")?;
-        let resp = expect(resp, StatusCode::ACCEPTED, "PATCH upload").await?;
-        let mut finish = location(base, &resp)?;
+        let resp = expect_status(resp, StatusCode::ACCEPTED, "PATCH upload").await?;
+        let mut finish = join_location(base, &resp)?;
         finish.query_pairs_mut().append_pair("digest", &blob.digest);
         let resp = self
             .http
@@ -189,7 +152,7 @@ impl Pusher {
             .send()
             .await
             .context("PUT upload")?;
-        expect(resp, StatusCode::CREATED, "PUT upload ?digest=").await?;
+        expect_status(resp, StatusCode::CREATED, "PUT upload ?digest=").await?;
         Ok(())
     }
 
@@ -203,7 +166,7 @@ impl Pusher {
             .send()
             .await
             .context("PUT manifest")?;
-        expect(resp, StatusCode::CREATED, "PUT manifest").await?;
+        expect_status(resp, StatusCode::CREATED, "PUT manifest").await?;
         Ok(())
     }
 
@@ -224,25 +187,10 @@ impl Pusher {
     }
 }
 
-fn location(base: &Url, resp: &reqwest::Response) -> anyhow::Result<Url> {
-    let loc = resp
-        .headers()
-        .get("location")
-        .context("upload response without Location")?
-        .to_str()
-        .context("Location is not text")?;
-    base.join(loc).with_context(|| format!("bad Location {loc:?}"))
-}
-
-/// `resp` if it has status `want`, else an error with the status and body start.
-pub async fn expect(resp: reqwest::Response, want: StatusCode, what: &str) -> anyhow::Result<reqwest::Response> {
-    if resp.status() == want {
-        return Ok(resp);
-    }
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    let body: String = body.chars().take(300).collect();
-    bail!("{what}: expected {want}, got {status}: {body}")
+/// The upload's Location, which may be relative to `base`.
+fn join_location(base: &Url, resp: &reqwest::Response) -> anyhow::Result<Url> {
+    let loc = location(resp)?;
+    base.join(&loc).with_context(|| format!("bad Location {loc:?}"))
 }
 
 #[cfg(test)]
@@ -250,31 +198,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tar_layer_is_a_readable_archive_of_the_requested_size() {
-        let bytes = tar_layer(10_000, 7, "data.bin").unwrap();
-        assert_eq!(bytes.len() as u64, tar_layer_size(10_000));
-        assert_eq!(bytes.len() % 512, 0);
-        let mut archive = tar::Archive::new(&bytes[..]);
-        let mut entries = archive.entries().unwrap();
-        let entry = entries.next().unwrap().unwrap();
-        assert_eq!(entry.path().unwrap().to_str(), Some("data.bin"));
-        assert_eq!(entry.size() as usize, bytes.len() - 1536);
-        assert!(entries.next().is_none());
-        assert_eq!(tar_layer_size(1), 2048);
-        assert_eq!(tar_layer_size(1 << 20), 1 << 20);
-    }
-
-    #[test]
-    fn image_manifest_references_its_blobs() {
-        let layer = Blob::new(tar_layer(4096, 1, "a").unwrap());
-        let image = Image::build(vec![layer.clone()], "x").unwrap();
+    fn an_image_references_its_blobs_and_its_label_makes_it_differ() {
+        let tar = random_tar_layer(4096, 1, "a").unwrap();
+        let layer = Blob::new(tar.clone());
+        let image = Image::build(vec![tar.clone()], "x").unwrap();
+        assert_eq!(image.layers[0].bytes, layer.bytes);
         let m: serde_json::Value = serde_json::from_slice(&image.manifest.bytes).unwrap();
+        assert_eq!(m["mediaType"], MEDIA_OCI_MANIFEST);
         assert_eq!(m["layers"][0]["digest"], layer.digest);
+        assert_eq!(m["layers"][0]["size"], layer.size());
         assert_eq!(m["config"]["digest"], image.config.digest);
         let c: serde_json::Value = serde_json::from_slice(&image.config.bytes).unwrap();
         assert_eq!(c["rootfs"]["diff_ids"][0], layer.digest);
+        assert_eq!(c["config"]["Labels"]["berth.bench"], "x");
         assert_eq!(image.manifest.digest, sha256_digest(&image.manifest.bytes));
-        let other = Image::build(vec![layer], "y").unwrap();
+        assert_eq!(image.config.digest, sha256_digest(&image.config.bytes));
+        let other = Image::build(vec![tar], "y").unwrap();
         assert_ne!(other.manifest.digest, image.manifest.digest);
     }
 }

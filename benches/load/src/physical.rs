@@ -11,6 +11,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
+use serde::Deserialize;
 use serde::Serialize;
 use sha2::Digest as _;
 use sha2::Sha256;
@@ -20,7 +21,7 @@ use crate::stats::median;
 /// Buffer size of the copy (writes and reads of 1 MiB, as the HTTP read client uses).
 pub const COPY_BUF: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Physical {
     /// Bytes hashed / copied per repetition.
     pub bytes: u64,

@@ -13,14 +13,15 @@ use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::bail;
+use berth_testkit::image::random_tar_layer;
+use berth_testkit::sha256_digest;
 use reqwest::Url;
+use serde::Deserialize;
 use serde::Serialize;
 
 use crate::oci::Blob;
 use crate::oci::Image;
 use crate::oci::Pusher;
-use crate::oci::sha256_digest;
-use crate::oci::tar_layer;
 use crate::rawhttp::RawClient;
 use crate::stats::Latencies;
 use crate::stats::Measurement;
@@ -41,7 +42,7 @@ const MAX_IN_FLIGHT: usize = 1_000;
 
 /// How the clients of the closed-loop scenarios spread their requests over a
 /// system's nodes (the open-loop tag scenarios always go request by request).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Each client sends its requests to the nodes in turn, as an HTTP load
@@ -64,7 +65,7 @@ impl Balance {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// GET a manifest by tag.
@@ -161,13 +162,13 @@ pub fn size(bytes: u64) -> String {
 }
 
 /// Scenario settings (from the command line).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Params {
     pub clients: usize,
     pub large_clients: usize,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub duration: Duration,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub warmup: Duration,
     pub small_blob: u64,
     pub large_blob: u64,
@@ -177,14 +178,14 @@ pub struct Params {
     pub tag_rate: u32,
     /// Tag reads per second during `tag-writes-reads`.
     pub tag_read_rate: u32,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub tag_duration: Duration,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub request_timeout: Duration,
     /// CPU budget of each server process in cores (`--server-cpus`), if any.
     pub server_cpus: Option<f64>,
     /// CFS period of those budgets (`--cpu-period`).
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub cpu_period: Duration,
     /// How closed-loop clients spread over the nodes (`--balance`).
     pub balance: Balance,
@@ -192,6 +193,11 @@ pub struct Params {
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+fn from_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
 }
 
 /// The data every system gets (generated once per run).
@@ -210,13 +216,13 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn generate(p: &Params, nonce: u64) -> anyhow::Result<Dataset> {
-        let small = Blob::new(tar_layer(p.small_blob, nonce ^ 1, "small.bin")?);
-        let large = Blob::new(tar_layer(p.large_blob, nonce ^ 2, "large.bin")?);
+        let small = random_tar_layer(p.small_blob, nonce ^ 1, "small.bin")?;
+        let large = random_tar_layer(p.large_blob, nonce ^ 2, "large.bin")?;
         let app = Image::build(vec![small, large], "app")?;
-        let shared = Blob::new(tar_layer(p.image_layer, nonce ^ 3, "tag.bin")?);
+        let shared = random_tar_layer(p.image_layer, nonce ^ 3, "tag.bin")?;
         let tag_a = Image::build(vec![shared.clone()], "tag-a")?;
         let tag_b = Image::build(vec![shared], "tag-b")?;
-        let big = Blob::new(tar_layer(p.push_size, nonce ^ 4, "big.bin")?);
+        let big = Blob::tar_layer(p.push_size, nonce ^ 4, "big.bin")?;
         Ok(Dataset {
             app,
             tag_a,
@@ -771,8 +777,8 @@ async fn push_small(ctx: &Ctx<'_>) -> anyhow::Result<Measurement> {
                     break;
                 }
                 let seed = nonce ^ ((worker as u64) << 40) ^ (i << 1) ^ 0x5555;
-                let image = tar_layer(layer_size, seed, "layer.bin")
-                    .and_then(|l| Image::build(vec![Blob::new(l)], &format!("w{worker}-{i}")));
+                let image = random_tar_layer(layer_size, seed, "layer.bin")
+                    .and_then(|l| Image::build(vec![l], &format!("w{worker}-{i}")));
                 let base = &endpoints[balance.node(worker, i, endpoints.len())];
                 let t0 = Instant::now();
                 let res = match image {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde::Deserialize;
 use serde::Serialize;
 
 /// Latencies in microseconds, 1 µs .. 10 min, 3 significant digits.
@@ -51,7 +52,7 @@ impl Latencies {
 }
 
 /// Outcome of one scenario on one system.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Ran; numbers are valid (there may still be a few errors, see `errors`).
@@ -63,7 +64,7 @@ pub enum Outcome {
 }
 
 /// The numbers of one scenario on one system. Fields that do not apply are `None`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measurement {
     pub scenario: String,
     pub system: String,

@@ -11,30 +11,27 @@
 //! available once `berth check-config` accepts a 3-member `[cluster]` section;
 //! before that it is reported as "not available yet".
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::path::PathBuf;
-use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
-use std::time::Instant;
 
 use anyhow::Context;
-use anyhow::bail;
 use berth_testkit::BerthNode;
+use berth_testkit::Distribution;
 use berth_testkit::NodeOptions;
-use berth_testkit::node::set_parent_death_signal;
-use berth_testkit::node::start_in_cgroup;
+use berth_testkit::S3Access;
+use berth_testkit::distribution::DistOptions;
+use berth_testkit::distribution::DistStorage;
+use berth_testkit::node::reserve_port;
 use reqwest::Url;
+use serde::Deserialize;
 use serde::Serialize;
-use tempfile::TempDir;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(50);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SystemKind {
     /// berth single node, blobs on local disk.
@@ -132,15 +129,6 @@ pub struct LaunchSettings {
     pub follower_lease: Option<String>,
 }
 
-/// The shared S3 (SeaweedFS) every S3 system stores into, each under its own prefix.
-#[derive(Clone, Debug)]
-pub struct S3Target {
-    pub endpoint: String,
-    pub bucket: String,
-    pub access_key: String,
-    pub secret_key: String,
-}
-
 /// `Ok` if `kind` can be started here, else the reason it is not available.
 pub fn availability(kind: SystemKind, settings: &LaunchSettings) -> Result<(), String> {
     let berth = || {
@@ -181,7 +169,7 @@ fn probe_cluster(berth_bin: &Path) -> Result<(), String> {
         let mut cfg = cluster_table(1, &[(1, 2), (2, 3), (3, 4)]);
         cfg.insert("data_dir".into(), dir.path().display().to_string().into());
         cfg.insert("listen".into(), "127.0.0.1:1".into());
-        let s3 = S3Target {
+        let s3 = S3Access {
             endpoint: "http://127.0.0.1:1".into(),
             bucket: "probe".into(),
             access_key: "probe".into(),
@@ -234,23 +222,13 @@ fn cluster_table(id: u64, members: &[(u64, u16)]) -> toml::Table {
     root
 }
 
-/// `[storage]` for berth on the shared S3, under the system's own prefix.
-fn storage_table(kind: SystemKind, s3: &S3Target, delivery: &str, cache_max_bytes: u64) -> anyhow::Result<toml::Table> {
-    let mut s3t = toml::Table::new();
-    s3t.insert("bucket".into(), s3.bucket.clone().into());
-    s3t.insert("endpoint".into(), s3.endpoint.clone().into());
-    s3t.insert("region".into(), "us-east-1".into());
-    s3t.insert("path_style".into(), true.into());
-    s3t.insert("prefix".into(), kind.name().into());
-    s3t.insert("access_key_id".into(), s3.access_key.clone().into());
-    s3t.insert("secret_access_key".into(), s3.secret_key.clone().into());
-    s3t.insert("blob_delivery".into(), delivery.into());
+/// `[storage]` for berth on the shared S3, under the system's own prefix, with a
+/// local cache of `cache_max_bytes`.
+fn storage_table(kind: SystemKind, s3: &S3Access, delivery: &str, cache_max_bytes: u64) -> anyhow::Result<toml::Table> {
+    let mut storage = s3.berth_storage(kind.name(), delivery);
     let mut cache = toml::Table::new();
     let max = i64::try_from(cache_max_bytes).context("cache size too large")?;
     cache.insert("max_bytes".into(), max.into());
-    let mut storage = toml::Table::new();
-    storage.insert("backend".into(), "s3".into());
-    storage.insert("s3".into(), s3t.into());
     storage.insert("cache".into(), cache.into());
     Ok(storage)
 }
@@ -290,7 +268,7 @@ impl Running {
     pub fn log_hint(&self) -> String {
         match &self.handle {
             Handle::Berth(nodes) => nodes.iter().map(|n| n.log_tail(20)).collect::<Vec<_>>().join("\n"),
-            Handle::Dist(d) => tail(&d.log_path, 20),
+            Handle::Dist(d) => d.log_tail(20),
         }
     }
 }
@@ -301,7 +279,7 @@ impl Running {
 pub async fn start(
     kind: SystemKind,
     settings: &LaunchSettings,
-    s3: Option<&S3Target>,
+    s3: Option<&S3Access>,
     cgroups: &[PathBuf],
 ) -> anyhow::Result<Running> {
     let need_s3 = || s3.with_context(|| format!("{} needs the shared SeaweedFS", kind.name()));
@@ -323,7 +301,7 @@ pub async fn start(
 pub fn berth_extra_toml(
     kind: SystemKind,
     settings: &LaunchSettings,
-    s3: Option<(&S3Target, &str)>,
+    s3: Option<(&S3Access, &str)>,
 ) -> anyhow::Result<String> {
     Ok(toml::to_string(&berth_extra_table(kind, settings, s3)?)?)
 }
@@ -331,7 +309,7 @@ pub fn berth_extra_toml(
 fn berth_extra_table(
     kind: SystemKind,
     settings: &LaunchSettings,
-    s3: Option<(&S3Target, &str)>,
+    s3: Option<(&S3Access, &str)>,
 ) -> anyhow::Result<toml::Table> {
     let mut root = toml::Table::new();
     let mut log = toml::Table::new();
@@ -354,7 +332,7 @@ fn berth_extra_table(
 async fn start_berth(
     kind: SystemKind,
     settings: &LaunchSettings,
-    s3: Option<(&S3Target, &str)>,
+    s3: Option<(&S3Access, &str)>,
     cgroup: Option<&PathBuf>,
 ) -> anyhow::Result<Running> {
     let opts = NodeOptions {
@@ -381,17 +359,17 @@ pub const CLUSTER_NODES: u64 = 3;
 async fn start_cluster(
     kind: SystemKind,
     settings: &LaunchSettings,
-    s3: &S3Target,
+    s3: &S3Access,
     cgroups: &[PathBuf],
 ) -> anyhow::Result<Running> {
-    let mut ports = Vec::new();
-    // Six distinct free ports: HTTP and gRPC of each node.
-    let mut held = Vec::new();
-    for _ in 0..(2 * CLUSTER_NODES) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-        ports.push(l.local_addr()?.port());
-        held.push(l);
-    }
+    // Six distinct free ports (HTTP and gRPC of each node), held until all are chosen.
+    let held = (0..2 * CLUSTER_NODES)
+        .map(|_| reserve_port())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let ports = held
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect::<anyhow::Result<Vec<u16>>>()?;
     drop(held);
     let members: Vec<(u64, u16)> = (0..CLUSTER_NODES)
         .map(|i| (i + 1, ports[(CLUSTER_NODES + i) as usize]))
@@ -430,237 +408,34 @@ async fn start_cluster(
 async fn start_dist(
     kind: SystemKind,
     settings: &LaunchSettings,
-    s3: Option<(&S3Target, bool)>,
+    s3: Option<(&S3Access, bool)>,
     cgroup: Option<&PathBuf>,
 ) -> anyhow::Result<Running> {
-    let dist = Distribution::start(kind, settings, s3, cgroup)
+    let storage = match s3 {
+        None => DistStorage::Filesystem,
+        Some((access, redirect)) => DistStorage::S3 {
+            access: access.clone(),
+            root: format!("/{}", kind.name()),
+            redirect,
+        },
+    };
+    let opts = DistOptions {
+        binary: settings.registry_bin.clone(),
+        log_level: settings.log_level.clone(),
+        cgroup: cgroup.cloned(),
+        ready_timeout: READY_TIMEOUT,
+        dir_prefix: format!("berth-bench-{}-", kind.name()),
+        ..DistOptions::new(storage)
+    };
+    let dist = Distribution::start(&opts)
         .await
         .with_context(|| format!("starting {}", kind.name()))?;
-    let endpoint = Url::parse(&format!("http://127.0.0.1:{}/", dist.port))?;
+    let endpoint = Url::parse(&format!("{}/", dist.base_url()))?;
     Ok(Running {
         endpoints: vec![endpoint],
-        server_pids: vec![dist.pid],
+        server_pids: vec![dist.pid()],
         handle: Handle::Dist(dist),
     })
-}
-
-/// Distribution's config (YAML is a superset of JSON, so it is written as JSON: no
-/// quoting pitfalls). Never its default config: that one listens on all interfaces.
-pub fn dist_config(
-    kind: SystemKind,
-    port: u16,
-    root: &Path,
-    log_level: &str,
-    s3: Option<(&S3Target, bool)>,
-) -> serde_json::Value {
-    let mut storage = serde_json::json!({
-        "delete": {"enabled": true},
-        "cache": {"blobdescriptor": "inmemory"},
-        "maintenance": {"uploadpurging": {"enabled": false}},
-    });
-    match s3 {
-        None => {
-            storage["filesystem"] = serde_json::json!({"rootdirectory": root.join("registry")});
-        }
-        Some((s3, redirect)) => {
-            storage["s3"] = serde_json::json!({
-                "accesskey": s3.access_key,
-                "secretkey": s3.secret_key,
-                "region": "us-east-1",
-                "regionendpoint": s3.endpoint,
-                "bucket": s3.bucket,
-                "secure": false,
-                "v4auth": true,
-                "rootdirectory": format!("/{}", kind.name()),
-            });
-            if !redirect {
-                storage["redirect"] = serde_json::json!({"disable": true});
-            }
-        }
-    }
-    // Distribution knows error/warn/info/debug.
-    let level = match log_level {
-        "error" | "warn" | "info" | "debug" => log_level,
-        "trace" => "debug",
-        _ => "warn",
-    };
-    serde_json::json!({
-        "version": "0.1",
-        "log": {"level": level, "formatter": "text", "accesslog": {"disabled": true}},
-        "storage": storage,
-        "http": {"addr": format!("127.0.0.1:{port}"), "headers": {"X-Content-Type-Options": ["nosniff"]}},
-    })
-}
-
-/// One `docker-registry serve` process.
-struct Distribution {
-    child: Option<Child>,
-    pid: u32,
-    port: u16,
-    log_path: PathBuf,
-    _dir: TempDir,
-}
-
-impl Distribution {
-    async fn start(
-        kind: SystemKind,
-        settings: &LaunchSettings,
-        s3: Option<(&S3Target, bool)>,
-        cgroup: Option<&PathBuf>,
-    ) -> anyhow::Result<Distribution> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()?;
-        let mut last_err = None;
-        // A new port (and dir) when the probed port was taken before the server bound it.
-        for _ in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("berth-bench-{}-", kind.name()))
-                .tempdir()?;
-            let log_path = dir.path().join("registry.log");
-            let port = free_port()?;
-            let config = dist_config(kind, port, dir.path(), &settings.log_level, s3);
-            let config_path = dir.path().join("config.yml");
-            std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
-            let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
-            let mut cmd = Command::new(&settings.registry_bin);
-            cmd.arg("serve")
-                .arg(&config_path)
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log));
-            // Its environment overrides the config (REGISTRY_*); AWS_CA_BUNDLE breaks
-            // its plain-http S3 client.
-            for (key, _) in std::env::vars_os() {
-                let k = key.to_string_lossy();
-                if k.starts_with("REGISTRY_")
-                    || k.starts_with("AWS_")
-                    || k.eq_ignore_ascii_case("http_proxy")
-                    || k.eq_ignore_ascii_case("https_proxy")
-                {
-                    cmd.env_remove(&key);
-                }
-            }
-            set_parent_death_signal(&mut cmd, libc::SIGKILL);
-            if let Some(dir) = cgroup {
-                start_in_cgroup(&mut cmd, dir)?;
-            }
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("spawning {}", settings.registry_bin.display()))?;
-            let mut d = Distribution {
-                pid: child.id(),
-                child: Some(child),
-                port,
-                log_path,
-                _dir: dir,
-            };
-            match d.wait_ready(&http).await {
-                Ok(()) => return Ok(d),
-                Err(e) => {
-                    d.kill9();
-                    if !tail(&d.log_path, 20).contains("address already in use") {
-                        return Err(e);
-                    }
-                    last_err = Some(e);
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("Distribution did not start")))
-    }
-
-    async fn wait_ready(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
-        let url = format!("http://127.0.0.1:{}/v2/", self.port);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                self.child = None;
-                bail!("docker-registry exited with {status}:\n{}", tail(&self.log_path, 30));
-            }
-            match http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => last = format!("GET /v2/ answered {}", r.status()),
-                Err(e) => last = format!("GET /v2/ failed: {e}"),
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "docker-registry not ready within {READY_TIMEOUT:?} ({last}):\n{}",
-                    tail(&self.log_path, 30)
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        signal(child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "docker-registry pid {} ignored SIGTERM for {STOP_TIMEOUT:?}; killed",
-                    self.pid
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("<cannot read {}: {e}>", path.display()),
-    }
-}
-
-/// Sends `sig` to `pid` (ignores a process that is gone).
-pub fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if pid > 0 {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -677,28 +452,13 @@ mod tests {
         }
     }
 
-    fn s3() -> S3Target {
-        S3Target {
+    fn s3() -> S3Access {
+        S3Access {
             endpoint: "http://127.0.0.1:8333".into(),
             bucket: "bench".into(),
             access_key: "ak".into(),
             secret_key: "sk\"quoted".into(),
         }
-    }
-
-    #[test]
-    fn dist_config_binds_loopback_and_sets_modes() {
-        let c = dist_config(SystemKind::DistFs, 5001, Path::new("/tmp/x"), "warn", None);
-        assert_eq!(c["http"]["addr"], "127.0.0.1:5001");
-        assert_eq!(c["storage"]["filesystem"]["rootdirectory"], "/tmp/x/registry");
-        assert_eq!(c["log"]["accesslog"]["disabled"], true);
-        let t = s3();
-        let proxy = dist_config(SystemKind::DistS3Proxy, 1, Path::new("/x"), "info", Some((&t, false)));
-        assert_eq!(proxy["storage"]["redirect"]["disable"], true);
-        assert_eq!(proxy["storage"]["s3"]["secure"], false);
-        assert_eq!(proxy["storage"]["s3"]["rootdirectory"], "/dist-s3-proxy");
-        let redirect = dist_config(SystemKind::DistS3Redirect, 1, Path::new("/x"), "info", Some((&t, true)));
-        assert!(redirect["storage"].get("redirect").is_none());
     }
 
     #[test]

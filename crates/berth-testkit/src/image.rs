@@ -79,9 +79,13 @@ pub struct FileEntry {
 }
 
 #[derive(Debug, Clone)]
-struct LayerSpec {
-    files: Vec<FileEntry>,
-    gzip: bool,
+enum LayerSpec {
+    Files {
+        files: Vec<FileEntry>,
+        gzip: bool,
+    },
+    /// An uncompressed tar archive as given.
+    Tar(Vec<u8>),
 }
 
 /// Builds a one-image OCI layout. Layers are gzip unless added with `tar_layer`.
@@ -121,7 +125,14 @@ impl ImageBuilder {
 
     /// Adds a layer of explicit entries (e.g. an executable with mode 0755).
     pub fn layer_entries(mut self, files: Vec<FileEntry>, gzip: bool) -> Self {
-        self.layers.push(LayerSpec { files, gzip });
+        self.layers.push(LayerSpec::Files { files, gzip });
+        self
+    }
+
+    /// Adds an uncompressed tar layer that is already built (e.g. a big
+    /// [`random_tar_layer`]), taken as it is.
+    pub fn tar_layer_blob(mut self, tar: Vec<u8>) -> Self {
+        self.layers.push(LayerSpec::Tar(tar));
         self
     }
 
@@ -151,7 +162,7 @@ impl ImageBuilder {
                 mode: 0o644,
             })
             .collect();
-        self.layers.push(LayerSpec { files, gzip });
+        self.layers.push(LayerSpec::Files { files, gzip });
         self
     }
 
@@ -159,16 +170,22 @@ impl ImageBuilder {
     pub fn build(&self) -> anyhow::Result<OciImage> {
         let mut layers = Vec::new();
         for spec in &self.layers {
-            let tar = tar_archive(&spec.files)?;
+            let (tar, compress) = match spec {
+                LayerSpec::Files { files, gzip } => (tar_archive(files)?, *gzip),
+                LayerSpec::Tar(tar) => (tar.clone(), false),
+            };
             let diff_id = sha256_digest(&tar);
-            let (blob, media_type) = if spec.gzip {
-                (gzip(&tar)?, MEDIA_OCI_LAYER_GZIP)
+            let (blob, media_type, digest) = if compress {
+                let blob = gzip(&tar)?;
+                let digest = sha256_digest(&blob);
+                (blob, MEDIA_OCI_LAYER_GZIP, digest)
             } else {
-                (tar, MEDIA_OCI_LAYER_TAR)
+                // An uncompressed layer is its own diff: one hash of it is enough.
+                (tar, MEDIA_OCI_LAYER_TAR, diff_id.clone())
             };
             layers.push(BuiltLayer {
                 media_type: media_type.to_string(),
-                digest: sha256_digest(&blob),
+                digest,
                 size: blob.len() as u64,
                 diff_id,
                 blob,
@@ -349,6 +366,37 @@ pub fn tar_archive(files: &[FileEntry]) -> anyhow::Result<Vec<u8>> {
     Ok(builder.into_inner()?)
 }
 
+const TAR_BLOCK: usize = 512;
+
+/// `size` rounded up to whole tar blocks, at least a header, one data block and
+/// the end-of-archive marker: the size of [`random_tar_layer`]`(size, ..)`.
+pub fn tar_layer_size(size: u64) -> u64 {
+    let block = TAR_BLOCK as u64;
+    size.div_ceil(block).max(4) * block
+}
+
+/// An uncompressed tar archive of exactly [`tar_layer_size`]`(size)` bytes holding
+/// one file `name` of [`random_bytes`] from `seed`, built in place (one buffer of
+/// the archive's size, however big).
+pub fn random_tar_layer(size: u64, seed: u64, name: &str) -> anyhow::Result<Vec<u8>> {
+    let total = usize::try_from(tar_layer_size(size)).context("layer too large for memory")?;
+    let content_len = total - 3 * TAR_BLOCK;
+    let mut header = tar::Header::new_ustar();
+    header.set_path(name).with_context(|| format!("tar path {name:?}"))?;
+    header.set_size(content_len as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(TAR_MTIME);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut out = vec![0u8; total];
+    out[..TAR_BLOCK].copy_from_slice(header.as_bytes());
+    fill_random(&mut out[TAR_BLOCK..TAR_BLOCK + content_len], seed);
+    // The last two blocks stay zero: end of archive.
+    Ok(out)
+}
+
 /// Gzip with no timestamp in the header (deterministic).
 pub fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -390,6 +438,41 @@ mod tests {
         assert_eq!(random_bytes(1001, 7), random_bytes(1001, 7));
         assert_ne!(random_bytes(64, 7), random_bytes(64, 8));
         assert_eq!(&random_bytes(1001, 7)[..1000], &random_bytes(1000, 7)[..]);
+    }
+
+    #[test]
+    fn a_random_tar_layer_is_a_readable_archive_of_the_requested_size() {
+        let bytes = random_tar_layer(10_000, 7, "data.bin").unwrap();
+        assert_eq!(bytes.len() as u64, tar_layer_size(10_000));
+        assert_eq!(bytes.len() % 512, 0);
+        let files = layer_files(&bytes).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].0, "data.bin");
+        assert_eq!(files[0].1.len(), bytes.len() - 1536);
+        assert_eq!(files[0].1, random_bytes(bytes.len() - 1536, 7));
+        assert_eq!(tar_layer_size(1), 2048);
+        assert_eq!(tar_layer_size(1 << 20), 1 << 20);
+    }
+
+    #[test]
+    fn a_prebuilt_tar_layer_is_taken_as_it_is() {
+        let tar = random_tar_layer(4096, 1, "a").unwrap();
+        let image = ImageBuilder::new()
+            .tar_layer_blob(tar.clone())
+            .label("k", "v")
+            .build()
+            .unwrap();
+        assert_eq!(image.layers[0].blob, tar);
+        assert_eq!(image.layers[0].digest, sha256_digest(&tar));
+        assert_eq!(image.layers[0].diff_id, image.layers[0].digest);
+        assert_eq!(image.layers[0].media_type, MEDIA_OCI_LAYER_TAR);
+        let manifest: Value = serde_json::from_slice(&image.manifest).unwrap();
+        assert_eq!(manifest["layers"][0]["digest"], image.layers[0].digest);
+        let other = ImageBuilder::new().tar_layer_blob(tar).label("k", "w").build().unwrap();
+        assert_ne!(
+            other.manifest_digest, image.manifest_digest,
+            "labels make images differ"
+        );
     }
 
     #[test]

