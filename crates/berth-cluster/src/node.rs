@@ -55,6 +55,9 @@ use crate::network::traced_client;
 use crate::options::RaftOptions;
 use crate::visibility::Visibility;
 
+/// How long one snapshot chunk may take to be acknowledged (see `Config` below).
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A point-in-time view of this node's Raft state, as it sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -520,6 +523,10 @@ impl ClusterNode {
             election_timeout_max: options.election_timeout_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_after_logs),
             max_in_snapshot_log_to_keep: options.logs_to_keep,
+            // Each snapshot chunk gets this long, and the last one is answered only
+            // once the follower installed the whole snapshot (seconds per GiB):
+            // openraft's 200 ms restarted every transfer of a big state from zero.
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT.as_millis() as u64,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| ClusterError::Config(e.to_string()))?);

@@ -12,6 +12,12 @@ pub enum MetaError {
     Encode { what: &'static str, reason: String },
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub(crate) fn corrupt(what: impl Into<String>, reason: impl ToString) -> MetaError {

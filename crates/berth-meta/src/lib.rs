@@ -20,6 +20,7 @@ mod keys;
 mod log_store;
 mod reader;
 mod records;
+mod snapshot;
 mod state_machine;
 mod store;
 
@@ -31,6 +32,7 @@ pub use error::MetaError;
 pub use log_store::LogStore;
 pub use reader::MetaReader;
 pub use reader::Page;
+pub use reader::ReferrersPage;
 pub use records::BlobRecord;
 pub use records::Change;
 pub use records::ChangeKind;
@@ -38,6 +40,7 @@ pub use records::ManifestRecord;
 pub use records::NodeInfo;
 pub use records::TagRecord;
 pub use records::UploadRecord;
+pub use snapshot::SnapshotFile;
 pub use state_machine::ApplyGate;
 pub use state_machine::StateMachineStore;
 pub use store::MetaStore;
@@ -50,7 +53,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

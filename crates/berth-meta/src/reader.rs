@@ -26,6 +26,15 @@ pub struct Page {
     pub more: bool,
 }
 
+/// One page of a subject's referrers; the next page starts after the digest of the
+/// last item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferrersPage {
+    pub items: Vec<Descriptor>,
+    /// More referrers follow the last one returned.
+    pub more: bool,
+}
+
 /// Read-side queries on a node's local copy of the state machine.
 ///
 /// Reads are served from RocksDB directly; every command is applied in one atomic
@@ -83,14 +92,21 @@ impl MetaReader {
         self.store.get(CF_UPLOADS, id.as_bytes())
     }
 
+    /// Every upload session; [`MetaReader::uploads_page`] reads them a page at a time.
     pub fn uploads(&self) -> Result<Vec<(String, UploadRecord)>, MetaError> {
-        let cf = self.store.cf(CF_UPLOADS)?;
+        self.uploads_page(None, usize::MAX)
+    }
+
+    /// Upload sessions in order of their ids, after `last`, at most `n`.
+    pub fn uploads_page(&self, last: Option<&str>, n: usize) -> Result<Vec<(String, UploadRecord)>, MetaError> {
         let mut out = Vec::new();
-        for kv in self.store.db().iterator_cf(cf, IteratorMode::Start) {
-            let (k, v) = kv?;
-            let id = String::from_utf8(k.to_vec()).map_err(|e| corrupt("upload id", e))?;
-            out.push((id, decode("upload", &v)?));
-        }
+        self.each(CF_UPLOADS, b"", last.map(str::as_bytes), |id, v| {
+            if out.len() == n {
+                return Ok(false);
+            }
+            out.push((id.to_string(), decode("upload", v)?));
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -106,61 +122,58 @@ impl MetaReader {
     }
 
     fn page(&self, cf_name: &'static str, prefix: &[u8], last: Option<&str>, n: usize) -> Result<Page, MetaError> {
-        let cf = self.store.cf(cf_name)?;
-        let mut start = prefix.to_vec();
-        if let Some(last) = last {
-            start.extend_from_slice(last.as_bytes());
-            // The smallest key strictly after `last`.
-            start.push(0);
-        }
         let mut items = Vec::new();
         let mut more = false;
-        for kv in self
-            .store
-            .db()
-            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
-        {
-            let (k, _) = kv?;
-            let Some(name) = suffix(&k, prefix) else {
-                break;
-            };
+        self.each(cf_name, prefix, last.map(str::as_bytes), |name, _| {
             if items.len() == n {
                 more = true;
-                break;
+                return Ok(false);
             }
             items.push(name.to_string());
-        }
+            Ok(true)
+        })?;
         Ok(Page { items, more })
     }
 
-    /// Every (key suffix, value) of `cf` under `prefix`, in key order.
-    fn scan_prefix<T: serde::de::DeserializeOwned>(
+    /// Call `f` with the key suffix and value of each entry of `cf` under `prefix`
+    /// whose suffix sorts after `last`, in key order, while it returns `true`.
+    /// Nothing is collected here: a caller's memory is what it keeps.
+    fn each(
         &self,
         cf_name: &'static str,
         prefix: &[u8],
-    ) -> Result<Vec<(String, T)>, MetaError> {
+        last: Option<&[u8]>,
+        mut f: impl FnMut(&str, &[u8]) -> Result<bool, MetaError>,
+    ) -> Result<(), MetaError> {
         let cf = self.store.cf(cf_name)?;
-        let mut out = Vec::new();
-        for kv in self
-            .store
-            .db()
-            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (k, v) = kv?;
-            let Some(rest) = suffix(&k, prefix) else { break };
-            out.push((rest.to_string(), decode(cf_name, &v)?));
+        let mut start = prefix.to_vec();
+        if let Some(last) = last {
+            start.extend_from_slice(last);
+            // The smallest key strictly after `last`.
+            start.push(0);
         }
-        Ok(out)
+        let mut it = self.store.db().raw_iterator_cf(cf);
+        it.seek(&start);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let Some(rest) = suffix(k, prefix) else { break };
+            if !f(rest, v)? {
+                return Ok(());
+            }
+            it.next();
+        }
+        Ok(it.status()?)
     }
 
     /// Tags of `repo` that point at `digest`.
     pub fn tags_pointing_to(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>, MetaError> {
         let mut out = Vec::new();
-        for (name, rec) in self.scan_prefix::<TagRecord>(CF_TAGS, &repo_prefix(repo))? {
+        self.each(CF_TAGS, &repo_prefix(repo), None, |name, v| {
+            let rec: TagRecord = decode(CF_TAGS, v)?;
             if &rec.digest == digest {
-                out.push(Tag::parse(&name).map_err(|e| corrupt("tag", e))?);
+                out.push(Tag::parse(name).map_err(|e| corrupt("tag", e))?);
             }
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -170,10 +183,43 @@ impl MetaReader {
         manifest_referencing(&self.store, repo, digest)
     }
 
-    /// Descriptors of the manifests in `repo` whose subject is `subject`.
+    /// Descriptors of the manifests in `repo` whose subject is `subject`, all of
+    /// them; [`MetaReader::referrers_page`] reads them a page at a time.
     pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, MetaError> {
-        let rows = self.scan_prefix::<Descriptor>(CF_REFERRERS, &referrer_prefix(repo, subject))?;
-        Ok(rows.into_iter().map(|(_, d)| d).collect())
+        let mut out = Vec::new();
+        self.each(CF_REFERRERS, &referrer_prefix(repo, subject), None, |_, v| {
+            out.push(decode(CF_REFERRERS, v)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Referrers of `subject` in `repo` in order of their digests, after the one
+    /// whose digest is `last`, at most `n`.
+    pub fn referrers_page(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        last: Option<&Digest>,
+        n: usize,
+    ) -> Result<ReferrersPage, MetaError> {
+        let mut items = Vec::new();
+        let mut more = false;
+        let last = last.map(|d| d.to_string());
+        self.each(
+            CF_REFERRERS,
+            &referrer_prefix(repo, subject),
+            last.as_deref().map(str::as_bytes),
+            |_, v| {
+                if items.len() == n {
+                    more = true;
+                    return Ok(false);
+                }
+                items.push(decode(CF_REFERRERS, v)?);
+                Ok(true)
+            },
+        )?;
+        Ok(ReferrersPage { items, more })
     }
 
     /// Change-feed entries with a sequence greater than `after`, at most `n`.

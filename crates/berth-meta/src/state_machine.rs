@@ -2,11 +2,14 @@
 #![allow(clippy::result_large_err)]
 
 use std::future::Future;
-use std::io::Cursor;
+use std::path::Path;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use berth_oci::Digest;
 use berth_oci::RepoName;
@@ -20,8 +23,9 @@ use openraft::StorageError;
 use openraft::StorageIOError;
 use openraft::StoredMembership;
 use openraft::storage::RaftStateMachine;
-use rocksdb::IteratorMode;
+use rocksdb::ReadOptions;
 use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -36,21 +40,38 @@ use crate::MetaError;
 use crate::NodeId;
 use crate::NodeInfo;
 use crate::Rejection;
+use crate::SnapshotFile;
 use crate::TagRecord;
 use crate::TypeConfig;
 use crate::UploadRecord;
 use crate::keys::*;
 use crate::reader::manifest_referencing;
+use crate::snapshot;
+use crate::snapshot::io_err;
 use crate::store::MetaStore;
 use crate::store::decode;
 use crate::store::encode;
 
 type Entry = openraft::Entry<TypeConfig>;
 type Membership = StoredMembership<NodeId, NodeInfo>;
+type Meta = SnapshotMeta<NodeId, NodeInfo>;
 
 const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Present while a snapshot install is replacing the state: the snapshot it installs.
+const KEY_INSTALLING: &[u8] = b"installing";
+/// Size of the write batches a snapshot install writes.
+const INSTALL_BATCH: usize = 8 << 20;
+/// Files in the snapshot directory that no record names yet.
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// A starting point for snapshot sequence numbers that a restart does not repeat.
+fn start_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
 
 fn sm_read_err(e: impl ToString) -> StorageError<NodeId> {
     StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())).into()
@@ -60,29 +81,14 @@ fn sm_write_err(e: impl ToString) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
 }
 
-/// A snapshot as transferred and stored: every key/value of the state column
-/// families at one applied log id.
+/// The snapshot this store serves, in CF_SM: its meta and the name of its file in
+/// the store's snapshot directory. (Before snapshots were files, the record held the
+/// snapshot's bytes instead of `file`; such a record is replaced at start-up.)
 #[derive(Serialize, Deserialize)]
-struct SnapshotData {
-    last_applied: Option<LogId<NodeId>>,
-    membership: Membership,
-    rows: Vec<Row>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Row {
-    cf: String,
-    #[serde(with = "serde_bytes")]
-    key: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    value: Vec<u8>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, NodeInfo>,
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
+pub(crate) struct CurrentSnapshot {
+    meta: Meta,
+    #[serde(default)]
+    file: Option<String>,
 }
 
 /// The state machine, applied in RocksDB. Each entry is applied in one atomic write
@@ -92,6 +98,9 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     store: MetaStore,
     snapshot_seq: Arc<AtomicU64>,
+    /// Builds and installs take turns: a build during an install would snapshot a
+    /// half-replaced state.
+    snapshot_lock: Arc<Mutex<()>>,
     gate: Option<Arc<dyn ApplyGate>>,
 }
 
@@ -111,7 +120,9 @@ impl StateMachineStore {
     pub(crate) fn new(store: MetaStore) -> Result<Self, MetaError> {
         Ok(StateMachineStore {
             store,
-            snapshot_seq: Arc::new(AtomicU64::new(0)),
+            // Unique across restarts too: it names temporary files and snapshot ids.
+            snapshot_seq: Arc::new(AtomicU64::new(start_seq())),
+            snapshot_lock: Arc::default(),
             gate: None,
         })
     }
@@ -170,38 +181,27 @@ impl StateMachineStore {
         Ok(response)
     }
 
-    fn build(&self) -> Result<Snapshot<TypeConfig>, MetaError> {
+    fn current_snapshot(&self) -> Result<Option<CurrentSnapshot>, MetaError> {
+        self.store.get(CF_SM, KEY_SNAPSHOT)
+    }
+
+    /// Write the state as of now to a new snapshot file and make it the current
+    /// one; the previous file is deleted once the new one is durable and recorded.
+    /// Streams from a RocksDB snapshot: memory stays bounded whatever the state's size.
+    fn build(&self) -> Result<(Meta, std::fs::File, PathBuf), MetaError> {
+        let _one_at_a_time = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
         let db = self.store.db();
         let snap = db.snapshot();
-        let read = |key: &[u8]| -> Result<Option<Vec<u8>>, MetaError> { Ok(snap.get_cf(self.store.cf(CF_SM)?, key)?) };
-        let last_applied: Option<LogId<NodeId>> = match read(KEY_APPLIED)? {
+        let sm = self.store.cf(CF_SM)?;
+        let last_applied: Option<LogId<NodeId>> = match snap.get_cf(sm, KEY_APPLIED)? {
             Some(v) => decode::<Option<LogId<NodeId>>>("applied", &v)?,
             None => None,
         };
-        let membership: Membership = match read(KEY_MEMBERSHIP)? {
+        let membership: Membership = match snap.get_cf(sm, KEY_MEMBERSHIP)? {
             Some(v) => decode("membership", &v)?,
             None => Membership::default(),
         };
-        let mut rows = Vec::new();
-        for cf_name in STATE_CFS {
-            let cf = self.store.cf(cf_name)?;
-            for kv in snap.iterator_cf(cf, IteratorMode::Start) {
-                let (k, v) = kv?;
-                rows.push(Row {
-                    cf: cf_name.to_string(),
-                    key: k.to_vec(),
-                    value: v.to_vec(),
-                });
-            }
-        }
-        let data = encode(
-            "snapshot",
-            &SnapshotData {
-                last_applied,
-                membership: membership.clone(),
-                rows,
-            },
-        )?;
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
@@ -212,47 +212,219 @@ impl StateMachineStore {
             last_membership: membership,
             snapshot_id,
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
+        let dir = self.store.snapshot_dir();
+        let tmp = dir.join(format!("build-{seq}{TEMP_SUFFIX}"));
+        let written = (|| -> Result<(u64, u64), MetaError> {
+            let mut w = snapshot::Writer::create(tmp.clone(), &meta)?;
+            for cf_name in STATE_CFS {
+                let tag = snapshot::cf_tag(cf_name)?;
+                let mut opts = ReadOptions::default();
+                // A snapshot reads everything once: keep the block cache for reads.
+                opts.fill_cache(false);
+                opts.set_readahead_size(2 << 20);
+                let mut it = snap.raw_iterator_cf_opt(self.store.cf(cf_name)?, opts);
+                it.seek_to_first();
+                while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                    w.record(tag, k, v)?;
+                    it.next();
+                }
+                it.status()?;
+            }
+            w.finish()
+        })();
+        let (records, bytes) = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
         };
-        db.put_cf(self.store.cf(CF_SM)?, KEY_SNAPSHOT, encode("snapshot", &stored)?)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        let name = snapshot::file_name(&meta.snapshot_id);
+        let path = dir.join(&name);
+        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        snapshot::sync_dir(dir)?;
+        let previous = self.current_snapshot()?.and_then(|c| c.file);
+        self.record_snapshot(KEY_SNAPSHOT, &meta, &name)?;
+        if let Some(previous) = previous.filter(|p| *p != name) {
+            remove_snapshot_file(&dir.join(previous));
+        }
+        let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            records,
+            bytes,
+            elapsed = ?started.elapsed(),
+            "built snapshot"
+        );
+        Ok((meta, file, path))
     }
 
-    fn install(&self, meta: &SnapshotMeta<NodeId, NodeInfo>, data: Vec<u8>) -> Result<(), MetaError> {
-        let snapshot: SnapshotData = decode("snapshot", &data)?;
+    /// Record that `key` (the current snapshot, or the one being installed) is the
+    /// snapshot `meta` in the file `name`, durably: files are deleted on the strength
+    /// of it.
+    fn record_snapshot(&self, key: &[u8], meta: &Meta, name: &str) -> Result<CurrentSnapshot, MetaError> {
+        let record = CurrentSnapshot {
+            meta: meta.clone(),
+            file: Some(name.to_string()),
+        };
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let cf = self.store.cf(CF_SM)?;
+        self.store
+            .db()
+            .put_cf_opt(cf, key, encode("snapshot", &record)?, &opts)?;
+        Ok(record)
+    }
+
+    /// Install the snapshot file at `path` (received, or `copy` it when it belongs to
+    /// someone else). The file is checked from end to end first, so a damaged one is
+    /// refused before the state is touched; then it becomes this store's current
+    /// snapshot file, an "install in progress" record names it, and its records
+    /// replace the state in bounded batches. Should the process stop halfway, opening
+    /// the store finishes the install from that file before anything reads the state.
+    fn install(&self, meta: &Meta, path: &Path, copy: bool) -> Result<(), MetaError> {
+        let _one_at_a_time = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let previous = self.current_snapshot()?.and_then(|c| c.file);
+        let marker = self.stage(meta, path, copy)?;
+        let records = self.replace_state(&marker)?;
+        if let Some(previous) = previous.filter(|p| Some(p) != marker.file.as_ref()) {
+            remove_snapshot_file(&self.store.snapshot_dir().join(previous));
+        }
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            records,
+            elapsed = ?started.elapsed(),
+            "installed snapshot"
+        );
+        Ok(())
+    }
+
+    /// The first half of an install: check the file, move it into place and record
+    /// that an install of it is in progress.
+    pub(crate) fn stage(&self, meta: &Meta, path: &Path, copy: bool) -> Result<CurrentSnapshot, MetaError> {
+        let found = snapshot::verify(path)?;
+        if found.snapshot_id != meta.snapshot_id || found.last_log_id != meta.last_log_id {
+            return Err(crate::error::corrupt(
+                format!("snapshot {}", path.display()),
+                format!("holds snapshot {}, expected {}", found.snapshot_id, meta.snapshot_id),
+            ));
+        }
+        let dir = self.store.snapshot_dir();
+        let name = snapshot::file_name(&meta.snapshot_id);
+        let target = dir.join(&name);
+        if copy {
+            let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+            let tmp = dir.join(format!("copy-{seq}{TEMP_SUFFIX}"));
+            std::fs::copy(path, &tmp).map_err(|e| io_err(&tmp, e))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_err(&tmp, e))?;
+            std::fs::rename(&tmp, &target).map_err(|e| io_err(&target, e))?;
+        } else {
+            std::fs::rename(path, &target).map_err(|e| io_err(&target, e))?;
+        }
+        snapshot::sync_dir(dir)?;
+        self.record_snapshot(KEY_INSTALLING, meta, &name)
+    }
+
+    /// Replace the state with the records of the snapshot file `marker` names, and
+    /// finish with one batch that sets the applied log id and membership, makes the
+    /// file current and drops the "install in progress" record.
+    ///
+    /// The bulk writes skip the WAL: until that last batch, a crash is repaired by
+    /// running this again from the start, and the state column families are
+    /// flushed before it, so nothing written here depends on the WAL.
+    fn replace_state(&self, marker: &CurrentSnapshot) -> Result<u64, MetaError> {
+        let name = marker
+            .file
+            .as_deref()
+            .ok_or_else(|| crate::error::corrupt("snapshot", "install record names no file"))?;
+        let path = self.store.snapshot_dir().join(name);
+        let (mut reader, _) = snapshot::Reader::open(&path)?;
         let db = self.store.db();
         let mut batch = WriteBatch::default();
         for cf_name in STATE_CFS {
             let cf = self.store.cf(cf_name)?;
-            for kv in db.iterator_cf(cf, IteratorMode::Start) {
-                let (k, _) = kv?;
-                batch.delete_cf(cf, k);
+            let mut it = db.raw_iterator_cf(cf);
+            it.seek_to_last();
+            if let Some(last) = it.key() {
+                let mut end = last.to_vec();
+                // The smallest key after the last one: the range covers every key.
+                end.push(0);
+                batch.delete_range_cf(cf, b"".as_slice(), end.as_slice());
+            }
+            it.status()?;
+        }
+        let mut records = 0u64;
+        while let Some(rec) = reader.next()? {
+            batch.put_cf(self.store.cf(rec.cf)?, &rec.key, &rec.value);
+            records += 1;
+            if batch.size_in_bytes() >= INSTALL_BATCH {
+                db.write_without_wal(std::mem::take(&mut batch))?;
             }
         }
-        for row in &snapshot.rows {
-            let Some(name) = STATE_CFS.iter().find(|n| **n == row.cf.as_str()) else {
-                let cf = &row.cf;
-                return Err(crate::error::corrupt("snapshot", format!("unknown column family {cf}")));
-            };
-            batch.put_cf(self.store.cf(name)?, &row.key, &row.value);
-        }
+        db.write_without_wal(batch)?;
+        let cfs = STATE_CFS
+            .iter()
+            .map(|n| self.store.cf(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         let sm = self.store.cf(CF_SM)?;
-        batch.put_cf(sm, KEY_APPLIED, encode("applied", &meta.last_log_id)?);
-        batch.put_cf(sm, KEY_MEMBERSHIP, encode("membership", &meta.last_membership)?);
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        batch.put_cf(sm, KEY_SNAPSHOT, encode("snapshot", &stored)?);
-        db.write(batch)?;
-        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        let mut last = WriteBatch::default();
+        last.put_cf(sm, KEY_APPLIED, encode("applied", &marker.meta.last_log_id)?);
+        last.put_cf(sm, KEY_MEMBERSHIP, encode("membership", &marker.meta.last_membership)?);
+        last.put_cf(sm, KEY_SNAPSHOT, encode("snapshot", marker)?);
+        last.delete_cf(sm, KEY_INSTALLING);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        db.write_opt(last, &opts)?;
+        Ok(records)
+    }
+
+    /// Bring the store to a consistent state before anything reads it: finish an
+    /// install that was interrupted, replace a snapshot stored the old way (bytes in
+    /// RocksDB) with a file, and delete files no record names.
+    pub(crate) fn recover(store: &MetaStore) -> Result<(), MetaError> {
+        let sm = StateMachineStore::new(store.clone())?;
+        if let Some(marker) = store.get::<CurrentSnapshot>(CF_SM, KEY_INSTALLING)? {
+            tracing::warn!(snapshot = %marker.meta.snapshot_id, "finishing an interrupted snapshot install");
+            sm.replace_state(&marker)?;
+        }
+        match sm.current_snapshot()? {
+            Some(CurrentSnapshot { file: None, .. }) => {
+                tracing::info!("moving the snapshot out of RocksDB into a file");
+                sm.build()?;
+            }
+            Some(CurrentSnapshot { file: Some(name), .. }) if !store.snapshot_dir().join(&name).exists() => {
+                tracing::warn!(file = %name, "the current snapshot file is missing: building a new one");
+                sm.build()?;
+            }
+            _ => {}
+        }
+        let keep = sm.current_snapshot()?.and_then(|c| c.file);
+        let dir = store.snapshot_dir();
+        let entries = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(dir, e))?;
+            let name = entry.file_name();
+            if keep.is_some() && name.to_str() == keep.as_deref() {
+                continue;
+            }
+            remove_snapshot_file(&entry.path());
+        }
         Ok(())
+    }
+
+    fn receive_path(&self) -> PathBuf {
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        self.store.snapshot_dir().join(format!("receive-{seq}{TEMP_SUFFIX}"))
+    }
+}
+
+fn remove_snapshot_file(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove an old snapshot file");
     }
 }
 
@@ -486,10 +658,14 @@ impl Txn<'_> {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.build())
+        let (meta, file, path) = tokio::task::spawn_blocking(move || this.build())
             .await
             .map_err(sm_read_err)?
-            .map_err(sm_read_err)
+            .map_err(sm_read_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::from_std(file, path)),
+        })
     }
 }
 
@@ -526,32 +702,59 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
+        let path = self.receive_path();
+        let file = SnapshotFile::create_received(path)
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
+        let (path, received) = snapshot.finish().await.map_err(sm_write_err)?;
         let this = self.clone();
         let meta = meta.clone();
-        let data = snapshot.into_inner();
         let applied = meta.last_log_id;
-        tokio::task::spawn_blocking(move || this.install(&meta, data))
-            .await
-            .map_err(sm_write_err)?
-            .map_err(sm_write_err)?;
+        let result = tokio::task::spawn_blocking(move || {
+            let result = this.install(&meta, &path, !received);
+            if received && result.is_err() {
+                // Refused before it was moved into place: nothing else will use it.
+                let _ = std::fs::remove_file(&path);
+            }
+            result
+        })
+        .await
+        .map_err(sm_write_err)?;
+        result.map_err(sm_write_err)?;
         self.report_applied(applied);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let stored: Option<StoredSnapshot> = self.store.get(CF_SM, KEY_SNAPSHOT).map_err(sm_read_err)?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        // A build may replace the file between reading its name and opening it:
+        // read the name again then.
+        for _ in 0..3 {
+            let Some(current) = self.current_snapshot().map_err(sm_read_err)? else {
+                return Ok(None);
+            };
+            let Some(name) = current.file else {
+                return Ok(None);
+            };
+            match SnapshotFile::open(self.store.snapshot_dir().join(name)).await {
+                Ok(file) => {
+                    return Ok(Some(Snapshot {
+                        meta: current.meta,
+                        snapshot: Box::new(file),
+                    }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(sm_read_err(e)),
+            }
+        }
+        Err(sm_read_err("the current snapshot file keeps disappearing"))
     }
 }

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use crate::error::corrupt;
 use crate::keys::all_cfs;
 use crate::log_store::LogStore;
 use crate::reader::MetaReader;
+use crate::snapshot::io_err;
 use crate::state_machine::StateMachineStore;
 
 /// Memtable memory of all column families together: past it, RocksDB flushes the
@@ -28,6 +30,7 @@ const MEMTABLE_SIZE: usize = 8 << 20;
 /// One block cache for every column family, instead of RocksDB's default of one
 /// 32 MiB cache each. Metadata is small and SST files stay in the page cache.
 const BLOCK_CACHE: usize = 16 << 20;
+const SNAPSHOT_DIR: &str = "snapshots";
 
 /// The RocksDB instance that holds a node's Raft log and state machine.
 #[derive(Clone)]
@@ -36,6 +39,9 @@ pub struct MetaStore {
     /// Index of the last entry in the Raft log (0: none), kept by the log store as
     /// it appends and truncates: read on every follower-lease read.
     log_tip: Arc<AtomicU64>,
+    /// `<store dir>/snapshots`: the current snapshot file, and files being built or
+    /// received. RocksDB ignores a directory in its own.
+    snapshot_dir: Arc<PathBuf>,
 }
 
 impl MetaStore {
@@ -59,12 +65,16 @@ impl MetaStore {
         };
         let cfs = all_cfs().map(|name| ColumnFamilyDescriptor::new(name, cf_options()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let snapshot_dir = dir.join(SNAPSHOT_DIR);
+        std::fs::create_dir_all(&snapshot_dir).map_err(|e| io_err(&snapshot_dir, e))?;
         let store = MetaStore {
             db: Arc::new(db),
             log_tip: Arc::default(),
+            snapshot_dir: Arc::new(snapshot_dir),
         };
         let tip = store.log_store().last_index()?.unwrap_or(0);
         store.log_tip.store(tip, Ordering::Release);
+        StateMachineStore::recover(&store)?;
         Ok(store)
     }
 
@@ -89,6 +99,10 @@ impl MetaStore {
 
     pub fn reader(&self) -> MetaReader {
         MetaReader::new(self.clone())
+    }
+
+    pub(crate) fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
     }
 
     pub(crate) fn db(&self) -> &DB {

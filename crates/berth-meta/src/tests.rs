@@ -334,3 +334,244 @@ async fn a_blob_a_manifest_references_is_not_unlinked() {
     assert_eq!(f.apply(unlink(&layer)).await, CommandResponse::done());
     assert!(f.reader().linked_blob(&r, &layer).unwrap().is_none());
 }
+
+/// Apply `n` tagged manifests spread over `repos` repositories, many entries per
+/// call as openraft does.
+async fn fill(f: &mut Fixture, n: usize, repos: usize) {
+    let mut entries = Vec::new();
+    for i in 0..n {
+        let r = repo(&format!("org/repo-{}", i % repos));
+        let tag = format!("t{i}");
+        let cmd = put_manifest(&r, format!("manifest {i}").as_bytes(), Some(tag.as_str()), vec![]);
+        entries.push(Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), f.next),
+            payload: EntryPayload::Normal(cmd),
+        });
+        f.next += 1;
+        if entries.len() == 1000 {
+            f.sm.apply(std::mem::take(&mut entries)).await.expect("apply");
+        }
+    }
+    f.sm.apply(entries).await.expect("apply");
+}
+
+fn snapshot_files(f: &Fixture) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(f._dir.path().join("snapshots"))
+        .expect("snapshot dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Copy of the bytes of `snap` (a built snapshot), through its `SnapshotFile`.
+async fn snapshot_bytes(snap: &mut openraft::Snapshot<TypeConfig>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncSeekExt;
+    snap.snapshot.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    let mut out = Vec::new();
+    snap.snapshot.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+/// Receive `bytes` as openraft does (into a file from `begin_receiving_snapshot`) and
+/// install them.
+async fn receive(
+    g: &mut Fixture,
+    meta: &openraft::SnapshotMeta<NodeId, NodeInfo>,
+    bytes: &[u8],
+) -> Result<(), StorageError<NodeId>> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = g.sm.begin_receiving_snapshot().await?;
+    file.write_all(bytes).await.unwrap();
+    file.shutdown().await.unwrap();
+    g.sm.install_snapshot(meta, file).await
+}
+
+#[tokio::test]
+async fn a_large_snapshot_streams_into_a_fresh_store_replacing_its_state() {
+    let mut f = Fixture::new();
+    fill(&mut f, 20_000, 100).await;
+    let mut snap = f.sm.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(20_000));
+    let bytes = snapshot_bytes(&mut snap).await;
+    assert_eq!(snapshot_files(&f).len(), 1, "{:?}", snapshot_files(&f));
+
+    let mut g = Fixture::new();
+    let stale = repo("stale/repo");
+    g.apply(put_manifest(&stale, b"old", Some("old"), vec![])).await;
+    receive(&mut g, &snap.meta, &bytes).await.unwrap();
+
+    let r = g.reader();
+    assert!(!r.repo_exists(&stale).unwrap(), "the install replaces the state");
+    assert_eq!(r.applied_index().unwrap(), Some(20_000));
+    let mut repos = 0;
+    let mut last = None;
+    loop {
+        let page = r.catalog(last.as_deref(), 37).unwrap();
+        repos += page.items.len();
+        last = page.items.last().cloned();
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(repos, 100);
+    for i in [0usize, 7_777, 19_999] {
+        let rr = repo(&format!("org/repo-{}", i % 100));
+        let tag = r.tag(&rr, &Tag::parse(&format!("t{i}")).unwrap()).unwrap().unwrap();
+        let m = r.manifest(&rr, &tag.digest).unwrap().unwrap();
+        assert_eq!(m.bytes, format!("manifest {i}").as_bytes());
+    }
+    assert_eq!(r.changes(None, 100_000).unwrap().len(), 40_000);
+    // The follower serves the same snapshot on, from its own file.
+    let mut current = g.sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snap.meta);
+    assert_eq!(snapshot_bytes(&mut current).await, bytes);
+    assert_eq!(snapshot_files(&g).len(), 1, "{:?}", snapshot_files(&g));
+}
+
+#[tokio::test]
+async fn a_truncated_or_altered_snapshot_is_refused_and_changes_nothing() {
+    let mut f = Fixture::new();
+    fill(&mut f, 300, 3).await;
+    let mut snap = f.sm.build_snapshot().await.unwrap();
+    let bytes = snapshot_bytes(&mut snap).await;
+
+    let mut g = Fixture::new();
+    let mine = repo("mine");
+    g.apply(put_manifest(&mine, b"kept", Some("v"), vec![])).await;
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    let mut longer = bytes.clone();
+    longer.push(0);
+    for (what, damaged) in [
+        ("truncated", &bytes[..bytes.len() - 1]),
+        ("cut in half", &bytes[..middle]),
+        ("a flipped bit", &flipped[..]),
+        ("a trailing byte", &longer[..]),
+        ("empty", &[][..]),
+    ] {
+        assert!(receive(&mut g, &snap.meta, damaged).await.is_err(), "{what}: installed");
+        assert!(g.reader().repo_exists(&mine).unwrap(), "{what}: state changed");
+        assert_eq!(g.reader().applied_index().unwrap(), Some(1), "{what}");
+        assert!(snapshot_files(&g).is_empty(), "{what}: {:?}", snapshot_files(&g));
+    }
+    // A good copy under another snapshot's meta is refused too.
+    let mut other = snap.meta.clone();
+    other.snapshot_id.push_str("-other");
+    assert!(receive(&mut g, &other, &bytes).await.is_err());
+    receive(&mut g, &snap.meta, &bytes).await.unwrap();
+    assert!(!g.reader().repo_exists(&mine).unwrap());
+}
+
+#[tokio::test]
+async fn the_snapshot_survives_a_restart_and_only_the_newest_file_is_kept() {
+    let mut f = Fixture::new();
+    fill(&mut f, 50, 2).await;
+    let first = f.sm.build_snapshot().await.unwrap();
+    fill(&mut f, 50, 2).await;
+    let second = f.sm.build_snapshot().await.unwrap();
+    assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+    drop((first, second.snapshot));
+    assert_eq!(snapshot_files(&f).len(), 1, "{:?}", snapshot_files(&f));
+
+    let Fixture {
+        _dir: dir, store, sm, ..
+    } = f;
+    drop((store, sm));
+    // Left by a build or a transfer that a crash interrupted.
+    std::fs::write(dir.path().join("snapshots/receive-1.tmp"), b"partial").unwrap();
+    let store = MetaStore::open(dir.path()).unwrap();
+    let mut sm = store.state_machine().unwrap();
+    let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
+    assert_eq!(current.meta, second.meta);
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(100));
+    assert_eq!(membership, current.meta.last_membership);
+    let g = Fixture {
+        _dir: dir,
+        store,
+        sm,
+        next: 101,
+    };
+    assert_eq!(
+        snapshot_files(&g),
+        vec![crate::snapshot::file_name(&second.meta.snapshot_id)]
+    );
+}
+
+#[tokio::test]
+async fn an_install_interrupted_halfway_is_finished_when_the_store_opens() {
+    let mut f = Fixture::new();
+    fill(&mut f, 200, 4).await;
+    let snap = f.sm.build_snapshot().await.unwrap();
+    let (leader_file, _) = snap.snapshot.finish().await.unwrap();
+
+    let mut g = Fixture::new();
+    let mine = repo("mine");
+    g.apply(put_manifest(&mine, b"replaced", Some("v"), vec![])).await;
+    // The process stops once the install is recorded, before the state is replaced.
+    g.sm.stage(&snap.meta, &leader_file, true).unwrap();
+    let Fixture {
+        _dir: dir, store, sm, ..
+    } = g;
+    drop((store, sm));
+
+    let store = MetaStore::open(dir.path()).unwrap();
+    let r = store.reader();
+    assert!(!r.repo_exists(&mine).unwrap());
+    assert_eq!(r.applied_index().unwrap(), Some(200));
+    assert_eq!(r.catalog(None, 10).unwrap().items.len(), 4);
+    let mut sm = store.state_machine().unwrap();
+    assert_eq!(sm.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
+}
+
+#[tokio::test]
+async fn referrers_and_uploads_page() {
+    let mut f = Fixture::new();
+    let r = repo("r");
+    let subject = digest(b"subject");
+    let mut want = Vec::new();
+    for i in 0..5 {
+        let bytes = format!("sbom {i}").into_bytes();
+        let desc = berth_oci::Descriptor::new(berth_oci::media_types::OCI_MANIFEST, digest(&bytes), 6);
+        want.push(desc.clone());
+        let cmd = Command::PutManifest {
+            repo: r.clone(),
+            digest: digest(&bytes),
+            media_type: berth_oci::media_types::OCI_MANIFEST.into(),
+            bytes,
+            tag: None,
+            subject: Some(subject.clone()),
+            referrer: Some(desc),
+            blobs: vec![],
+            children: vec![],
+            declared_sizes: vec![],
+            at: 1,
+        };
+        f.apply(cmd).await;
+        let upload = Command::CreateUpload {
+            id: format!("u{i}"),
+            repo: r.clone(),
+            node: 1,
+            at: 1,
+        };
+        f.apply(upload).await;
+    }
+    want.sort_by_key(|d| d.digest.to_string());
+    let reader = f.reader();
+    assert_eq!(reader.referrers(&r, &subject).unwrap(), want);
+    let first = reader.referrers_page(&r, &subject, None, 2).unwrap();
+    assert_eq!((first.items.as_slice(), first.more), (&want[..2], true));
+    let last = first.items.last().map(|d| d.digest.clone());
+    let rest = reader.referrers_page(&r, &subject, last.as_ref(), 10).unwrap();
+    assert_eq!((rest.items.as_slice(), rest.more), (&want[2..], false));
+    let other = digest(b"other subject");
+    assert!(reader.referrers_page(&r, &other, None, 10).unwrap().items.is_empty());
+
+    let ids = |page: Vec<(String, UploadRecord)>| page.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(ids(reader.uploads_page(None, 2).unwrap()), vec!["u0", "u1"]);
+    assert_eq!(ids(reader.uploads_page(Some("u1"), 2).unwrap()), vec!["u2", "u3"]);
+    assert_eq!(reader.uploads().unwrap().len(), 5);
+}
