@@ -6,6 +6,7 @@
 //! the test loudly. Tests run in parallel (nextest: one process per test), so every
 //! test uses its own node, temp dirs and repository names.
 
+mod cli;
 mod clients;
 mod cluster;
 mod metrics;

@@ -27,7 +27,7 @@ pub fn has_body(headers: &HeaderMap) -> bool {
 
 /// How much of an oversized body is read and thrown away so the client sees the
 /// error instead of a reset connection.
-const DRAIN_LIMIT: u64 = 64 << 20;
+pub const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// Why [`read_limited`] gave up.
 pub enum Oversized {

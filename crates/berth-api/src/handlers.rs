@@ -222,8 +222,11 @@ async fn put_manifest(state: AppState, repo: RepoName, reference: Reference, req
     let declared = body::content_length(req.headers());
     if let Some(n) = declared
         && n > limit as u64
+        && n > body::DRAIN_LIMIT
     {
-        // Refused from the declared length alone: nothing of the body is read.
+        // More than would ever be drained: refused from the declared length alone,
+        // before any of the body is read. (A body up to the drain limit is read and
+        // thrown away instead, so a client still sending sees the 413.)
         return Err(too_large(n.to_string()).with_header(header::CONNECTION, "close"));
     }
     let content_type = req
@@ -266,16 +269,30 @@ async fn put_manifest(state: AppState, repo: RepoName, reference: Reference, req
 async fn referrers(state: AppState, repo: RepoName, digest: Digest, req: Request) -> ApiResult {
     let q = query(&req);
     let filter = q.get("artifactType").filter(|s| !s.is_empty());
-    let manifests = state
+    let (n, last) = page_params(&q)?;
+    let last = match last {
+        Some(l) => Some(Digest::parse(&l)?),
+        None => None,
+    };
+    let page = state
         .registry
-        .referrers(&repo, &digest, filter.map(|s| s.as_str()))
+        .referrers(&repo, &digest, filter.map(|s| s.as_str()), last.as_ref(), n)
         .await?;
     let body = json!({
         "schemaVersion": 2,
         "mediaType": media_types::OCI_INDEX,
-        "manifests": manifests,
+        "manifests": page.items,
     });
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    if let Some(next) = page.next {
+        let mut link = format!("</v2/{repo}/referrers/{digest}?n={n}&last={next}");
+        if let Some(at) = filter {
+            let at: String = form_urlencoded::byte_serialize(at.as_bytes()).collect();
+            link.push_str(&format!("&artifactType={at}"));
+        }
+        link.push_str(">; rel=\"next\"");
+        resp.headers_mut().insert(header::LINK, header_value(&link));
+    }
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_types::OCI_INDEX));
     if filter.is_some() {

@@ -48,6 +48,7 @@ pub use blobs::BlobHead;
 pub use blobs::MountResult;
 pub use error::RegistryError;
 pub use listings::Page;
+pub use listings::Referrers;
 pub use manifests::Manifest;
 pub use manifests::PutManifestResult;
 pub use uploads::UploadStatus;

@@ -41,19 +41,36 @@ impl Registry {
         Ok(self.meta().catalog(last, n)?.into())
     }
 
-    /// Manifests of `repo` whose subject is `subject`, optionally only those of one
-    /// artifact type.
+    /// Manifests of `repo` whose subject is `subject`, in order of their digests,
+    /// after `last`, at most `n` read; optionally only those of one artifact type.
     pub async fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<Descriptor>, RegistryError> {
+        last: Option<&Digest>,
+        n: usize,
+    ) -> Result<Referrers, RegistryError> {
         self.tag_read_barrier().await?;
-        let mut all = self.meta().referrers(repo, subject)?;
+        let page = self.meta().referrers_page(repo, subject, last, n)?;
+        let next = if page.more {
+            page.items.last().map(|d| d.digest.clone())
+        } else {
+            None
+        };
+        let mut items = page.items;
         if let Some(at) = artifact_type {
-            all.retain(|d| d.artifact_type.as_deref() == Some(at));
+            items.retain(|d| d.artifact_type.as_deref() == Some(at));
         }
-        Ok(all)
+        Ok(Referrers { items, next })
     }
+}
+
+/// One page of a manifest's referrers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Referrers {
+    pub items: Vec<Descriptor>,
+    /// Where the next page starts (its `last`), when there is one. A filtered page
+    /// may hold fewer than asked and still have a next one.
+    pub next: Option<Digest>,
 }

@@ -119,9 +119,21 @@ fn main() -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let config = Config::load(config.as_deref(), Overrides::default())?;
-            println!("{config:#?}");
+            print_stdout(&format!("{config:#?}"))?;
             Ok(())
         }
+    }
+}
+
+/// Print a command's answer on standard output. A reader that went away (`| head`)
+/// ends the command quietly, with success: it got what it wanted.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
     }
 }
 
@@ -351,7 +363,7 @@ async fn cluster_command(node: &str, command: ClusterCommand) -> anyhow::Result<
     let resp = request.send().await.with_context(|| format!("cannot reach {base}"))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.context("reading the node's answer")?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    print_stdout(&serde_json::to_string_pretty(&body)?)?;
     if !status.is_success() {
         anyhow::bail!("the node answered {status}");
     }

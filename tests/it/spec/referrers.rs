@@ -190,6 +190,25 @@ async fn referrers_list_filter_and_delete() {
     assert_eq!(header_opt(&h, "oci-filters-applied").as_deref(), Some("artifactType"));
     assert_descriptors(&list, &[]);
 
+    // Pages of `n`, linked by `Link: <…?n=…&last=…>; rel="next"`, cover every
+    // referrer once.
+    let mut seen = Vec::new();
+    let mut url = with_query(reg.url(&format!("/v2/{repo}/referrers/{s}")), "n", "3");
+    for _ in 0..4 {
+        let (h, body) = check(send(reg.req_url(Method::GET, url.clone())).await, 200).await;
+        let page = json_body(&h, &body)["manifests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(page.len() <= 3, "{page:?}");
+        seen.extend(page);
+        match header_opt(&h, "link") {
+            Some(link) => url = parse_next_link(&reg, &link).2,
+            None => break,
+        }
+    }
+    assert_descriptors(&seen, &[&sbom, &sig, &untyped, &bundle]);
+
     // Referrers are ordinary manifests.
     reg.assert_manifest(repo, &sig.digest(), OCI_MANIFEST, &sig.body).await;
 
