@@ -46,24 +46,48 @@
 //! the inner store first, then from the cache, and disowns fills in flight so
 //! they cannot re-insert it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, ErrorKind};
+use std::io;
+use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::PoisonError;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use berth_oci::Digest;
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
-use tokio::sync::{Notify, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use futures::FutureExt;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio::sync::watch;
+use tracing::Instrument;
+use tracing::debug;
+use tracing::info;
+use tracing::info_span;
+use tracing::warn;
 
-use crate::fs::{READ_CHUNK, WRITE_BATCH, blocking, clean_dir, probe_writable, read_blob, scan_blobs, sync_dir};
+use crate::BlobError;
+use crate::BlobStore;
+use crate::ByteRange;
+use crate::ByteStream;
+use crate::fs::READ_CHUNK;
+use crate::fs::WRITE_BATCH;
+use crate::fs::blocking;
+use crate::fs::clean_dir;
+use crate::fs::probe_writable;
+use crate::fs::read_blob;
+use crate::fs::scan_blobs;
+use crate::fs::sync_dir;
 use crate::temp::TempBlob;
-use crate::{BlobError, BlobStore, ByteRange, ByteStream};
 
 /// Bytes a fill keeps in memory after receiving them, for the requesters reading
 /// along. At least two write batches (the one being written and the one being

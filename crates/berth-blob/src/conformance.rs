@@ -9,11 +9,17 @@
 use std::io;
 use std::sync::Arc;
 
-use berth_oci::{Digest, DigestAlgorithm, Hasher};
+use berth_oci::Digest;
+use berth_oci::DigestAlgorithm;
+use berth_oci::Hasher;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream};
+use crate::BlobError;
+use crate::BlobPage;
+use crate::BlobStore;
+use crate::ByteRange;
+use crate::ByteStream;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;

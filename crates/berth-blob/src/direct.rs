@@ -18,7 +18,8 @@ use std::fs::File;
 use std::io;
 use std::sync::Mutex;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 
 /// Alignment of direct writes: file offset, length and buffer address. A page
 /// covers every logical block size in common use (512 B and 4 KiB).

@@ -6,7 +6,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use berth_oci::Digest;
 
-use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream};
+use crate::BlobError;
+use crate::BlobPage;
+use crate::BlobStore;
+use crate::ByteRange;
+use crate::ByteStream;
 
 /// A store that wraps another [`BlobStore`] and changes part of its behaviour
 /// (the read cache today; metrics and quota accounting next).

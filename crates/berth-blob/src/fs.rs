@@ -28,26 +28,42 @@
 //! acknowledged offset in `uploads/<id>`; after a restart `upload_len` is the
 //! truth (re-hash with `upload_read`).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, ErrorKind, SeekFrom};
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::io;
+use std::io::ErrorKind;
+use std::io::SeekFrom;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_oci::{Digest, DigestAlgorithm, Hasher};
-use bytes::{Bytes, BytesMut};
+use berth_oci::Digest;
+use berth_oci::DigestAlgorithm;
+use berth_oci::Hasher;
+use bytes::Bytes;
+use bytes::BytesMut;
 use futures::StreamExt;
 use futures::future::Either;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncSeekExt;
 use tokio::task::JoinHandle;
 use tokio_util::io::ReaderStream;
-use tracing::{debug, info, warn};
+use tracing::debug;
+use tracing::info;
+use tracing::warn;
 
+use crate::BlobError;
+use crate::BlobPage;
+use crate::BlobStore;
+use crate::ByteRange;
+use crate::ByteStream;
+use crate::check_upload_id;
 use crate::direct::DirectFile;
-use crate::lock::{KeyedGuard, KeyedLocks};
+use crate::lock::KeyedGuard;
+use crate::lock::KeyedLocks;
 use crate::temp::TempBlob;
-use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 /// Chunk size of streams returned by `get` / `upload_read`.
 pub(crate) const READ_CHUNK: usize = 128 * 1024;

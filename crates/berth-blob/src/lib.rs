@@ -24,7 +24,8 @@
 
 use std::pin::Pin;
 
-pub use berth_oci::{Digest, DigestAlgorithm};
+pub use berth_oci::Digest;
+pub use berth_oci::DigestAlgorithm;
 
 mod direct;
 mod forward;
@@ -41,9 +42,11 @@ pub use fs::FsBlobStore;
 pub use fs::MAP_CHUNK;
 pub use range::RangeRequest;
 pub mod s3;
-pub use s3::{S3BlobStore, S3Config};
+pub use s3::S3BlobStore;
+pub use s3::S3Config;
 pub mod cache;
-pub use cache::{CacheStats, CachedBlobStore};
+pub use cache::CacheStats;
+pub use cache::CachedBlobStore;
 
 /// A stream of blob bytes. Input streams that yield `Err` are treated as a
 /// failed client ([`BlobError::Client`]); output streams yield `Err` on

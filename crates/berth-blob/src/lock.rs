@@ -1,7 +1,8 @@
 //! Per-key async locks (one per upload id) with automatic cleanup.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::Mutex;
 
 use tokio::sync::OwnedMutexGuard;
 

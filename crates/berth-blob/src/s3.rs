@@ -60,42 +60,78 @@
 //! put are invisible; a bucket lifecycle rule
 //! (`AbortIncompleteMultipartUpload`) reclaims them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::{self, ErrorKind};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::io;
+use std::io::ErrorKind;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::BehaviorVersion;
+use aws_sdk_s3::config::Credentials;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::config::RequestChecksumCalculation;
+use aws_sdk_s3::config::ResponseChecksumValidation;
+use aws_sdk_s3::config::StalledStreamProtectionConfig;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    StalledStreamProtectionConfig,
-};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::primitives::Length;
+use aws_sdk_s3::types::CompletedMultipartUpload;
+use aws_sdk_s3::types::CompletedPart;
+use aws_sdk_s3::types::Delete;
+use aws_sdk_s3::types::ObjectIdentifier;
 use berth_oci::Digest;
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use tracing::{Instrument, debug, info, warn};
+use futures::StreamExt;
+use futures::TryStreamExt;
+use tracing::Instrument;
+use tracing::debug;
+use tracing::info;
+use tracing::warn;
 
-use crate::fs::{FileWriter, blocking, clean_dir, read_stream};
-use crate::lock::{KeyedGuard, KeyedLocks};
+use crate::BlobError;
+use crate::BlobPage;
+use crate::BlobStore;
+use crate::ByteRange;
+use crate::ByteStream;
+use crate::check_upload_id;
+use crate::fs::FileWriter;
+use crate::fs::blocking;
+use crate::fs::clean_dir;
+use crate::fs::read_stream;
+use crate::lock::KeyedGuard;
+use crate::lock::KeyedLocks;
 use crate::temp::TempBlob;
-use crate::{BlobError, BlobPage, BlobStore, ByteRange, ByteStream, check_upload_id};
 
 mod error;
 mod plan;
 
-use error::{classify, to_blob_error};
-use plan::{Keys, encode_copy_source, parse_content_range, parse_spool_name, spool_name};
-pub use plan::{MAX_OBJECT_PART, MAX_PARTS, MIN_PART_SIZE, PARTS_PER_DOUBLING, copy_ranges, part_size_for};
+use error::classify;
+use error::to_blob_error;
+use plan::Keys;
+pub use plan::MAX_OBJECT_PART;
+pub use plan::MAX_PARTS;
+pub use plan::MIN_PART_SIZE;
+pub use plan::PARTS_PER_DOUBLING;
+pub use plan::copy_ranges;
+use plan::encode_copy_source;
+use plan::parse_content_range;
+use plan::parse_spool_name;
+pub use plan::part_size_for;
+use plan::spool_name;
 
 const MIB: u64 = plan::MIB;
 /// Largest chunk yielded by the streams this backend returns.

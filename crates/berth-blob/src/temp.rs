@@ -12,15 +12,24 @@
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_oci::{Digest, Hasher};
+use berth_oci::Digest;
+use berth_oci::Hasher;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::fs::{FileWriter, TempFile, blocking, create_temp, ensure_dir, parent_of, sync_dir};
-use crate::{BlobError, ByteStream};
+use crate::BlobError;
+use crate::ByteStream;
+use crate::fs::FileWriter;
+use crate::fs::TempFile;
+use crate::fs::blocking;
+use crate::fs::create_temp;
+use crate::fs::ensure_dir;
+use crate::fs::parent_of;
+use crate::fs::sync_dir;
 
 /// A temp file receiving the bytes of the blob `digest`, hashed as they are written.
 pub(crate) struct TempBlob {

@@ -3,11 +3,24 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
 
-use berth_blob::conformance::{self, collect, pseudo_random, stream_chunks};
-use berth_blob::{BlobError, BlobStore, ByteRange, ByteStream, CachedBlobStore, Digest, FsBlobStore};
+use berth_blob::BlobError;
+use berth_blob::BlobStore;
+use berth_blob::ByteRange;
+use berth_blob::ByteStream;
+use berth_blob::CachedBlobStore;
+use berth_blob::Digest;
+use berth_blob::FsBlobStore;
+use berth_blob::conformance;
+use berth_blob::conformance::collect;
+use berth_blob::conformance::pseudo_random;
+use berth_blob::conformance::stream_chunks;
 use bytes::Bytes;
 use futures::StreamExt;
 

@@ -4,8 +4,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_blob::conformance::{self, pseudo_random, stream_chunks, stream_once};
-use berth_blob::{BlobError, BlobStore, ByteStream, Digest, FsBlobStore};
+use berth_blob::BlobError;
+use berth_blob::BlobStore;
+use berth_blob::ByteStream;
+use berth_blob::Digest;
+use berth_blob::FsBlobStore;
+use berth_blob::conformance;
+use berth_blob::conformance::pseudo_random;
+use berth_blob::conformance::stream_chunks;
+use berth_blob::conformance::stream_once;
 use bytes::Bytes;
 use futures::StreamExt;
 

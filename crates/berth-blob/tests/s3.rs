@@ -4,10 +4,21 @@
 //! boundaries, abort, outage and recovery, presigned URLs and connect errors.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use std::time::Instant;
 
-use berth_blob::conformance::{self, collect, pseudo_random, stream_chunks, stream_once};
-use berth_blob::{BlobError, BlobStore, ByteRange, ByteStream, Digest, S3BlobStore, S3Config};
+use berth_blob::BlobError;
+use berth_blob::BlobStore;
+use berth_blob::ByteRange;
+use berth_blob::ByteStream;
+use berth_blob::Digest;
+use berth_blob::S3BlobStore;
+use berth_blob::S3Config;
+use berth_blob::conformance;
+use berth_blob::conformance::collect;
+use berth_blob::conformance::pseudo_random;
+use berth_blob::conformance::stream_chunks;
+use berth_blob::conformance::stream_once;
 use berth_testkit::SeaweedFs;
 use futures::StreamExt;
 
