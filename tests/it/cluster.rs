@@ -486,7 +486,7 @@ async fn shutdown_of_an_upload_owner_lets_a_hand_over_in_flight_finish() {
 }
 
 /// Run `berth cluster …` against a node and return its JSON answer.
-fn berth_cluster(node: &BerthNode, args: &[&str]) -> serde_json::Value {
+pub(crate) fn berth_cluster(node: &BerthNode, args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(berth_binary())
         .arg("cluster")
         .args(args)

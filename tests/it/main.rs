@@ -9,6 +9,7 @@
 mod cli;
 mod clients;
 mod cluster;
+mod membership;
 mod metrics;
 mod persistence;
 mod s3;

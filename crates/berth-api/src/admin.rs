@@ -5,6 +5,7 @@
 
 use axum::Json;
 use axum::extract::Path;
+use axum::extract::Query;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -25,6 +26,16 @@ pub struct AddNode {
     pub grpc_addr: String,
     #[serde(default)]
     pub http_addr: String,
+    /// Make the change even when the voters would then not have a reachable
+    /// majority.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Deserialize)]
+pub struct RemoveNode {
+    #[serde(default)]
+    pub force: bool,
 }
 
 pub async fn add_node(State(state): State<AppState>, Json(req): Json<AddNode>) -> Result<Response, ApiError> {
@@ -32,13 +43,18 @@ pub async fn add_node(State(state): State<AppState>, Json(req): Json<AddNode>) -
         id: req.id,
         grpc_addr: req.grpc_addr,
         http_addr: req.http_addr,
+        force: req.force,
     };
     state.registry.add_member(member).await?;
     Ok((StatusCode::OK, Json(state.registry.cluster_status().await)).into_response())
 }
 
-pub async fn remove_node(State(state): State<AppState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
-    state.registry.remove_member(id).await?;
+pub async fn remove_node(
+    State(state): State<AppState>,
+    Path(id): Path<u64>,
+    Query(query): Query<RemoveNode>,
+) -> Result<Response, ApiError> {
+    state.registry.remove_member(id, query.force).await?;
     Ok((StatusCode::OK, Json(state.registry.cluster_status().await)).into_response())
 }
 

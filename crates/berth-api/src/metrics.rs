@@ -287,7 +287,9 @@ impl Drop for InFlight<'_> {
 
 /// `GET /metrics`.
 pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
-    state.metrics.observe_cluster(&state.registry.cluster_status().await);
+    state
+        .metrics
+        .observe_cluster(&state.registry.recent_cluster_status().await);
     match state.metrics.encode() {
         Ok(text) => (
             [(
@@ -376,6 +378,7 @@ mod tests {
             committed_index: None,
             applied_index: Some(119),
             snapshot_index: None,
+            leader_has_quorum: Some(true),
             members: BTreeMap::new(),
         };
         m.observe_cluster(&status);

@@ -21,8 +21,14 @@ pub enum ClusterError {
     /// Raft stopped on an unrecoverable error.
     #[error("raft fatal error: {0}")]
     Fatal(String),
+    /// A membership change the cluster's state refuses (no quorum would be left,
+    /// another change in progress, a learner that did not catch up).
     #[error("cluster configuration: {0}")]
     Config(String),
+    /// A membership change that cannot be right whatever the state (an address
+    /// that is no `host:port`).
+    #[error("invalid member: {0}")]
+    InvalidMember(String),
     /// Another member ran the request and failed with this error.
     #[error(transparent)]
     Remote(RemoteError),
@@ -58,7 +64,8 @@ impl ClusterError {
             ClusterError::Rejected(r) => rejection_code(r),
             ClusterError::Unavailable(_) | ClusterError::NotLeader(_) => ErrorCode::Unavailable,
             ClusterError::Store(_) | ClusterError::Fatal(_) => ErrorCode::Internal,
-            ClusterError::Config(_) => ErrorCode::Denied,
+            ClusterError::Config(_) => ErrorCode::Conflict,
+            ClusterError::InvalidMember(_) => ErrorCode::BadRequest,
             ClusterError::Remote(e) => e.code,
         }
     }
@@ -70,6 +77,7 @@ impl ClusterError {
             ClusterError::NotLeader(_) => "not_leader",
             ClusterError::Store(_) | ClusterError::Fatal(_) => "internal",
             ClusterError::Config(_) => "config",
+            ClusterError::InvalidMember(_) => "invalid_member",
         }
     }
 
@@ -79,7 +87,8 @@ impl ClusterError {
             ClusterError::Unavailable(m)
             | ClusterError::NotLeader(m)
             | ClusterError::Fatal(m)
-            | ClusterError::Config(m) => m.clone(),
+            | ClusterError::Config(m)
+            | ClusterError::InvalidMember(m) => m.clone(),
             ClusterError::Remote(e) => e.message.clone(),
             other => other.to_string(),
         }
@@ -108,6 +117,7 @@ impl ClusterError {
         match meta(KIND) {
             Some("not_leader") => ClusterError::NotLeader(message),
             Some("config") => ClusterError::Config(message),
+            Some("invalid_member") => ClusterError::InvalidMember(message),
             Some("internal") => ClusterError::Remote(RemoteError::new(ErrorCode::Internal, message)),
             Some("remote") => {
                 let code = meta(CODE).and_then(ErrorCode::from_name).unwrap_or(ErrorCode::Internal);
@@ -133,6 +143,7 @@ impl ClusterError {
             ClusterError::Store(e) => ClusterError::Fatal(format!("metadata store: {e}")),
             ClusterError::Fatal(m) => ClusterError::Fatal(m.clone()),
             ClusterError::Config(m) => ClusterError::Config(m.clone()),
+            ClusterError::InvalidMember(m) => ClusterError::InvalidMember(m.clone()),
             ClusterError::Remote(e) => ClusterError::Remote(e.clone()),
         }
     }
@@ -177,6 +188,13 @@ mod tests {
             matches!(&back, ClusterError::Config(m) if m == "already changing"),
             "{back:?}"
         );
+        assert_eq!(back.code(), ErrorCode::Conflict);
+        let back = round_trip(ClusterError::InvalidMember("no port".into()));
+        assert!(
+            matches!(&back, ClusterError::InvalidMember(m) if m == "no port"),
+            "{back:?}"
+        );
+        assert_eq!(back.code(), ErrorCode::BadRequest);
         let back = round_trip(ClusterError::Fatal("disk".into()));
         assert_eq!(back.code(), ErrorCode::Internal);
     }

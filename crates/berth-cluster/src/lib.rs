@@ -31,6 +31,8 @@ pub use node::ClusterStatus;
 pub use node::MemberStatus;
 pub use node::MembershipChange;
 pub use node::NodeStatus;
+pub use node::validate_address;
+pub use node::validate_http_address;
 pub use options::RaftOptions;
 pub use options::TimingError;
 pub use service::RaftGrpcService;

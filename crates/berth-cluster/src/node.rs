@@ -15,12 +15,10 @@ use berth_meta::NodeInfo;
 use berth_meta::TypeConfig;
 use berth_proto::cluster::v1::FollowerLeaseReply;
 use berth_proto::cluster::v1::FollowerLeaseRequest;
-use berth_proto::cluster::v1::MembershipRequest;
 use berth_proto::cluster::v1::ProposeRequest;
 use berth_proto::cluster::v1::ReadIndexRequest;
 use berth_proto::cluster::v1::StatusRequest;
 use berth_proto::cluster::v1::raft_service_client::RaftServiceClient;
-use openraft::ChangeMembers;
 use openraft::Config;
 use openraft::Raft;
 use openraft::ServerState;
@@ -55,6 +53,12 @@ use crate::network::traced_client;
 use crate::options::RaftOptions;
 use crate::visibility::Visibility;
 
+mod membership;
+
+pub use membership::MembershipChange;
+pub use membership::validate_address;
+pub use membership::validate_http_address;
+
 /// How long one snapshot chunk may take to be acknowledged (see `Config` below).
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -76,6 +80,9 @@ pub struct NodeStatus {
     /// It answers linearizable reads alone under a follower lease right now.
     #[serde(default)]
     pub follower_lease: bool,
+    /// On the leader: how long ago a quorum of voters last acknowledged it.
+    #[serde(default)]
+    pub quorum_ack_ms: Option<u64>,
 }
 
 impl NodeStatus {
@@ -126,17 +133,10 @@ pub struct ClusterStatus {
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
+    /// Whether the leader reported a quorum's acknowledgement lately (unknown when
+    /// it did not answer).
+    pub leader_has_quorum: Option<bool>,
     pub members: BTreeMap<NodeId, MemberStatus>,
-}
-
-/// A change of the cluster's members, made on the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum MembershipChange {
-    /// Add a node: it joins as a learner, catches up (through a snapshot when the log
-    /// was compacted), then becomes a voter.
-    Add { id: NodeId, info: NodeInfo },
-    /// Remove a node from the voters and from the cluster.
-    Remove { id: NodeId },
 }
 
 /// A proposal forwarded to the leader comes back with the log index it was applied at,
@@ -643,12 +643,24 @@ impl ClusterNode {
             .map_err(|_| unavailable("no leader elected in time"))?
     }
 
-    /// Ready to serve: some member leads and this node has applied what it knew of at
-    /// start.
+    /// Ready to serve: some member leads, and when this node leads, a quorum of
+    /// voters acknowledged it lately (a leader whose voters are gone stays leader
+    /// in openraft, but can commit nothing).
     pub fn is_ready(&self) -> bool {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
-        m.current_leader.is_some() && m.running_state.is_ok()
+        let leading = m.current_leader == Some(self.inner.id);
+        m.running_state.is_ok()
+            && m.current_leader.is_some()
+            && (!leading || self.quorum_acked(m.millis_since_quorum_ack))
+    }
+
+    /// Whether a leader last acknowledged by a quorum `millis` ago still has one:
+    /// within two maximal election timeouts (followers that stopped answering for
+    /// that long are gone, or elect without it).
+    fn quorum_acked(&self, millis: Option<u64>) -> bool {
+        let window = u64::try_from((self.inner.options.election_timeout_max * 2).as_millis()).unwrap_or(u64::MAX);
+        millis.is_some_and(|ms| ms <= window)
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -657,6 +669,7 @@ impl ClusterNode {
         let m = m.borrow();
         NodeStatus {
             follower_lease,
+            quorum_ack_ms: m.millis_since_quorum_ack,
             id: self.inner.id,
             state: format!("{:?}", m.state),
             leader: m.current_leader,
@@ -724,6 +737,7 @@ impl ClusterNode {
             committed_index: leader.as_ref().and_then(NodeStatus::quorum_index),
             applied_index: me.applied_index,
             snapshot_index: me.snapshot_index,
+            leader_has_quorum: leader.as_ref().map(|l| self.quorum_acked(l.quorum_ack_ms)),
             members,
         }
     }
@@ -919,78 +933,6 @@ impl ClusterNode {
             }
             Err(e) => Err(unavailable(e)),
         }
-    }
-
-    /// Apply a membership change, forwarding it to the leader when this node is not.
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ClusterError> {
-        match self.change_membership_here(change.clone()).await {
-            Err(ForwardOr::Forward(leader)) => {
-                let leader = leader.ok_or_else(|| unavailable("no leader known"))?;
-                tracing::info!(leader = %leader.grpc_addr, ?change, "forwarding membership change to the leader");
-                let ch = self.inner.peers.channel(&leader.grpc_addr)?;
-                let bytes = rmp_serde::to_vec_named(&change).map_err(unavailable)?;
-                traced_client(ch)
-                    .change_membership(MembershipRequest { change: bytes })
-                    .await
-                    .map_err(|s| ClusterError::from_status(&s, &format!("leader {}", leader.grpc_addr)))?;
-                // Answered once this node's membership shows the change, like every
-                // forwarded write is answered once applied here: the status the
-                // caller reads next from this node must not show the old members.
-                // A node that removed itself may never hear the final membership.
-                if matches!(change, MembershipChange::Remove { id } if id == self.inner.id) {
-                    return Ok(());
-                }
-                let shown = move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
-                    let config = m.membership_config.membership();
-                    match &change {
-                        MembershipChange::Add { id, .. } => config.voter_ids().any(|v| v == *id),
-                        MembershipChange::Remove { id } => !config.nodes().any(|(n, _)| n == id),
-                    }
-                };
-                self.inner
-                    .raft
-                    .wait(Some(self.inner.options.request_timeout))
-                    .metrics(shown, "membership change shown on this node")
-                    .await
-                    .map_err(unavailable)?;
-                Ok(())
-            }
-            Err(ForwardOr::Failed(e)) => Err(e),
-            Ok(()) => Ok(()),
-        }
-    }
-
-    /// The change on this node, which must be the leader.
-    pub(crate) async fn change_membership_here(&self, change: MembershipChange) -> Result<(), ForwardOr> {
-        let raft = &self.inner.raft;
-        let to_forward = |e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                ForwardOr::Forward(f.leader_node.clone().or_else(|| leader_info(raft, f.leader_id)))
-            }
-            RaftError::APIError(e) => ForwardOr::Failed(ClusterError::Config(e.to_string())),
-            RaftError::Fatal(e) => ForwardOr::Failed(ClusterError::Fatal(e.to_string())),
-        };
-        match change {
-            MembershipChange::Add { id, info } => {
-                tracing::info!(node = id, grpc = %info.grpc_addr, "adding a learner");
-                raft.add_learner(id, info, true).await.map_err(to_forward)?;
-                tracing::info!(node = id, "learner caught up; promoting to voter");
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(to_forward)?;
-            }
-            MembershipChange::Remove { id } => {
-                tracing::info!(node = id, "removing a node");
-                let voters: BTreeSet<NodeId> = raft.metrics().borrow().membership_config.voter_ids().collect();
-                let change = if voters.contains(&id) {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                };
-                raft.change_membership(change, false).await.map_err(to_forward)?;
-            }
-        }
-        Ok(())
     }
 
     /// Register what runs upload requests handed over to this node (once).
@@ -1231,6 +1173,7 @@ mod tests {
             voters: voters.iter().copied().collect(),
             replication: Some(replication.iter().copied().collect()),
             follower_lease: false,
+            quorum_ack_ms: Some(0),
         }
     }
 

@@ -29,6 +29,10 @@ pub struct RaftOptions {
     /// `read_lease`): followers ask the leader for a read index per burst of reads.
     /// `read_lease + follower_lease` may be at most `election_timeout_min`.
     pub follower_lease: Duration,
+    /// How long a node being added may take to catch up with the leader's log
+    /// before it is promoted to voter; past it the add fails and the node stays a
+    /// learner (see `node/membership.rs`).
+    pub catch_up_timeout: Duration,
 }
 
 impl Default for RaftOptions {
@@ -43,6 +47,7 @@ impl Default for RaftOptions {
             source_address: None,
             read_lease: Duration::from_millis(250),
             follower_lease: Duration::from_millis(250),
+            catch_up_timeout: Duration::from_secs(300),
         }
     }
 }

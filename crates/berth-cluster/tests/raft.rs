@@ -447,7 +447,10 @@ async fn a_new_member_catches_up_through_a_snapshot_of_a_compacted_log() -> anyh
     let leaving = cluster.ids().into_iter().find(|id| *id != leader).expect("a follower");
     cluster
         .node(leader)?
-        .change_membership(berth_cluster::MembershipChange::Remove { id: leaving })
+        .change_membership(berth_cluster::MembershipChange::Remove {
+            id: leaving,
+            force: false,
+        })
         .await?;
     cluster.stop_member(leaving).await?;
     cluster.node(leader)?.propose(upload(500)).await?;

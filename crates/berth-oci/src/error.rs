@@ -56,6 +56,12 @@ pub enum ErrorCode {
     /// `BLOB_UPLOAD_INVALID`, 416: a chunk does not start where the upload ends.
     #[serde(rename(serialize = "BLOB_UPLOAD_INVALID", deserialize = "UPLOAD_OUT_OF_ORDER"))]
     UploadOutOfOrder,
+    /// `BAD_REQUEST`, 400: a request of the admin API that cannot be right (an
+    /// address that is no `host:port`).
+    BadRequest,
+    /// `CONFLICT`, 409: the request contradicts the cluster's state (a membership
+    /// change that would leave no quorum, another change in progress).
+    Conflict,
     /// `UNAVAILABLE`, 503.
     Unavailable,
     /// `INTERNAL_ERROR`, 500.
@@ -65,7 +71,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every error code, in declaration order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BlobUnknown,
         ErrorCode::BlobUploadInvalid,
         ErrorCode::BlobUploadUnknown,
@@ -85,6 +91,8 @@ impl ErrorCode {
         ErrorCode::PaginationNumberInvalid,
         ErrorCode::NotAllowed,
         ErrorCode::UploadOutOfOrder,
+        ErrorCode::BadRequest,
+        ErrorCode::Conflict,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -111,6 +119,8 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::NotAllowed => "UNSUPPORTED",
             ErrorCode::UploadOutOfOrder => "BLOB_UPLOAD_INVALID",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::Conflict => "CONFLICT",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL_ERROR",
         }
@@ -138,6 +148,8 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => 400,
             ErrorCode::NotAllowed => 405,
             ErrorCode::UploadOutOfOrder => 416,
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Conflict => 409,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
@@ -160,8 +172,9 @@ impl ErrorCode {
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
             | ErrorCode::SizeInvalid
-            | ErrorCode::PaginationNumberInvalid => 3,
-            ErrorCode::NotAllowed => 9,
+            | ErrorCode::PaginationNumberInvalid
+            | ErrorCode::BadRequest => 3,
+            ErrorCode::NotAllowed | ErrorCode::Conflict => 9,
             ErrorCode::Unauthorized => 16,
             ErrorCode::Denied => 7,
             ErrorCode::Unsupported => 12,
@@ -211,6 +224,8 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
             ErrorCode::NotAllowed => "the operation is not allowed",
             ErrorCode::UploadOutOfOrder => "chunk out of order",
+            ErrorCode::BadRequest => "bad request",
+            ErrorCode::Conflict => "the request conflicts with the cluster's state",
             ErrorCode::Unavailable => "service unavailable",
             ErrorCode::Internal => "internal server error",
         }
@@ -297,7 +312,7 @@ mod tests {
 
     #[test]
     fn code_strings_and_statuses() {
-        let expected: [(ErrorCode, &str, u16); 21] = [
+        let expected: [(ErrorCode, &str, u16); 23] = [
             (ErrorCode::BlobUnknown, "BLOB_UNKNOWN", 404),
             (ErrorCode::BlobUploadInvalid, "BLOB_UPLOAD_INVALID", 400),
             (ErrorCode::BlobUploadUnknown, "BLOB_UPLOAD_UNKNOWN", 404),
@@ -317,6 +332,8 @@ mod tests {
             (ErrorCode::PaginationNumberInvalid, "PAGINATION_NUMBER_INVALID", 400),
             (ErrorCode::NotAllowed, "UNSUPPORTED", 405),
             (ErrorCode::UploadOutOfOrder, "BLOB_UPLOAD_INVALID", 416),
+            (ErrorCode::BadRequest, "BAD_REQUEST", 400),
+            (ErrorCode::Conflict, "CONFLICT", 409),
             (ErrorCode::Unavailable, "UNAVAILABLE", 503),
             (ErrorCode::Internal, "INTERNAL_ERROR", 500),
         ];

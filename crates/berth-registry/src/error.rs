@@ -32,9 +32,13 @@ pub enum RegistryError {
     SizeInvalid(String),
     #[error(transparent)]
     Oci(#[from] OciError),
-    /// A membership change the cluster refused (e.g. removing the last voter).
+    /// A membership change the cluster's state refused (no quorum would be left,
+    /// another change in progress, a node that did not catch up).
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// A request that cannot be right (an address that is no `host:port`).
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// Not allowed here: deletes turned off, a blob a manifest still references.
     #[error("{0}")]
     NotAllowed(String),
@@ -65,7 +69,8 @@ impl RegistryError {
             RegistryError::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
             RegistryError::SizeInvalid(_) => ErrorCode::SizeInvalid,
             RegistryError::Oci(e) => e.code(),
-            RegistryError::Membership(_) => ErrorCode::Denied,
+            RegistryError::Membership(_) => ErrorCode::Conflict,
+            RegistryError::BadRequest(_) => ErrorCode::BadRequest,
             RegistryError::NotAllowed(_) => ErrorCode::NotAllowed,
             RegistryError::TooManyRequests(_) => ErrorCode::TooManyRequests,
             RegistryError::Unavailable(_) => ErrorCode::Unavailable,

@@ -114,6 +114,7 @@ pub(crate) struct Inner {
     sessions: uploads::Sessions,
     options: RegistryOptions,
     workers: workers::Workers,
+    kept_status: admin::KeptStatus,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -134,14 +135,17 @@ impl Registry {
             sessions: uploads::Sessions::default(),
             options,
             workers,
+            kept_status: admin::KeptStatus::default(),
         });
         uploads::handover::register(&inner);
         Registry { inner }
     }
 
-    /// Start the node's background workers (the upload sweeper).
+    /// Start the node's background workers (the upload sweeper, the cluster status
+    /// kept for metrics and readiness).
     pub fn start_workers(&self) {
         self.inner.workers.spawn(UploadSweeper::new(self.clone()));
+        self.inner.workers.spawn(admin::StatusRefresher::new(self.clone()));
     }
 
     /// The runner of this node's background workers: their status, wake-ups and

@@ -203,7 +203,7 @@ impl TestCluster {
         self.open_member(id).await?;
         let info = self.member(id)?.info.clone();
         self.node(leader)?
-            .change_membership(MembershipChange::Add { id, info })
+            .change_membership(MembershipChange::Add { id, info, force: false })
             .await
             .context("adding a member")?;
         Ok(())

@@ -212,6 +212,10 @@ pub struct ClusterConfig {
     /// ([`ClusterConfig::follower_lease`]).
     #[serde(with = "humantime_serde::option")]
     pub follower_lease: Option<Duration>,
+    /// How long a node being added may take to catch up with the leader's log
+    /// before it becomes a voter; past it the add fails and it stays a learner.
+    #[serde(with = "humantime_serde")]
+    pub catch_up_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -227,6 +231,7 @@ impl Default for ClusterConfig {
             election_timeout: Duration::from_millis(500),
             read_lease: Duration::from_millis(250),
             follower_lease: None,
+            catch_up_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -260,10 +265,7 @@ impl ClusterConfig {
                     .parse()
                     .with_context(|| format!("cluster.initial_members: {id:?} is not a node id"))?;
                 let addr = addr.trim();
-                addr.parse::<SocketAddr>()
-                    .map(|_| ())
-                    .or_else(|_| addr.rsplit_once(':').map(|_| ()).ok_or(()))
-                    .map_err(|_| anyhow::anyhow!("cluster.initial_members: {addr:?} is not HOST:PORT"))?;
+                berth_cluster::validate_address(addr).map_err(|e| anyhow::anyhow!("cluster.initial_members: {e}"))?;
                 Ok((id, addr.to_string()))
             })
             .collect()
@@ -549,6 +551,15 @@ impl Config {
             g.parse::<SocketAddr>()
                 .with_context(|| format!("cluster.grpc_listen: {g:?} is not an address like 10.0.0.1:7000"))?;
         }
+        if cluster.catch_up_timeout.is_zero() {
+            bail!("cluster.catch_up_timeout: must be greater than zero");
+        }
+        if let Some(addr) = &cluster.advertise_grpc {
+            berth_cluster::validate_address(addr).map_err(|e| anyhow::anyhow!("cluster.advertise_grpc: {e}"))?;
+        }
+        if let Some(addr) = &cluster.advertise_http {
+            berth_cluster::validate_http_address(addr).map_err(|e| anyhow::anyhow!("cluster.advertise_http: {e}"))?;
+        }
         let members = cluster.members()?;
         if !members.is_empty() {
             if !cluster.is_clustered() {
@@ -639,6 +650,7 @@ impl Config {
             election_timeout_max: cc.election_timeout.saturating_mul(2),
             source_address: cc.source_address,
             read_lease: cc.read_lease,
+            catch_up_timeout: cc.catch_up_timeout,
             // A node that serves no cluster has nobody to grant a lease to (and would
             // otherwise wait one out on every restart).
             follower_lease: if cc.is_clustered() {

@@ -81,9 +81,18 @@ enum ClusterCommand {
         /// The new node's HTTP address (its cluster.advertise_http).
         #[arg(long, default_value = "")]
         http_addr: String,
+        /// Promote it even when the voters would then not have a reachable majority.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a node from the cluster.
-    RemoveNode { id: u64 },
+    RemoveNode {
+        id: u64,
+        /// Remove it even when the remaining voters would not have a reachable
+        /// majority (the cluster then waits for the unreachable ones).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -355,10 +364,13 @@ async fn cluster_command(node: &str, command: ClusterCommand) -> anyhow::Result<
             id,
             grpc_addr,
             http_addr,
+            force,
         } => client
             .post(format!("{base}/admin/cluster/nodes"))
-            .json(&serde_json::json!({"id": id, "grpc_addr": grpc_addr, "http_addr": http_addr})),
-        ClusterCommand::RemoveNode { id } => client.delete(format!("{base}/admin/cluster/nodes/{id}")),
+            .json(&serde_json::json!({"id": id, "grpc_addr": grpc_addr, "http_addr": http_addr, "force": force})),
+        ClusterCommand::RemoveNode { id, force } => {
+            client.delete(format!("{base}/admin/cluster/nodes/{id}?force={force}"))
+        }
     };
     let resp = request.send().await.with_context(|| format!("cannot reach {base}"))?;
     let status = resp.status();
